@@ -1,0 +1,3 @@
+"""loraprep: the umbrella CLI that mounts `prep`, `caption` and `train_bridge`."""
+
+__version__ = "0.1.0"

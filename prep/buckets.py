@@ -1,0 +1,174 @@
+"""sd-scripts aspect-ratio bucketing, reproduced exactly.
+
+`make_bucket_resolutions` and `BucketSpec.select` follow sd-scripts'
+`library/model_util.make_bucket_resolutions` and `library/train_util.BucketManager.select_bucket`
+(legacy bucket selection, the default), so `prep check`, `prep crop` and `train_bridge estimate`
+agree with what the trainer will do. Every bucket size is a fixed point: an image of exactly
+W x H lands in bucket W x H with no resize and no crop, which is why `prep crop` writes exactly
+bucket-sized images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+Size = tuple[int, int]
+
+# Bucket step each sd-scripts / musubi script accepts (`verify_bucket_reso_steps`); the
+# first entry is our default, the rest are the other legal choices.
+ARCH_BUCKET_STEPS: dict[str, tuple[int, ...]] = {
+    "anima": (64, 16, 32),
+    "flux": (64, 32),
+    "sdxl": (64, 32),
+    "sd3": (64, 32),
+    "sd15": (64,),
+    "wan": (16, 32, 64),
+}
+
+
+def make_bucket_resolutions(max_reso: Size, min_size: int = 256, max_size: int = 1024, divisible: int = 64) -> list[Size]:
+    """The predefined buckets: same area as `max_reso`, sides in [min_size, max_size], multiples of `divisible`."""
+    max_width, max_height = max_reso
+    max_area = max_width * max_height
+    resos: set[Size] = set()
+    width = int(math.sqrt(max_area) // divisible) * divisible
+    resos.add((width, width))
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos.add((width, height))
+            resos.add((height, width))
+        width += divisible
+    return sorted(resos)
+
+
+def adjust_min_max(min_reso: int, max_reso: int, steps: int) -> tuple[int, int]:
+    """sd-scripts rounds min down and max up to multiples of the step."""
+    if min_reso % steps:
+        min_reso -= min_reso % steps
+    if max_reso % steps:
+        max_reso += steps - max_reso % steps
+    return min_reso, max_reso
+
+
+@dataclass(frozen=True)
+class BucketChoice:
+    bucket: Size
+    """The bucket (width, height) the trainer will put the image in."""
+    resized: Size
+    """Size the trainer resizes the image to before cropping to `bucket`."""
+    ar_error: float
+    """Bucket aspect ratio minus image aspect ratio."""
+
+    @property
+    def crop_px(self) -> Size:
+        return (self.resized[0] - self.bucket[0], self.resized[1] - self.bucket[1])
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """The bucket settings of one training run (sd-scripts option names in comments)."""
+
+    resolution: Size = (1024, 1024)  # resolution
+    min_reso: int = 256  # min_bucket_reso
+    max_reso: int = 1024  # max_bucket_reso
+    steps: int = 64  # bucket_reso_steps
+    no_upscale: bool = False  # bucket_no_upscale
+    enabled: bool = True  # enable_bucket
+
+    @classmethod
+    def square(cls, resolution: int, **kw: object) -> BucketSpec:
+        """sd-scripts defaults (min 256, max 1024), widened to admit `resolution` itself."""
+        kw.setdefault("max_reso", max(resolution, 1024))  # type: ignore[arg-type]
+        kw.setdefault("min_reso", min(256, resolution))  # type: ignore[arg-type]
+        return cls(resolution=(resolution, resolution), **kw)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        if self.steps <= 0 or self.steps % 8:
+            raise ValueError(f"bucket step {self.steps} must be a positive multiple of 8")
+        lo, hi = adjust_min_max(self.min_reso, self.max_reso, self.steps)
+        if lo > min(self.resolution):
+            raise ValueError(f"min_bucket_reso {lo} is larger than the resolution {self.resolution}")
+        if hi < max(self.resolution):
+            raise ValueError(f"max_bucket_reso {hi} is smaller than the resolution {self.resolution}")
+
+    @cached_property
+    def buckets(self) -> list[Size]:
+        if not self.enabled:
+            return [self.resolution]
+        lo, hi = adjust_min_max(self.min_reso, self.max_reso, self.steps)
+        return make_bucket_resolutions(self.resolution, lo, hi, self.steps)
+
+    @cached_property
+    def _ars(self) -> list[float]:
+        return [w / h for w, h in self.buckets]
+
+    @property
+    def max_area(self) -> int:
+        return self.resolution[0] * self.resolution[1]
+
+    def _round(self, x: float) -> int:
+        v = int(x + 0.5)
+        return v - v % self.steps
+
+    def select(self, width: int, height: int) -> BucketChoice:
+        """The bucket sd-scripts assigns to a `width` x `height` image."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size {width}x{height} is empty")
+        ar = width / height
+        if not self.enabled:
+            bw, bh = self.resolution
+            scale = max(bw / width, bh / height)
+            resized = (int(width * scale + 0.5), int(height * scale + 0.5))
+            return BucketChoice((bw, bh), resized, bw / bh - ar)
+        if not self.no_upscale:
+            if (width, height) in set(self.buckets):
+                reso = (width, height)
+            else:
+                errs = [abs(a - ar) for a in self._ars]
+                reso = self.buckets[errs.index(min(errs))]
+            if ar > reso[0] / reso[1]:
+                scale = reso[1] / height
+            else:
+                scale = reso[0] / width
+            resized = (int(width * scale + 0.5), int(height * scale + 0.5))
+        else:
+            if width * height > self.max_area:
+                rw = math.sqrt(self.max_area * ar)
+                rh = self.max_area / rw
+                bw_r = self._round(rw)
+                bh_in_wr = self._round(bw_r / ar)
+                ar_wr = bw_r / bh_in_wr if bh_in_wr else float("inf")
+                bh_r = self._round(rh)
+                bw_in_hr = self._round(bh_r * ar)
+                ar_hr = bw_in_hr / bh_r if bh_r else float("inf")
+                if abs(ar_wr - ar) < abs(ar_hr - ar):
+                    resized = (bw_r, int(bw_r / ar + 0.5))
+                else:
+                    resized = (int(bh_r * ar + 0.5), bh_r)
+            else:
+                resized = (width, height)
+            reso = (resized[0] - resized[0] % self.steps, resized[1] - resized[1] % self.steps)
+        return BucketChoice(reso, resized, reso[0] / reso[1] - ar)
+
+    def nearest_bucket(self, aspect_ratio: float) -> Size:
+        """The predefined bucket whose aspect ratio is closest (ties: first, as sd-scripts' argmin)."""
+        errs = [abs(a - aspect_ratio) for a in self._ars]
+        return self.buckets[errs.index(min(errs))]
+
+    def is_fixed_point(self, size: Size) -> bool:
+        """True when an image of exactly `size` trains without resize or crop."""
+        c = self.select(*size)
+        return c.bucket == tuple(size) and c.resized == tuple(size)
+
+    def histogram(self, sizes: Iterable[Size]) -> Counter[Size]:
+        return Counter(self.select(w, h).bucket for w, h in sizes)
+
+
+def bucket_label(size: Size) -> str:
+    return f"{size[0]}x{size[1]}"

@@ -1,0 +1,130 @@
+"""What every CLI of the project shares: stderr console, exit codes, progress, JSON output.
+
+Human output and progress go to stderr; `--json` puts machine output alone on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_OOM = 4
+EXIT_INTERRUPTED = 130
+
+console = Console(stderr=True, highlight=False)
+
+
+def make_app(name: str, help: str, **kw: Any) -> typer.Typer:
+    """A typer app that is always a group (even with one command), help on -h too."""
+    app = typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="rich",
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **kw,
+    )
+
+    @app.callback()
+    def _group() -> None:
+        pass
+
+    _group.__doc__ = help
+    return app
+
+
+class RichProgress:
+    """Adapter from the executor's progress protocol to a rich bar on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and not os.environ.get("LORAPREP_NO_PROGRESS")
+        self._p: Progress | None = None
+        self._task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        if not self.enabled:
+            return
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def stop(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+            self._p = None
+
+
+def emit_json(data: Any) -> None:
+    """Machine output: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print `message` on stderr and return an Exit to raise."""
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def exit_code_for(n_failed: int, n_total: int) -> int:
+    if n_failed == 0:
+        return EXIT_OK
+    return EXIT_FAILED if n_failed >= n_total else EXIT_PARTIAL
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group whose first argument may be a path instead of a subcommand.
+
+    `caption DIR ...` runs the default command while `caption lint DIR` runs `lint`.
+    Set `default_command` on a subclass (see `with_default`).
+    """
+
+    default_command: str = ""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-") and self.default_command:
+            args = [self.default_command, *args]
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and self.default_command and args[0] not in ("-h", "--help"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def with_default(command: str) -> type[DefaultCommandGroup]:
+    return type(f"DefaultGroup_{command}", (DefaultCommandGroup,), {"default_command": command})
+
+
+def interrupted_exit(cleanup: Callable[[], None] | None = None) -> typer.Exit:
+    if cleanup:
+        cleanup()
+    console.print("[yellow]interrupted[/yellow]: finished work is kept; run the same command again to resume.")
+    return typer.Exit(EXIT_INTERRUPTED)

@@ -1,0 +1,278 @@
+"""The one image loader and writer of the project.
+
+Everything that needs pixels calls `load_image`, so every step sees the same upright, flattened
+RGB image: EXIF orientation applied to the pixels, alpha composited onto a background, odd
+modes (palette, LA, CMYK, 16-bit, I;16, float) converted correctly, decompression bombs
+refused. Failures raise one error type, `ImageLoadError`, whose message names the file, the
+reason and the fix; the executor records it for that item and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from prep.fsutil import atomic_write_with
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+"""Extensions we read, compared lower-cased (so `.JPG` and `.Png` count)."""
+
+DEFAULT_MAX_PIXELS = 178_956_970
+"""Same ceiling as Pillow's hard decompression-bomb limit (2 x 89.5 MP)."""
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+Color = tuple[int, int, int]
+
+_NAMED_COLORS: dict[str, Color] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+}
+
+
+class ImageLoadError(Exception):
+    """An image could not be used. `str()` names the file, the reason and what to do."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class LoadedImage:
+    """An upright RGB image and what we learned while loading it."""
+
+    path: Path
+    image: Image.Image
+    """RGB pixels, EXIF orientation applied, alpha flattened. May be reduced (see `scale`)."""
+    size: tuple[int, int]
+    """Full-resolution upright size (width, height), whatever `image` was decoded at."""
+    format: str
+    mode: str
+    """The file's own mode before conversion (RGBA, P, CMYK, I;16, ...)."""
+    has_alpha: bool = False
+    """The file has an alpha channel (or palette transparency)."""
+    transparent: bool = False
+    """Some pixel is not fully opaque: the background colour shows in `image`."""
+    exif_orientation: int = 1
+    n_frames: int = 1
+    alpha: Image.Image | None = field(default=None, repr=False)
+    """The alpha channel (mode L, same size as `image`) when `keep_alpha` was asked for."""
+
+    @property
+    def scale(self) -> float:
+        """Decoded width over full width (1.0 unless a draft decode was used)."""
+        return self.image.width / self.size[0] if self.size[0] else 1.0
+
+    @property
+    def exif_rotated(self) -> bool:
+        return self.exif_orientation not in (0, 1)
+
+
+def parse_color(value: str | Color) -> Color:
+    """'white', '#RRGGBB' or 'R,G,B' to an RGB tuple; raises ValueError with the accepted forms."""
+    if isinstance(value, tuple):
+        return value
+    v = value.strip().lower()
+    if v in _NAMED_COLORS:
+        return _NAMED_COLORS[v]
+    if v.startswith("#") and len(v) == 7:
+        try:
+            return tuple(int(v[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    parts = v.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and 0 <= int(p) <= 255 for p in parts):
+        return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    raise ValueError(f"unknown colour {value!r}: use white, black, gray, '#RRGGBB' or 'R,G,B'")
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # malformed EXIF must not cost the image
+        return 1
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Convert 16/32-bit integer and float single-channel images to 8-bit L, keeping range."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        hi = float(np.nanmax(arr)) if arr.size else 1.0
+        arr = np.nan_to_num(arr)
+        arr = arr * 255.0 if hi <= 1.0 else arr
+    elif arr.dtype.itemsize > 1 or im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        hi = int(arr.max()) if arr.size else 0
+        # 16-bit data stored in a 32-bit container ("I") is still 0..65535.
+        arr = arr / 257.0 if hi > 255 else arr
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+
+
+def _flatten(im: Image.Image, background: Color, keep_alpha: bool) -> tuple[Image.Image, bool, bool, Image.Image | None]:
+    """Return (RGB image, has_alpha, transparent, alpha or None)."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _to_8bit(im)
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "RGBa":
+        im = im.convert("RGBA")
+    elif mode == "La":
+        im = im.convert("LA")
+
+    if im.mode == "LA":
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        alpha = im.getchannel("A")
+        lo, _ = alpha.getextrema()
+        transparent = lo < 255
+        if transparent:
+            base = Image.new("RGBA", im.size, background + (255,))
+            rgb = Image.alpha_composite(base, im).convert("RGB")
+        else:
+            rgb = im.convert("RGB")
+        return rgb, True, transparent, (alpha if keep_alpha else None)
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV ...
+    return im, False, False, None
+
+
+def _reason_for(exc: BaseException, path: Path) -> str:
+    msg = str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        try:
+            if path.stat().st_size == 0:
+                return "empty file (0 bytes): the copy or download did not finish; copy it again or remove it"
+        except OSError:
+            pass
+        return "not a readable image (unknown or corrupt format): re-export it as PNG or JPEG, or remove it"
+    if "truncated" in msg.lower():
+        return "file is truncated (incomplete download or copy): copy it again from the original"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused as a decompression bomb ({msg}); if the file is trusted, raise --max-pixels"
+    if isinstance(exc, (SyntaxError, ValueError, OSError, EOFError)):
+        return f"corrupt image data ({msg or type(exc).__name__}): re-export it or remove it"
+    return f"cannot decode ({type(exc).__name__}: {msg}): re-export it as PNG or JPEG"
+
+
+def load_image(
+    path: Path | str,
+    *,
+    background: Color | str = (255, 255, 255),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    keep_alpha: bool = False,
+) -> LoadedImage:
+    """Open `path` as an upright RGB image.
+
+    `draft_size` asks for a fast reduced decode when only a small version is needed (JPEG DCT
+    scaling: a 12 MP photo decodes at 1/2, 1/4 or 1/8 size, never smaller than `draft_size` on
+    either side). `LoadedImage.size` is always the full upright size.
+    """
+    path = Path(path)
+    bg = parse_color(background)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # let a raised --max-pixels through Pillow's own guard
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageLoadError(
+                    path,
+                    f"{w}x{h} = {w * h / 1e6:.0f} MP is above the limit of {max_pixels / 1e6:.0f} MP "
+                    "(decompression-bomb guard); if the file is trusted, raise --max-pixels",
+                )
+            fmt = im.format or path.suffix.lstrip(".").upper()
+            mode = im.mode
+            n_frames = getattr(im, "n_frames", 1)
+            orientation = _exif_orientation(im)
+            if draft_size and fmt == "JPEG":
+                side = max(draft_size)
+                im.draft("RGB" if mode not in ("CMYK", "L") else mode, (side, side))
+            if n_frames > 1:
+                im.seek(0)
+            im.load()
+            if orientation not in (0, 1):
+                im = ImageOps.exif_transpose(im)
+            full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            rgb, has_alpha, transparent, alpha = _flatten(im, bg, keep_alpha)
+            if "transparency" in im.info and mode == "P":
+                has_alpha = True
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found (moved or deleted during the run)") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied: make the file readable") from None
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise ImageLoadError(path, _reason_for(exc, path)) from exc
+    if draft_size and rgb.width > full[0]:
+        full = rgb.size
+    return LoadedImage(
+        path=path,
+        image=rgb,
+        size=full,
+        format=fmt,
+        mode=mode,
+        has_alpha=has_alpha,
+        transparent=transparent,
+        exif_orientation=orientation,
+        n_frames=n_frames,
+        alpha=alpha,
+    )
+
+
+def probe_image(path: Path | str) -> tuple[int, int, str]:
+    """Upright (width, height, format) from the header only; raises ImageLoadError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            o = _exif_orientation(im)
+            fmt = im.format or ""
+    except Exception as exc:
+        raise ImageLoadError(path, _reason_for(exc, path)) from exc
+    return (h, w, fmt) if o in (5, 6, 7, 8) else (w, h, fmt)
+
+
+SAVE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode without any metadata (no EXIF, no GPS), JPEG at 4:4:4 chroma."""
+    kind = SAVE_FORMATS.get(fmt.lower().lstrip("."))
+    if kind is None:
+        raise ValueError(f"unknown output format {fmt!r}: use png, jpg or webp")
+    buf = io.BytesIO()
+    if kind == "JPEG":
+        image.convert("RGB").save(buf, "JPEG", quality=quality, subsampling=0, optimize=False)
+    elif kind == "WEBP":
+        image.save(buf, "WEBP", quality=quality, method=4)
+    else:
+        image.save(buf, "PNG", compress_level=4)
+    return buf.getvalue()
+
+
+def save_image(image: Image.Image, path: Path | str, *, fmt: str | None = None, quality: int = 95) -> Path:
+    """Write `image` atomically (temp file + rename) with no metadata; returns the path."""
+    path = Path(path)
+    data = encode_image(image, fmt or path.suffix or "png", quality)
+    atomic_write_with(path, lambda fh: fh.write(data))
+    return path
