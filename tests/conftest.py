@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests that need ../shared skip with a clear reason where it is absent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LORAPREP_SHARED", ROOT.parent / "shared"))
+
+os.environ.setdefault("LORAPREP_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _need_shared(rel: str) -> Path:
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"needs ../shared/{rel} (the team's shared folder beside the checkout; CI always has it)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _need_shared("")
+
+
+@pytest.fixture(scope="session")
+def yunet_model() -> Path:
+    return _need_shared("models/face_detection_yunet_2023mar.onnx")
+
+
+@pytest.fixture(scope="session")
+def anime_dir() -> Path:
+    return _need_shared("testdata/anime")
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    """A real photo with one face (scikit-image ships it; no download)."""
+    data = pytest.importorskip("skimage.data")
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def lfw_faces() -> np.ndarray:
+    data = pytest.importorskip("skimage.data")
+    return data.lfw_subset()
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (relative path -> digest) to prove inputs unchanged."""
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() or p.is_symlink():
+            out[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes() if p.is_file() else os.readlink(p).encode()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def digest():
+    return tree_digest
