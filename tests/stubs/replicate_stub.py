@@ -1,0 +1,145 @@
+"""Stand-in for the Replicate HTTP API that the `replicate` client calls: files upload, predictions
+by model (`/v1/models/{o}/{n}/predictions`) or version (`/v1/predictions`), get, list.
+
+Predictions finish after `polls_before_done` GETs. Faults: `fail_plan` maps "METHOD /path-prefix"
+to answers for the first matching requests (an HTTP status, or "hang" = create the prediction but
+answer only after `hang_seconds`, so the client times out with the prediction already billed);
+`fail_if(image_bytes)` makes the prediction itself fail; `missing_models` answer 404.
+`log` records every request; `creates` counts billed predictions per image sha256."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tests.stubs._http import StubServer
+
+
+class ReplicateStub(StubServer):
+    def __init__(
+        self,
+        *,
+        polls_before_done: int = 1,
+        fail_plan: dict[str, list[int | str]] | None = None,
+        retry_after: str = "0",
+        fail_if: Callable[[bytes], bool] | None = None,
+        missing_models: tuple[str, ...] = (),
+        hang_seconds: float = 3.0,
+        delay: float = 0.0,
+        output: Callable[[dict[str, Any], bytes], Any] | None = None,
+    ):
+        super().__init__()
+        self.polls_before_done = polls_before_done
+        self.fail_plan = {k: list(v) for k, v in (fail_plan or {}).items()}
+        self.retry_after = retry_after
+        self.fail_if = fail_if
+        self.missing_models = set(missing_models)
+        self.hang_seconds = hang_seconds
+        self.delay = delay
+        self.output = output or (lambda inp, img: {"text": "{'<MORE_DETAILED_CAPTION>': 'A woman in a red coat walks through a snowy street.'}", "img": None})
+        self.files: dict[str, tuple[str, str, bytes]] = {}
+        self.preds: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        self.log: list[dict[str, Any]] = []
+        self.creates: dict[str, int] = {}
+        self._mu = threading.Lock()
+
+    def _err(self, code: int, title: str) -> tuple[int, Any, list[tuple[str, str]]]:
+        hdrs = [("Retry-After", self.retry_after)] if code in (429, 503) else []
+        return code, {"title": title, "detail": f"stub {code}", "status": code}, hdrs
+
+    def _planned(self, method: str, path: str) -> int | str | None:
+        with self._mu:
+            for key, answers in self.fail_plan.items():
+                m, p = key.split(" ", 1)
+                if m == method and path.startswith(p) and answers:
+                    return answers.pop(0)
+        return None
+
+    def image_bytes(self, value: Any) -> bytes:
+        if not isinstance(value, str):
+            return b""
+        if value.startswith("data:"):
+            return base64.b64decode(value.split(",", 1)[1])
+        if "/v1/files/" in value:
+            return self.files.get(value.rsplit("/", 1)[1], ("", "", b""))[2]
+        return b""
+
+    def public(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in p.items() if not k.startswith("_")}
+
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes):  # noqa: ANN201
+        rec = {"method": method, "path": path, "auth": bool(headers.get("Authorization")), "prefer": headers.get("Prefer")}
+        self.log.append(rec)
+        planned = self._planned(method, path)
+        if isinstance(planned, int):
+            rec["answer"] = planned
+            return self._err(planned, f"stub {planned}")
+        if self.delay:
+            time.sleep(self.delay)
+        base = f"http://{headers.get('Host', '127.0.0.1')}"
+        if method == "POST" and path == "/v1/files":
+            msg = email.message_from_bytes(b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + raw, policy=email.policy.HTTP)
+            part = next(p for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "content")
+            data = part.get_payload(decode=True)
+            fid = uuid.uuid4().hex[:12]
+            self.files[fid] = (part.get_filename() or "file", part.get_content_type(), data)
+            rec["answer"] = 201
+            return 201, {"id": fid, "name": part.get_filename(), "content_type": part.get_content_type(), "size": len(data), "etag": "x",
+                         "checksums": {}, "metadata": {}, "created_at": "2026-01-01T00:00:00Z", "expires_at": None,
+                         "urls": {"get": f"{base}/v1/files/{fid}"}}, []
+        if method == "POST" and (path == "/v1/predictions" or path.endswith("/predictions")):
+            body = json.loads(raw or b"{}")
+            model = "/".join(path.split("/")[3:5]) if path.startswith("/v1/models/") else "owner/versioned"
+            if model in self.missing_models:
+                rec["answer"] = 404
+                return 404, {"title": "Model not found", "detail": f"model {model} does not exist or was removed", "status": 404}, []
+            img = self.image_bytes(body.get("input", {}).get("image"))
+            sha = hashlib.sha256(img).hexdigest()
+            pid = uuid.uuid4().hex[:16]
+            p = {"id": pid, "model": model, "version": body.get("version", "v-latest"), "status": "starting", "input": body.get("input"),
+                 "output": None, "logs": "", "error": None, "metrics": {}, "created_at": "2026-01-01T00:00:00Z", "started_at": None,
+                 "completed_at": None, "urls": {"get": f"{base}/v1/predictions/{pid}", "cancel": f"{base}/v1/predictions/{pid}/cancel"},
+                 "_polls": 0, "_img": img, "_sha": sha}
+            with self._mu:
+                self.preds[pid] = p
+                self.order.insert(0, pid)
+                self.creates[sha] = self.creates.get(sha, 0) + 1
+            rec["answer"] = 201
+            rec["image_sha"] = sha
+            if planned == "hang":
+                time.sleep(self.hang_seconds)
+            return 201, self.public(p), []
+        if method == "GET" and path.startswith("/v1/predictions/"):
+            p = self.preds.get(path.rsplit("/", 1)[1])
+            if p is None:
+                return 404, {"title": "not found", "status": 404}, []
+            p["_polls"] += 1
+            if p["status"] not in ("succeeded", "failed", "canceled"):
+                if p["_polls"] >= self.polls_before_done:
+                    if self.fail_if and self.fail_if(p["_img"]):
+                        p.update(status="failed", error="CUDA out of memory (stub)")
+                    else:
+                        p.update(status="succeeded", output=self.output(p["input"], p["_img"]), completed_at="2026-01-01T00:00:02Z", metrics={"predict_time": 1.5})
+                else:
+                    p["status"] = "processing"
+            rec["answer"] = 200
+            return 200, self.public(p), []
+        if method == "GET" and path.split("?")[0] == "/v1/predictions":
+            rec["answer"] = 200
+            return 200, {"results": [self.public(self.preds[i]) for i in self.order[:100]], "next": None, "previous": None}, []
+        if method == "GET" and path.startswith("/v1/files/"):
+            name, ctype, data = self.files[path.rsplit("/", 1)[1]]
+            return 200, data, [("Content-Type", ctype)]
+        return 404, {"title": "not found", "status": 404}, []
+
+    def create_count(self) -> int:
+        return sum(self.creates.values())
