@@ -1,9 +1,92 @@
-"""Placeholder until its issue lands: registers nothing."""
+"""`prep check DIR`: a table of what will go wrong in training, or JSON with --json."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from prep.check import CheckOptions, CheckReport, check_folder
+from prep.cli.common import EXIT_FAILED, RichProgress, console, emit_json
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("check")(check)
+
+
+def check(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder (read only)."),
+    resolution: int = typer.Option(1024, "--resolution", help="Trainer resolution for bucket assignment."),
+    min_side: int = typer.Option(None, "--min-side", help="Flag images whose short side is below this (default resolution/2)."),
+    steps: int = typer.Option(64, "--bucket-steps", help="Bucket step (64 default; Anima also allows 16)."),
+    max_bucket_reso: int = typer.Option(None, "--max-bucket-reso", help="Largest bucket side (default max(1024, resolution))."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders."),
+    workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: all cores)."),
+    threshold: int = typer.Option(8, "--dup-threshold", help="Duplicate threshold in bits of 64."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any file has errors."),
+    as_json: bool = typer.Option(False, "--json", help="JSON report on stdout (progress stays on stderr)."),
+) -> None:
+    """Count, measure and find problems: corrupt files, small, transparent, rotated, captions, duplicates, buckets."""
+    opts = CheckOptions(
+        resolution=resolution,
+        min_side=min_side,
+        recursive=recursive,
+        workers=workers,
+        dup_threshold=threshold,
+        bucket_steps=steps,
+        max_bucket_reso=max_bucket_reso,
+    )
+    report = check_folder(folder, opts, progress=RichProgress(enabled=True))
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        render(report)
+    if strict and report.has_errors:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def render(report: CheckReport) -> None:
+    s = report.summary()
+    t = Table(title=f"prep check {report.folder}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("images", f"{s['images']} ({s['readable']} readable, {s['errors']} errors)")
+    t.add_row("formats", ", ".join(f"{k} {v}" for k, v in s["formats"].items()) or "-")
+    if s["size"]["min"]:
+        t.add_row("size min / median / max", " / ".join("x".join(map(str, s["size"][k])) for k in ("min", "median", "max")))
+        t.add_row("megapixels", ", ".join(f"{k}: {v}" for k, v in s["size"]["megapixels"].items() if v))
+    c = s["captions"]
+    t.add_row("captions", f"{c['ok']} ok, {c['missing']} missing, {c['empty']} empty, {c['orphans']} without an image")
+    t.add_row(f"buckets @ {report.options.resolution}", ", ".join(f"{k}: {v}" for k, v in s["buckets"].items()) or "-")
+    t.add_row("duplicates", str(s["duplicates"]))
+    console.print(t)
+    probs = report.problems()
+    labels = {
+        "corrupt": "unreadable",
+        "small": f"below {report.min_side} px",
+        "transparent": "transparent (flattened onto white by prep crop; sd-scripts would train it black)",
+        "exif_rotated": "EXIF-rotated (sd-scripts ignores EXIF: would train sideways)",
+        "animated": "animated (first frame is used)",
+        "caption_missing": "no caption",
+        "caption_empty": "empty caption",
+        "caption_unreadable": "caption not UTF-8",
+        "caption_orphans": "caption without an image",
+        "caption_shared_stem": "two images share one caption name",
+        "duplicates": "duplicate groups (kept first)",
+    }
+    for kind, entries in probs.items():
+        if not entries:
+            continue
+        console.print(f"[bold yellow]{labels[kind]}[/bold yellow]: {len(entries)}")
+        for e in entries[:25]:
+            if isinstance(e, dict) and "keep" in e:
+                console.print(f"  keep {e['keep']}; duplicates: {', '.join(e['others'])}")
+            elif isinstance(e, dict):
+                console.print(f"  {e['file']}: {e['reason']}")
+            elif isinstance(e, list):
+                console.print(f"  {', '.join(e)}")
+            else:
+                console.print(f"  {e}")
+        if len(entries) > 25:
+            console.print(f"  ... and {len(entries) - 25} more (use --json for all)")

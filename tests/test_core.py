@@ -1,0 +1,163 @@
+"""Manifest, executor, buckets, trigger, safe names: the seams every step relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+from prep.buckets import BucketSpec, make_bucket_resolutions
+from prep.executor import LocalExecutor, run_step
+from prep.fsutil import atomic_write_text, safe_component
+from prep.manifest import Manifest, Record
+from prep.trigger import apply_trigger
+from steps import Square
+
+
+# -- manifest -------------------------------------------------------------------------
+def test_manifest_latest_wins_and_torn_line_ignored(tmp_path):
+    m = Manifest.in_folder(tmp_path)
+    (tmp_path / "out.png").write_bytes(b"x")
+    m.append(Record("crop", "a.png", "failed", reason="boom"))
+    m.append(Record("crop", "a.png", "ok", source_sha256="abc", outputs=["out.png"]))
+    with open(m.path, "a") as fh:
+        fh.write('{"step": "crop", "id": "b.png", "sta')  # killed mid-write
+    m2 = Manifest.in_folder(tmp_path)
+    assert m2.get("crop", "a.png").status == "ok"
+    assert m2.get("crop", "b.png") is None
+    assert m2.is_done("crop", "a.png", "abc")
+    assert not m2.is_done("crop", "a.png", "changed-source")
+    (tmp_path / "out.png").unlink()
+    assert not Manifest.in_folder(tmp_path).is_done("crop", "a.png", "abc")  # output gone: redo
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    p = tmp_path / "c.txt"
+    atomic_write_text(p, "one")
+
+    class Boom(Exception):
+        pass
+
+    from prep.fsutil import atomic_open
+
+    with pytest.raises(Boom):
+        with atomic_open(p) as fh:
+            fh.write(b"half")
+            raise Boom
+    assert p.read_text() == "one" and not list(tmp_path.glob(".*tmp"))
+
+
+# -- executor -------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,workers", [("serial", 1), ("thread", 3), ("process", 2)])
+def test_executor_isolates_the_bad_item(kind, workers):
+    items = list(range(20))
+    res = run_step(Square(), items, workers=workers, kind=kind, batch_size=4)
+    assert len(res) == 20
+    bad = [r for r in res if r.status == "failed"]
+    assert [r.id for r in bad] == ["13"] and "unlucky number" in bad[0].reason
+    assert {r.data["sq"] for r in res if r.ok} == {x * x for x in items if x != 13}
+    if kind == "process":
+        assert {r.data["pid"] for r in res if r.ok} != {os.getpid()}
+
+
+def test_executor_streams_results_with_bounded_in_flight():
+    ex = LocalExecutor(workers=2, kind="thread", batch_size=1, max_in_flight=2)
+    got = [r.id for r in ex.run(Square(), [1, 2, 3])]
+    assert sorted(got) == ["1", "2", "3"]
+
+
+# -- buckets (sd-scripts rules) -------------------------------------------------------
+def test_bucket_counts_match_sd_scripts():
+    assert len(make_bucket_resolutions((1024, 1024), 256, 1024, 64)) == 25
+    assert len(make_bucket_resolutions((1024, 1024), 256, 2048, 64)) == 41
+    assert len(make_bucket_resolutions((512, 512), 256, 1024, 64)) == 17
+    assert len(make_bucket_resolutions((1024, 1024), 256, 2048, 32)) == 81
+    assert len(make_bucket_resolutions((1024, 1024), 512, 2048, 16)) == 129
+
+
+@pytest.mark.parametrize(
+    "spec, size, bucket, resized",
+    [
+        (BucketSpec(max_reso=2048), (3024, 4032), (896, 1152), (896, 1195)),
+        (BucketSpec(max_reso=2048), (1080, 1920), (768, 1344), (768, 1365)),
+        (BucketSpec(), (512, 512), (1024, 1024), (1024, 1024)),
+        (BucketSpec(resolution=(768, 768), no_upscale=True), (768, 1024), (640, 832), (640, 853)),
+        (BucketSpec(no_upscale=True), (500, 700), (448, 640), (500, 700)),
+    ],
+)
+def test_bucket_selection_examples(spec, size, bucket, resized):
+    c = spec.select(*size)
+    assert c.bucket == bucket and c.resized == resized
+
+
+@pytest.mark.parametrize("res", [512, 768, 1024])
+@pytest.mark.parametrize("steps", [64, 32, 16])
+def test_every_bucket_is_a_fixed_point(res, steps):
+    spec = BucketSpec.square(res, steps=steps)
+    assert spec.buckets and all(w % steps == 0 and h % steps == 0 for w, h in spec.buckets)
+    assert all(spec.is_fixed_point(b) for b in spec.buckets)
+    assert all(w * h <= res * res for w, h in spec.buckets)
+
+
+def test_bucket_spec_validation():
+    with pytest.raises(ValueError, match="max_bucket_reso"):
+        BucketSpec(resolution=(1536, 1536), max_reso=1024).validate()
+
+
+# -- trigger -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("1girl, solo", "sage_character, 1girl, solo"),
+        ("sage_character, 1girl", "sage_character, 1girl"),
+        ("1girl, Sage_Character, solo, sage_character", "sage_character, 1girl, solo"),
+        ("[trigger], 1girl", "sage_character, 1girl"),
+        ("SAGE CHARACTER is smiling", "sage_character is smiling"),
+        ("A photo of sage_character in a park", "sage_character, A photo of the subject in a park"),
+        ("", "sage_character"),
+    ],
+)
+def test_trigger_first_exactly_once_idempotent(caption, expected):
+    out = apply_trigger(caption, "sage_character")
+    assert out == expected
+    assert apply_trigger(out, "sage_character") == out
+    assert out.lower().count("sage_character") == 1
+
+
+def test_trigger_fuzz_invariants():
+    rng = random.Random(0)
+    words = ["1girl", "smile", "Sage_Character", "sage character", "[trigger]", "red hair", "a cat"]
+    for _ in range(300):
+        cap = ", ".join(rng.choice(words) for _ in range(rng.randint(0, 6)))
+        out = apply_trigger(cap, "sage_character")
+        assert out.startswith("sage_character")
+        assert out.lower().replace(" ", "_").count("sage_character") == 1
+        assert apply_trigger(out, "sage_character") == out
+
+
+# -- names -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, safe",
+    [("a:b?.png", "a_b_.png"), ("nul.txt", "_nul.txt"), ("COM1", "_COM1"), ("x. . ", "x"), ("..", "unnamed"), ("ok.png", "ok.png")],
+)
+def test_safe_component(name, safe):
+    assert safe_component(name) == safe
+
+
+def test_cli_entry_points_have_help():
+    import subprocess
+    import sys
+
+    for mod in ("prep.cli", "loraprep.cli"):
+        r = subprocess.run([sys.executable, "-c", f"import {mod} as m; m.main()", "--help"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "Usage" in r.stdout
+
+
+def test_json_manifest_is_valid_jsonl(tmp_path):
+    m = Manifest.in_folder(tmp_path)
+    m.append(Record("x", "é.png", "ok", data={"faces": [[1, 2, 3, 4, 0.9]]}))
+    rec = json.loads(m.path.read_text(encoding="utf-8").splitlines()[0])
+    assert rec["faces"] == [[1, 2, 3, 4, 0.9]] and rec["id"] == "é.png"
