@@ -1,0 +1,491 @@
+"""`prep crop` library side: face-centred crops sized exactly to the trainer's buckets.
+
+`crop_folder(src, out, options)` discovers images, runs `CropStep` through the executor
+(detection on a reduced decode, crop from a decode just large enough for the bucket), writes
+each crop atomically with its caption, records every image in the manifest (so a rerun skips
+finished images), and writes `crops.jsonl` and the contact sheet(s). It returns a
+`CropReport` and never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from prep.buckets import BucketSpec
+from prep.contact_sheet import Tile, write_contact_sheet
+from prep.dataset import ImageItem, discover
+from prep.detectors import Box, create_detector
+from prep.executor import LocalExecutor, Progress, Result, default_workers
+from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, parse_aspect, plan_face_crop, plan_full_crop
+from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
+from prep.images import LoadedImage, load_image, parse_color, save_image
+from prep.manifest import Manifest, Record
+
+STEP = "crop"
+REPORT_NAME = "crops.jsonl"
+SHEET_NAME = "contact_sheet.jpg"
+DETECT_SIZE = 640
+"""Long side the detectors see (YuNet's fixed input): detection runs on a reduced decode."""
+MULTI_FACE_RATIO = 0.5
+"""Flag an image when its second face is at least this fraction of the largest (box height)."""
+SHEET_ROWS_PER_PAGE = 40
+
+
+@dataclass
+class CropOptions:
+    """Everything that decides what `prep crop` writes (see docs/crop.md)."""
+
+    framing: str = "bust"
+    resolution: int = 1024
+    trainer: str | None = None
+    bucket_step: int | None = None
+    min_bucket_reso: int | None = None
+    max_bucket_reso: int | None = None
+    detector: str = "auto"
+    detector_model: str | None = None
+    anime_model: str | None = None
+    anime_target: str = "head"
+    score_threshold: float | None = None
+    device: str = "cpu"
+    no_face: str = "center"  # center | skip
+    all_faces: bool = False
+    upscale: bool = False
+    pad: bool = False
+    background: str = "white"
+    format: str = "png"
+    quality: int = 95
+    aspect: str | None = None
+    recursive: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    workers: int = 0
+    contact_sheet: bool = True
+
+    def validate(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {self.framing!r}: use {', '.join(FRAMINGS)}")
+        if self.no_face not in ("center", "skip"):
+            raise ValueError(f"--no-face {self.no_face!r}: use center or skip")
+        if self.format.lower() not in ("png", "jpg", "jpeg", "webp"):
+            raise ValueError(f"unknown output format {self.format!r}: use png, jpg or webp")
+        if not 1 <= self.quality <= 100:
+            raise ValueError("--quality must be between 1 and 100")
+        parse_color(self.background)
+        parse_aspect(self.aspect)
+        self.spec()
+
+    def spec(self) -> BucketSpec:
+        return bucket_spec(self.resolution, trainer=self.trainer, step=self.bucket_step, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso)
+
+    def key(self) -> str:
+        """Fingerprint of the options that change the output; a rerun with other options redoes the image."""
+        skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive"}
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def ext(self) -> str:
+        f = self.format.lower()
+        return ".jpg" if f in ("jpg", "jpeg") else f".{f}"
+
+
+@dataclass
+class CropReport:
+    """What a run did: one result per source image plus the files it wrote."""
+
+    out: Path
+    results: list[Result] = field(default_factory=list)
+    report_path: Path | None = None
+    contact_sheets: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def n_failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def no_face(self) -> list[str]:
+        return [r.id for r in self.results if "no_face" in r.data.get("flags", [])]
+
+    @property
+    def flagged(self) -> list[Result]:
+        return [r for r in self.results if r.status == "flagged"]
+
+    def summary(self) -> dict[str, int]:
+        keys = ("ok", "flagged", "skipped", "failed")
+        out = {k: self.count(k) for k in keys}
+        out["total"] = len(self.results)
+        out["outputs"] = sum(len(r.outputs) for r in self.results)
+        out["resumed"] = sum(1 for r in self.results if r.data.get("resumed"))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "dry_run": self.dry_run,
+            "summary": self.summary(),
+            "report": str(self.report_path) if self.report_path else None,
+            "contact_sheets": [str(p) for p in self.contact_sheets],
+            "warnings": self.warnings,
+            "images": [report_line(r) for r in self.results],
+        }
+
+
+def report_line(r: Result) -> dict[str, Any]:
+    """One `crops.jsonl` line."""
+    d = r.data
+    return {
+        "id": r.id,
+        "source": r.source,
+        "outputs": r.outputs,
+        "faces": d.get("faces", []),
+        "crop": d.get("crop", []),
+        "bucket": d.get("bucket"),
+        "status": r.status,
+        "reason": r.reason,
+        "flags": d.get("flags", []),
+        "detector": d.get("detector"),
+        "share": d.get("share", []),
+        "scale": d.get("scale", []),
+        "size": d.get("size"),
+    }
+
+
+# --- the per-image step ---------------------------------------------------------------------
+
+
+def _alpha_bbox(img: LoadedImage) -> tuple[float, float, float, float] | None:
+    """Bounding box of the visible pixels in full-resolution coordinates, or None if opaque."""
+    if not img.transparent or img.alpha is None:
+        return None
+    bbox = img.alpha.point(lambda v: 255 if v > 16 else 0).getbbox()
+    if not bbox:
+        return None
+    s = 1.0 / img.scale
+    return (bbox[0] * s, bbox[1] * s, bbox[2] * s, bbox[3] * s)
+
+
+def _is_multi(faces: Sequence[Box]) -> bool:
+    return len(faces) >= 2 and faces[1].height >= MULTI_FACE_RATIO * faces[0].height
+
+
+class CropStep:
+    """Picklable `step(batch) -> list[Result]`; the detector is created lazily, once per worker."""
+
+    def __init__(self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0):
+        self.options = options
+        self.out = Path(out)
+        self.names = names
+        self.threads = threads
+        self.spec = options.spec()
+        self.framing = PRESETS.get(options.framing)
+        self.aspect = parse_aspect(options.aspect)
+        self.background = parse_color(options.background)
+        self.key = options.key()
+        self._detector: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_detector"] = None
+        return state
+
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:
+            o = self.options
+            kw: dict[str, Any] = {"device": o.device, "threads": self.threads}
+            if o.detector == "anime":
+                kw.update(model_path=o.detector_model or o.anime_model, target=o.anime_target)
+            else:
+                kw["model_path"] = o.detector_model
+            if o.detector == "auto":
+                kw.update(anime_model_path=o.anime_model, anime_target=o.anime_target)
+            if o.score_threshold is not None:
+                kw["score_threshold"] = o.score_threshold
+            self._detector = create_detector(o.detector, **kw)
+        return self._detector
+
+    def __call__(self, batch: list[ImageItem]) -> list[Result]:
+        return [self.process(item) for item in batch]
+
+    def output_names(self, item: ImageItem, n: int) -> list[str]:
+        base = self.names.get(item.id) or Path(item.id).with_suffix("").as_posix()
+        if n == 1 and not self.options.all_faces:
+            return [base + self.options.ext]
+        return [f"{base}_f{i + 1:02d}{self.options.ext}" for i in range(n)]
+
+    def plan(self, size: tuple[int, int], faces: list[Box], subject: tuple[float, float, float, float] | None) -> tuple[list[CropPlan], list[str]]:
+        """The crops for one image and the flags they raise."""
+        o = self.options
+        flags: list[str] = []
+        if not faces:
+            flags.append("no_face")
+            if o.no_face == "skip":
+                return [], flags
+            return [plan_full_crop(size, subject, self.spec, pad=o.pad)], flags
+        if _is_multi(faces):
+            flags.append("multi_face")
+        chosen = faces if o.all_faces else faces[:1]
+        plans = []
+        for f in chosen:
+            rect = (f.x0, f.y0, f.x1, f.y1)
+            if self.framing is None:
+                plans.append(plan_full_crop(size, subject, self.spec, face=rect, pad=o.pad))
+            else:
+                plans.append(plan_face_crop(size, rect, self.framing, self.spec, pad=o.pad, aspect=self.aspect))
+        return plans, flags
+
+    def process(self, item: ImageItem) -> Result:
+        o = self.options
+        sha = sha256_file(item.path)
+        first = load_image(item.path, background=self.background, draft_size=(DETECT_SIZE, DETECT_SIZE), keep_alpha=True)
+        width, height = first.size
+        faces = [b.scaled(1.0 / first.scale).clipped(width, height) for b in self.detector.detect(first.image)]
+        subject = _alpha_bbox(first)
+        plans, flags = self.plan((width, height), faces, subject)
+        for p in plans:
+            if not self.spec.is_fixed_point(p.bucket):  # the whole point of the step
+                raise AssertionError(f"bucket {p.bucket} is not a fixed point of {self.spec}")
+        small = [p for p in plans if p.scale > 1.0 + 1e-6]
+        if small:
+            flags.append("upscaled" if o.upscale else "small_source")
+        if any(p.padded for p in plans):
+            flags.append("padded")
+        if first.exif_rotated:
+            flags.append("exif_rotated")
+        writable = plans if o.upscale else [p for p in plans if p.scale <= 1.0 + 1e-6]
+        names = self.output_names(item, len(plans))
+        out_names = [n for n, p in zip(names, plans) if p in writable]
+
+        outputs: list[str] = []
+        if writable and not o.dry_run:
+            need = min(1.0, max(p.scale for p in writable))
+            img = first if first.scale >= need - 1e-9 else self._load_for(item, first, need)
+            for name, p in zip(out_names, writable):
+                crop = self._render(img, p)
+                dest = self.out / name
+                save_image(crop, dest, fmt=o.format, quality=o.quality)
+                outputs.append(name)
+                self._copy_caption(item, dest)
+        elif o.dry_run:
+            outputs = out_names
+
+        reasons = []
+        if "no_face" in flags:
+            reasons.append("no face found: " + ("skipped (--no-face skip)" if o.no_face == "skip" else "bucket crop around the centre"))
+        if "multi_face" in flags:
+            reasons.append(f"{len(faces)} faces; the second is at least half the size of the largest: check the identity")
+        if "small_source" in flags:
+            worst = max(p.scale for p in small)
+            reasons.append(f"crop smaller than the bucket (needs {worst:.2f}x upscaling): not written; pass --upscale or lower --resolution")
+        elif "upscaled" in flags:
+            reasons.append(f"upscaled {max(p.scale for p in small):.2f}x with Lanczos")
+        if "padded" in flags:
+            reasons.append("crop ran past the image edge: padded with the background colour")
+        status = "skipped" if (not plans and "no_face" in flags) else ("flagged" if reasons else "ok")
+        data = {
+            "faces": [b.to_list() for b in faces],
+            "crop": [list(p.box) for p in writable],
+            "bucket": list(writable[0].bucket) if writable else (list(plans[0].bucket) if plans else None),
+            "buckets": [list(p.bucket) for p in writable],
+            "share": [round(p.share, 4) if p.share is not None else None for p in writable],
+            "scale": [round(p.scale, 4) for p in writable],
+            "flags": flags,
+            "detector": getattr(faces[0], "detector", None) if faces else self.options.detector,
+            "size": [width, height],
+            "sha256": sha,
+            "options": self.key,
+        }
+        return Result(id=item.id, status=status, source=str(item.path), outputs=outputs, reason="; ".join(reasons) or None, data=data)
+
+    def _load_for(self, item: ImageItem, first: LoadedImage, need: float) -> LoadedImage:
+        """Decode again, just large enough that every crop is a downscale (JPEG DCT scaling)."""
+        w, h = first.size
+        draft = (math.ceil(w * need), math.ceil(h * need))
+        img = load_image(item.path, background=self.background, draft_size=draft)
+        if img.scale < need - 1e-9:  # draft overshot downwards (should not happen): full decode
+            img = load_image(item.path, background=self.background)
+        return img
+
+    def _render(self, img: LoadedImage, plan: CropPlan) -> Image.Image:
+        s = img.scale
+        x0, y0, x1, y1 = (v * s for v in plan.box)
+        src = img.image
+        if plan.padded:
+            ox, oy = math.floor(x0), math.floor(y0)
+            cw, ch = math.ceil(x1) - ox, math.ceil(y1) - oy
+            canvas = Image.new("RGB", (cw, ch), self.background)
+            canvas.paste(src, (-ox, -oy))
+            src, x0, y0, x1, y1 = canvas, x0 - ox, y0 - oy, x1 - ox, y1 - oy
+        return src.resize(plan.bucket, Image.Resampling.LANCZOS, box=(x0, y0, x1, y1), reducing_gap=3.0)
+
+    def _copy_caption(self, item: ImageItem, dest: Path) -> None:
+        if item.caption_path.is_file():
+            atomic_write_bytes(dest.with_suffix(".txt"), item.caption_path.read_bytes())
+
+
+# --- the folder-level driver ----------------------------------------------------------------
+
+
+def output_stems(items: Sequence[ImageItem]) -> dict[str, str]:
+    """Output path (without extension) per item: same relative stem, disambiguated on collisions.
+
+    `a.jpg` and `a.png` in one folder would both become `a.png`; they get `a_jpg` / `a_png`.
+    """
+    stems: dict[str, list[ImageItem]] = {}
+    for it in items:
+        stem = Path(it.id).with_suffix("").as_posix().lower()
+        stems.setdefault(stem, []).append(it)
+    out: dict[str, str] = {}
+    for group in stems.values():
+        for it in group:
+            p = Path(it.id)
+            parts = [safe_component(x) for x in p.parent.parts]
+            name = safe_component(p.stem if len(group) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}")
+            out[it.id] = "/".join([*parts, name])
+    return out
+
+
+def _previous_result(rec: Record) -> Result:
+    data = dict(rec.data)
+    data["resumed"] = True
+    return Result(id=rec.id, status=rec.status, source=rec.source, outputs=list(rec.outputs), reason=rec.reason, data=data)
+
+
+def _remove_stale(out: Path, old: Sequence[str], new: Sequence[str]) -> None:
+    """Delete outputs an earlier run wrote for this image that this run did not write again."""
+    keep = set(new)
+    for name in old:
+        if name in keep:
+            continue
+        p = (out / name).resolve()
+        if out.resolve() not in p.parents:
+            continue
+        for q in (p, p.with_suffix(".txt")):
+            try:
+                q.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = None, *, progress: Progress | None = None) -> CropReport:
+    """Crop every image of `src` into `out` (see the module docstring). Raises ValueError on bad options."""
+    options = options or CropOptions()
+    options.validate()
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise ValueError(f"{out}: the output folder must differ from the source folder (originals are never overwritten)")
+    items = discover(src, recursive=options.recursive, exclude=[out])
+    report = CropReport(out=out, dry_run=options.dry_run)
+    names = output_stems(items)
+    manifest = Manifest.in_folder(out)
+    key = options.key()
+
+    todo: list[ImageItem] = []
+    previous: dict[str, Record] = {}
+    for it in items:
+        rec = manifest.get(STEP, it.id)
+        if rec is not None:
+            previous[it.id] = rec
+        if rec is not None and not options.overwrite and rec.data.get("options") == key:
+            try:
+                sha = sha256_file(it.path)
+            except OSError:
+                sha = None
+            if sha and manifest.is_done(STEP, it.id, sha):
+                report.results.append(_previous_result(rec))
+                continue
+        todo.append(it)
+
+    workers = options.workers or default_workers()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    step = CropStep(options, out, names, threads=threads)
+    try:
+        det = step.detector
+        if hasattr(det, "check"):
+            det.check()
+        elif hasattr(det, "resolve"):
+            det.resolve()
+        report.warnings.extend(getattr(det, "warnings", []))
+    except Exception:
+        if todo:
+            raise
+    executor = LocalExecutor(workers=workers, kind="thread")
+    for r in executor.run(step, todo, progress=progress, description="cropping"):
+        if not options.dry_run:
+            old = previous.get(r.id)
+            if old is not None and r.status != "failed":
+                _remove_stale(out, old.outputs, r.outputs)
+            manifest.append(
+                Record(step=STEP, id=r.id, status=r.status, source=r.source, source_sha256=r.data.get("sha256"), outputs=r.outputs, reason=r.reason, data=r.data)  # type: ignore[arg-type]
+            )
+        report.results.append(r)
+    report.results.sort(key=lambda r: r.id)
+
+    if not options.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        report.report_path = out / REPORT_NAME
+        lines = "".join(json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results)
+        atomic_write_text(report.report_path, lines)
+        if options.contact_sheet and report.results:
+            report.contact_sheets = write_sheets(report.results, out, background=parse_color(options.background))
+    return report
+
+
+# --- contact sheet --------------------------------------------------------------------------
+
+
+def _source_tile(r: Result, background: tuple[int, int, int], cell: int) -> Tile:
+    label = f"{r.id} [{r.status}]"
+    try:
+        img = load_image(r.source, background=background, draft_size=(cell * 2, cell * 2))
+    except Exception:
+        return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), label + " unreadable")
+    im = img.image
+    im.thumbnail((cell * 2, cell * 2))
+    s = im.width / img.size[0]
+    boxes = [tuple(v * s for v in f[:4]) for f in r.data.get("faces", [])]
+    crops = [tuple(v * s for v in c) for c in r.data.get("crop", [])]
+    colors = [(255, 40, 40)] * len(boxes) + [(40, 220, 40)] * len(crops)
+    return Tile(im, label, boxes + crops, colors)  # type: ignore[arg-type]
+
+
+def _output_tile(out: Path, name: str, cell: int) -> Tile:
+    try:
+        with Image.open(out / name) as im:
+            im.draft("RGB", (cell, cell))
+            w, h = im.size
+            im = im.convert("RGB")
+            im.thumbnail((cell, cell))
+        return Tile(im, f"{Path(name).name} {w}x{h}")
+    except Exception:
+        return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), f"{name} missing")
+
+
+def write_sheets(results: Sequence[Result], out: Path, *, background: tuple[int, int, int] = (255, 255, 255), cell: int = 192, rows_per_page: int = SHEET_ROWS_PER_PAGE) -> list[Path]:
+    """`contact_sheet.jpg` (then `contact_sheet_002.jpg`, ...): each source with its face (red)
+    and crop (green) boxes, followed by its crops."""
+    paths: list[Path] = []
+    for page, start in enumerate(range(0, len(results), rows_per_page), start=1):
+        rows = []
+        for r in results[start : start + rows_per_page]:
+            rows.append([_source_tile(r, background, cell), *(_output_tile(out, n, cell) for n in r.outputs)])
+        name = SHEET_NAME if page == 1 else f"contact_sheet_{page:03d}.jpg"
+        paths.append(write_contact_sheet(rows, out / name, cell=cell))
+    for stale in sorted(out.glob("contact_sheet_*.jpg")):
+        if stale not in paths:
+            stale.unlink()
+    return paths

@@ -1,0 +1,147 @@
+"""Anime head (or face) detector: the YOLOv8/YOLO11 ONNX models of deepghs (MIT licence).
+
+Contract of those models, as used by their authors' `imgutils.generic.yolo`: input `images`
+float32 NCHW RGB scaled to 0..1 at the size in the model metadata `imgsz` (640x640 when absent);
+output `output0` of shape [1, 4 + classes, N] holding centre x, centre y, width, height in
+input pixels followed by one score per class (no objectness), NMS left to the caller (IoU 0.7).
+End-to-end exports ([1, N, 6]: x0 y0 x1 y1 score class) are accepted too. We letterbox
+(keep the aspect ratio, grey 114 padding, centred: Ultralytics' own inference) and map back.
+
+Default: `deepghs/anime_head_detection`, `head_detect_v2.0_s/model.onnx`, pinned to a commit;
+heads include the hair, which is the better anchor for framing anime characters.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from prep.detectors import Box, letterbox, nms, onnx_session, sort_largest_first
+from prep.models import ModelRef, resolve_model_file
+
+ANIME_HEAD_REF = ModelRef(
+    repo_id="deepghs/anime_head_detection",
+    filename="head_detect_v2.0_s/model.onnx",
+    revision="3d60124ad92900b219d5dfa30d62dbe6e9c3f99a",
+    env_var="LORAPREP_ANIME_MODEL",
+)
+ANIME_FACE_REF = ModelRef(
+    repo_id="deepghs/anime_face_detection",
+    filename="face_detect_v1.4_s/model.onnx",
+    revision="main",
+    env_var="LORAPREP_ANIME_MODEL",
+)
+DEFAULT_SIZE = 640
+
+
+class AnimeDetector:
+    """Heads (default) or faces in anime and illustration; `target="face"` uses the face model."""
+
+    name = "anime"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        threads: int = 0,
+        score_threshold: float = 0.4,
+        nms_threshold: float = 0.7,
+        target: str = "head",
+        **_: Any,
+    ):
+        if target not in ("head", "face"):
+            raise ValueError(f"anime detector target {target!r}: use head or face")
+        self.model_path = model_path
+        self.device = device
+        self.threads = threads
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.target = target
+        self.kind = target
+        self._session: Any = None
+        self._size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def ref(self) -> ModelRef:
+        return ANIME_HEAD_REF if self.target == "head" else ANIME_FACE_REF
+
+    def resolve(self) -> Path:
+        return resolve_model_file(self.ref, self.model_path)
+
+    def _sess(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    sess = onnx_session(str(self.resolve()), self.device, self.threads)
+                    self._size = _input_size(sess)
+                    self._session = sess
+        return self._session
+
+    def detect(self, image: Image.Image) -> list[Box]:
+        sess = self._sess()
+        canvas, lb = letterbox(image, self._size, fill=(114, 114, 114), center=True)
+        blob = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        (raw,) = sess.run([sess.get_outputs()[0].name], {sess.get_inputs()[0].name: blob})
+        xyxy, scores = decode_yolo(np.asarray(raw)[0], self.score_threshold)
+        keep = nms(xyxy, scores, self.nms_threshold)
+        if not keep:
+            return []
+        boxes = lb.to_image(xyxy[keep])
+        out = [
+            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), self.kind, self.name).clipped(image.width, image.height)
+            for b, s in zip(boxes, scores[keep])
+        ]
+        return sort_largest_first([b for b in out if b.area > 0])
+
+
+def decode_yolo(output: np.ndarray, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x0 y0 x1 y1, input pixels) and best-class scores from one image's YOLO output."""
+    if output.ndim != 2:
+        raise ValueError(f"unexpected YOLO output shape {output.shape}: expected [4+classes, N] or [N, 6]")
+    if output.shape[1] == 6 and output.shape[0] != 6:  # end-to-end export: x0 y0 x1 y1 score class
+        sel = output[output[:, 4] >= score_threshold]
+        return sel[:, :4].astype(np.float64), sel[:, 4].astype(np.float64)
+    if output.shape[0] < 5:
+        raise ValueError(f"unexpected YOLO output shape {output.shape}: expected [4+classes, N]")
+    scores = output[4:, :].max(axis=0)
+    idx = np.nonzero(scores >= score_threshold)[0]
+    cx, cy, w, h = (output[i, idx].astype(np.float64) for i in range(4))
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    return xyxy, scores[idx].astype(np.float64)
+
+
+def _input_size(sess: Any) -> tuple[int, int]:
+    """(width, height) from the metadata `imgsz` ([h, w]), else a fixed input shape, else 640."""
+    meta = sess.get_modelmeta().custom_metadata_map or {}
+    if "imgsz" in meta:
+        try:
+            h, w = (int(v) for v in json.loads(meta["imgsz"]))
+            return (w, h)
+        except (ValueError, TypeError):
+            try:
+                h, w = (int(v) for v in ast.literal_eval(meta["imgsz"]))
+                return (w, h)
+            except (ValueError, SyntaxError, TypeError):
+                pass
+    shape = sess.get_inputs()[0].shape
+    if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+        return (shape[3], shape[2])
+    return (DEFAULT_SIZE, DEFAULT_SIZE)

