@@ -30,6 +30,8 @@ class StubServer:
                     code, obj, hdrs = stub.handle(self.command, self.path, dict(self.headers), raw)
                 except (BrokenPipeError, ConnectionResetError):
                     return
+                except Exception as exc:  # a stub bug answers 500 instead of killing the connection
+                    code, obj, hdrs = 500, {"error": {"code": 500, "message": f"stub error {type(exc).__name__}: {exc}"}}, []
                 if code is None:
                     self.close_connection = True
                     return

@@ -76,13 +76,14 @@ class GeminiStub(StubServer):
         for content in body.get("contents", []):
             for part in content.get("parts", []):
                 if "inlineData" in part:
-                    img = base64.b64decode(part["inlineData"]["data"])
+                    d = part["inlineData"]["data"]
+                    img = base64.urlsafe_b64decode(d + "=" * (-len(d) % 4))
                 elif "text" in part:
                     prompt += part["text"]
         sha = hashlib.sha256(img).hexdigest()
         rec = {"method": method, "path": route, "model": model, "image_sha": sha, "image_bytes": len(img), "prompt": prompt,
                "system": json.dumps(body.get("systemInstruction", "")), "has_key": bool(headers.get("x-goog-api-key") or headers.get("X-Goog-Api-Key")),
-               "mime": next((p["inlineData"].get("mimeType") for c in body.get("contents", []) for p in c.get("parts", []) if "inlineData" in p), None),
+               "mime": next(((p["inlineData"].get("mimeType") or p["inlineData"].get("mime_type")) for c in body.get("contents", []) for p in c.get("parts", []) if "inlineData" in p), None),
                "time": time.monotonic(), "answer": None}
         with self._mu:
             self.requests.append(rec)

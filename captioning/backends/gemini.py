@@ -1,0 +1,266 @@
+"""Gemini captions through google-genai (the maintained SDK; google-generativeai is end-of-life).
+
+- Key: GEMINI_API_KEY, else GOOGLE_API_KEY (passed explicitly; never logged or stored).
+- Endpoint: the SDK's own GOOGLE_GEMINI_BASE_URL keeps working (a proxy or a local stand-in).
+- The image goes inline as a <= 1536 px JPEG without metadata, never the original file.
+- The SDK's own retries are off: `prep.remote.call_with_retry` retries 429/5xx/timeouts with
+  full-jitter backoff honouring Retry-After (and Gemini's RetryInfo), under one shared
+  token-bucket + concurrency limiter.
+- A safety block is a result with status "blocked" and the block reason, not an empty caption.
+- A 404 (retired or misspelled model) or a key error stops the run's requests at once with a
+  message naming `--model` / the key variable.
+- Finished answers are kept in `state_dir` (per image, keyed by model + prompt + file), so a
+  rerun or a crash between answer and caption write never pays twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, ClassVar, Literal
+
+from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
+from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint
+from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
+from captioning.prompts import build_prompt, check_caption, clean_caption
+from prep.dataset import ImageItem
+from prep.images import ImageLoadError
+from prep.remote import RemoteError, call_with_retry, classify_status, parse_retry_after
+from prep.trigger import apply_trigger
+
+DEFAULT_MODEL = "gemini-2.5-flash"
+SUGGESTED_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-3.5-flash")
+
+PRICES_USD_PER_MTOK: dict[str, tuple[float, float]] = {
+    # model prefix: (input incl. images, output incl. thinking), paid tier, standard context.
+    # Source: ai.google.dev/gemini-api/docs/pricing as last read (2025/2026); check before large runs.
+    "gemini-2.5-flash-lite": (0.10, 0.40),
+    "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-pro": (1.25, 10.00),
+}
+TOKENS_PER_TILE = 258
+"""Gemini bills an image as 258 tokens per 768 px tile (one tile when both sides <= 384 px)."""
+PROMPT_TOKENS = 450
+OUTPUT_TOKENS = 90
+SECONDS_PER_REQUEST = 3.0
+"""Typical flash latency for one image caption without thinking (assumption for --dry-run)."""
+
+BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
+
+
+def api_key() -> str | None:
+    return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or None
+
+
+def image_tokens(size: tuple[int, int]) -> int:
+    w, h = size
+    if w <= 384 and h <= 384:
+        return TOKENS_PER_TILE
+    return TOKENS_PER_TILE * math.ceil(w / 768) * math.ceil(h / 768)
+
+
+def price_for(model: str) -> tuple[float, float] | None:
+    for prefix in sorted(PRICES_USD_PER_MTOK, key=len, reverse=True):
+        if model.startswith(prefix):
+            return PRICES_USD_PER_MTOK[prefix]
+    return None
+
+
+def _retry_delay(details: Any) -> float | None:
+    """Gemini puts `RetryInfo.retryDelay` ("12s") in the error details of a 429."""
+    try:
+        for d in details.get("error", {}).get("details", []) or []:
+            if str(d.get("@type", "")).endswith("RetryInfo") and d.get("retryDelay"):
+                return float(str(d["retryDelay"]).rstrip("s"))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return None
+
+
+def classify_genai(exc: BaseException) -> RemoteError:
+    """google-genai / httpx exceptions as RemoteError (retryable on 429, 5xx, timeouts)."""
+    from google.genai import errors
+
+    if isinstance(exc, errors.APIError):
+        code = int(exc.code or 0) or None
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        retry_after = parse_retry_after(headers.get("Retry-After") if hasattr(headers, "get") else None)
+        if retry_after is None:
+            retry_after = _retry_delay(exc.details)
+        msg = f"Gemini HTTP {code} {exc.status or ''}: {exc.message or ''}".strip()
+        err = classify_status(code, msg, retry_after)
+        if code == 400 and "api key" in (exc.message or "").lower():
+            err.kind = "auth"
+        return err
+    mro = {c.__name__ for c in type(exc).__mro__}  # httpx or its fork httpx2, whichever the SDK uses
+    if "TimeoutException" in mro:
+        return RemoteError(f"Gemini request timed out ({type(exc).__name__}); raise --set timeout=SECONDS if images are large", retryable=True, kind="timeout")
+    if "TransportError" in mro:
+        return RemoteError(f"cannot reach the Gemini endpoint ({type(exc).__name__}: {exc})", retryable=True, kind="connection")
+    return RemoteError(f"{type(exc).__name__}: {exc}", kind="error")
+
+
+def _enum_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "name", value)).split(".")[-1]
+
+
+class GeminiBackend:
+    name: ClassVar[str] = "gemini"
+    needs_key: ClassVar[str | None] = "GEMINI_API_KEY|GOOGLE_API_KEY"
+    kind: ClassVar[Literal["tags", "text"]] = "text"
+
+    def __init__(self) -> None:
+        self._run: RemoteRun | None = None
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_run": None, "_client": None}
+
+    # ---- setup
+    def _model(self, options: CaptionOptions) -> str:
+        return (options.model or DEFAULT_MODEL).removeprefix("models/")
+
+    def _ensure(self, options: CaptionOptions) -> RemoteRun:
+        if self._run is None:
+            key = api_key()
+            self._run = RemoteRun(self.name, options, [key])
+            if not key:
+                self._run.set_fatal("no Gemini API key: export GEMINI_API_KEY (or GOOGLE_API_KEY); get one at aistudio.google.com/apikey")
+            else:
+                from google import genai
+                from google.genai import types
+
+                http = types.HttpOptions(timeout=int(float(options.extra.get("timeout", options.timeout)) * 1000), retry_options=None)
+                self._client = genai.Client(api_key=key, http_options=http)
+        return self._run
+
+    def _config(self, options: CaptionOptions, system: str) -> Any:
+        from google.genai import types
+
+        model = self._model(options)
+        kw: dict[str, Any] = {"system_instruction": system, "temperature": float(options.extra.get("temperature", 0.4))}
+        budget = options.extra.get("thinking_budget")
+        if budget is None and model.startswith("gemini-2.5-flash"):
+            budget = 0  # a caption needs no reasoning; thinking tokens are billed as output
+        if budget is not None:
+            kw["thinking_config"] = types.ThinkingConfig(thinking_budget=int(budget))
+            if int(budget) == 0:
+                kw["max_output_tokens"] = int(options.max_new_tokens)
+        return types.GenerateContentConfig(**kw)
+
+    # ---- protocol
+    def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
+        run = self._ensure(options)
+        prompt = build_prompt(options.lora_type, options.trigger, options.prompt)
+        config = self._config(options, prompt.system) if self._client is not None else None
+        return fan_out(items, options.concurrency, lambda it: self._one(it, options, run, prompt, config))
+
+    def _one(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, prompt: Any, config: Any) -> CaptionResult:
+        model = self._model(options)
+        max_side = int(options.extra.get("max_side", DEFAULT_MAX_SIDE))
+        try:
+            fp = request_fingerprint(model=model, system=prompt.system, user=prompt.user, file=file_fingerprint(item.path), max_side=max_side)
+        except OSError as exc:
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: cannot read ({exc.strerror or exc})")
+        cached = run.get(item.id)
+        if cached and cached.get("fp") == fp and cached.get("status") in ("ok", "blocked"):
+            return self._finish(item, options, cached["status"], cached.get("text"), cached.get("reason"), {**cached.get("data", {}), "cached": True})
+        if run.fatal:
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: {run.fatal}")
+        try:
+            img = prepare_image(item.path, max_side=max_side, quality=int(options.extra.get("jpeg_quality", 90)))
+        except ImageLoadError as exc:
+            return CaptionResult(item.id, "failed", reason=str(exc))
+
+        from google.genai import types
+
+        contents = [types.Part.from_bytes(data=img.data, mime_type=img.mime_type), prompt.user]
+        retries: list[str] = []
+        try:
+            resp = call_with_retry(
+                lambda: self._client.models.generate_content(model=model, contents=contents, config=config),
+                classify=classify_genai,
+                policy=run.policy,
+                limiter=run.limiter,
+                on_retry=lambda n, err, delay: retries.append(err.kind),
+            )
+        except RemoteError as err:
+            reason = run.redact(self._explain(err, model))
+            if err.kind in ("not_found", "auth"):
+                run.set_fatal(reason)
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: {reason}", data={"model": model, "retries": len(retries), "http_status": err.status})
+
+        status, text, reason, data = self._read(resp, item)
+        data.update(model=model, retries=len(retries), sent_size=list(img.size))
+        if status in ("ok", "blocked"):
+            run.put(item.id, {"fp": fp, "status": status, "text": text, "reason": reason, "data": data})
+        return self._finish(item, options, status, text, reason, data)
+
+    def _explain(self, err: RemoteError, model: str) -> str:
+        if err.kind == "not_found":
+            return (f"model {model!r} was not found (HTTP 404): it is retired or misspelled; pass a current model with "
+                    f"--model (for example {', '.join(SUGGESTED_MODELS)}; list: ai.google.dev/gemini-api/docs/models)")
+        if err.kind == "auth":
+            return f"the API key was refused ({err}): check GEMINI_API_KEY / GOOGLE_API_KEY"
+        if err.retryable:
+            return f"{err} (gave up after retries; rerun to continue, or lower --concurrency/--rpm)"
+        return str(err)
+
+    def _read(self, resp: Any, item: ImageItem) -> tuple[str, str | None, str | None, dict[str, Any]]:
+        data: dict[str, Any] = {}
+        usage = getattr(resp, "usage_metadata", None)
+        if usage is not None:
+            data["tokens_in"] = usage.prompt_token_count
+            data["tokens_out"] = usage.candidates_token_count
+        fb = getattr(resp, "prompt_feedback", None)
+        block = _enum_name(getattr(fb, "block_reason", None)) if fb is not None else None
+        if block and block != "BLOCKED_REASON_UNSPECIFIED":
+            return "blocked", None, f"{item.path}: Gemini blocked the image ({block}); caption it by hand or with a local backend", data
+        cands = getattr(resp, "candidates", None) or []
+        finish = _enum_name(getattr(cands[0], "finish_reason", None)) if cands else None
+        data["finish_reason"] = finish
+        if finish in BLOCK_FINISH:
+            return "blocked", None, f"{item.path}: Gemini stopped the answer ({finish}); caption it by hand or with a local backend", data
+        try:
+            text = resp.text
+        except (ValueError, AttributeError):
+            text = None
+        text = clean_caption(text or "")
+        if not text:
+            return "failed", None, f"{item.path}: Gemini returned no text (finish reason {finish or 'none'}); rerun to try again", data
+        if finish == "MAX_TOKENS":
+            data["truncated"] = True
+        return "ok", text, None, data
+
+    def _finish(self, item: ImageItem, options: CaptionOptions, status: str, text: str | None, reason: str | None, data: dict[str, Any]) -> CaptionResult:
+        if status == "ok" and text:
+            flags = check_caption(text, options.lora_type)
+            if flags:
+                data = {**data, "flags": flags}
+            if options.trigger:
+                fixed = apply_trigger(text, options.trigger)
+                if not re.match(re.escape(options.trigger), text, flags=re.IGNORECASE):
+                    data = {**data, "trigger_added": True}
+                text = fixed
+        return CaptionResult(item.id, status, text=text, reason=reason, data=data)  # type: ignore[arg-type]
+
+    def estimate(self, n_images: int, options: CaptionOptions) -> Estimate:
+        model = self._model(options)
+        max_side = int(options.extra.get("max_side", DEFAULT_MAX_SIDE))
+        tokens_in = PROMPT_TOKENS + image_tokens((max_side, round(max_side * 2 / 3)))
+        price = price_for(model)
+        cost = None
+        notes = f"{model}: ~{tokens_in} input + ~{OUTPUT_TOKENS} output tokens per image (3:2 image, long side {max_side})"
+        if price:
+            cost = n_images * (tokens_in * price[0] + OUTPUT_TOKENS * price[1]) / 1e6
+            notes += f"; ${price[0]}/M in, ${price[1]}/M out (paid tier; free tier costs nothing but allows few requests per minute)"
+        else:
+            notes += "; no price data for this model (see ai.google.dev/gemini-api/docs/pricing)"
+        conc = max(1, options.concurrency)
+        seconds = n_images * SECONDS_PER_REQUEST / conc
+        if options.rpm:
+            seconds = max(seconds, n_images * 60.0 / options.rpm)
+        return Estimate(images=n_images, seconds=seconds, cost_usd=cost, notes=notes)
