@@ -1,0 +1,402 @@
+"""`render_variations(src, out, options)`: originals plus img2img style variations, resumable.
+
+The source folder is only read. The output folder gets: a copy of every original with a
+`3d render`-tagged caption, N variations per original with style-tagged captions, a
+`manifest.jsonl` whose records carry the provenance of each variation (source, style, strength,
+seed, model, backend), and `contact_sheet.jpg` (each render beside its variations).
+
+A manifest record is appended only after the image and its caption are on disk, so a rerun
+after a kill skips finished variations; for Replicate the prediction ids in
+`.loraprep/replicate_variations.jsonl` make an unfinished variation resume its prediction
+instead of paying for a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from prep.contact_sheet import Tile, write_contact_sheet
+from prep.dataset import caption_path_for, discover, read_caption
+from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
+from prep.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from prep.images import ImageLoadError, load_image, save_image
+from prep.manifest import Manifest, Record
+from prep.remote import RemoteError, redact
+from prep.variations.backends import DEFAULT_MODELS, GenRequest, VariationBackend, make_backend
+from prep.variations.captions import DEFAULT_ORIGINAL_TAG, img2img_prompt, original_caption, variation_caption
+from prep.variations.families import Family, family_of, strength_warning
+from prep.variations.plan import PlannedVariation, Source, is_variation_name, plan_variations
+
+STEP = "render-variations"
+STATE_DIR = ".loraprep"
+REPLICATE_STATE = "replicate_variations.jsonl"
+CONTACT_SHEET = "contact_sheet.jpg"
+DEFAULT_STYLES = [
+    "photorealistic portrait, dslr photo",
+    "oil painting portrait",
+    "digital illustration",
+    "pencil sketch",
+    "watercolor portrait",
+]
+DEFAULT_NEGATIVE = "3d render, cgi, blender, plastic skin"
+"""Sent to models that take a negative prompt, to pull away from the render look."""
+
+
+@dataclass
+class VariationOptions:
+    styles: list[str] = field(default_factory=lambda: list(DEFAULT_STYLES))
+    per_image: int = 2
+    strength: float | None = None
+    """None: the model family's default (FLUX 0.6, SDXL 0.45)."""
+    backend: str = "replicate"
+    model: str | None = None
+    trigger: str | None = None
+    original_tag: str = DEFAULT_ORIGINAL_TAG
+    max_synthetic_share: float = 0.5
+    seed: int = 0
+    """Mixed into every derived seed; change it to get a fresh set of samples."""
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    """None: DEFAULT_NEGATIVE where the model takes one; "" sends none."""
+    max_side: int = 1024
+    """Sources larger than this are scaled down before img2img (never up)."""
+    batch_size: int = 1
+    workers: int | None = None
+    rpm: float | None = 300.0
+    device: str = "auto"
+    dtype: str = "auto"
+    ip_adapter: str | None = None
+    ip_adapter_scale: float = 0.6
+    recursive: bool = False
+    copy_originals: bool = True
+    contact_sheet: bool = True
+    dry_run: bool = False
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    """Passed to the backend (api_token, base_url, poll_interval, timeout, policy, extra_input)."""
+
+
+@dataclass
+class VariationsReport:
+    sources: int = 0
+    originals: int = 0
+    """Originals copied (or already present) in the output."""
+    planned: int = 0
+    generated: int = 0
+    resumed: int = 0
+    """Variations already finished by an earlier run and not regenerated."""
+    failed: list[dict[str, str]] = field(default_factory=list)
+    dropped_by_cap: int = 0
+    cap: int | None = None
+    backend: str = ""
+    model: str = ""
+    strength: float = 0.0
+    contact_sheet: str | None = None
+    manifest: str = ""
+    warnings: list[str] = field(default_factory=list)
+    variations: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VariationJob:
+    """One variation to generate: plain data (an executor item)."""
+
+    id: str
+    path: Path
+    """The source render (named in failure messages)."""
+    source_id: str
+    source_sha256: str
+    style: str
+    index: int
+    seed: int
+    prompt: str
+    caption: str
+    strength: float
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+    def provenance(self, backend: str, model: str) -> dict[str, Any]:
+        return {
+            "kind": "variation",
+            "source_id": self.source_id,
+            "style": self.style,
+            "index": self.index,
+            "strength": self.strength,
+            "seed": self.seed,
+            "model": model,
+            "backend": backend,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance": self.guidance,
+        }
+
+
+REGEN_KEYS = ("style", "seed", "strength", "model", "backend", "prompt", "negative_prompt", "steps", "guidance")
+"""A finished variation is regenerated only when one of these differs from the plan."""
+
+
+def fit_for_model(image: Image.Image, max_side: int, multiple: int) -> Image.Image:
+    """Scale down to fit `max_side`, then round each side down to `multiple` (latent grid)."""
+    w, h = image.size
+    s = min(1.0, max_side / max(w, h))
+    nw = max(multiple, int(w * s) // multiple * multiple)
+    nh = max(multiple, int(h * s) // multiple * multiple)
+    if (nw, nh) == (w, h):
+        return image
+    return image.resize((nw, nh), Image.Resampling.LANCZOS)
+
+
+class VariationStep:
+    """Executor step: load each source, run img2img, write image + caption (atomically)."""
+
+    def __init__(self, backend: VariationBackend, out: Path, *, max_side: int, multiple: int):
+        self.backend = backend
+        self.out = out
+        self.max_side = max_side
+        self.multiple = multiple
+
+    def __call__(self, batch: list[VariationJob]) -> list[Result]:
+        reqs = []
+        for job in batch:
+            li = load_image(job.path)
+            reqs.append(
+                GenRequest(
+                    key=job.id,
+                    image=fit_for_model(li.image, self.max_side, self.multiple),
+                    prompt=job.prompt,
+                    strength=job.strength,
+                    seed=job.seed,
+                    negative_prompt=job.negative_prompt,
+                    steps=job.steps,
+                    guidance=job.guidance,
+                )
+            )
+        try:
+            images = self.backend.generate(reqs)
+        except RemoteError as exc:
+            if len(batch) > 1:
+                raise  # the executor retries one by one
+            job = batch[0]
+            status = "retryable" if exc.retryable or exc.kind == "timeout" else "failed"
+            return [Result(job.id, status, source=str(job.path), reason=redact(f"{job.path}: {exc}"), data=self._data(job))]
+        results = []
+        for job, im in zip(batch, images, strict=True):
+            dest = self.out / job.id
+            save_image(im, dest)
+            cap = caption_path_for(dest)
+            atomic_write_text(cap, job.caption + "\n")
+            data = self._data(job)
+            data["size"] = list(im.size)
+            results.append(Result(job.id, "ok", source=str(job.path), outputs=[job.id, rel_or_abs(cap, self.out)], data=data))
+        return results
+
+    def _data(self, job: VariationJob) -> dict[str, Any]:
+        d = job.provenance(self.backend.name, self.backend.model)
+        extra = getattr(self.backend, "provenance", None)
+        if extra is not None:
+            d.update(extra(job.id))
+        return d
+
+
+def _family_for(backend: str, model: str) -> Family:
+    if backend == "replicate":
+        from prep.variations.backends.replicate import preset_for
+        from prep.variations.families import FAMILIES
+
+        return FAMILIES.get(preset_for(model).family, family_of(model))
+    return family_of(model)
+
+
+def _sources(src: Path, out: Path, options: VariationOptions, report: VariationsReport) -> list[tuple[Source, Path]]:
+    found: list[tuple[Source, Path]] = []
+    for item in discover(src, recursive=options.recursive, exclude=[out]):
+        if is_variation_name(item.path.name):
+            report.warnings.append(f"{item.id}: looks like a variation from an earlier run; not varied again")
+            continue
+        try:
+            caption = read_caption(item.caption_path)
+        except ValueError as exc:
+            report.failed.append({"id": item.id, "reason": str(exc)})
+            continue
+        found.append((Source(item.id, str(item.path), sha256_file(item.path), caption), item.path))
+    return found
+
+
+def _copy_original(src: Source, path: Path, out: Path, options: VariationOptions, manifest: Manifest) -> Record:
+    dest = out / src.id
+    caption = original_caption(src.caption, options.trigger, options.original_tag)
+    cap = caption_path_for(dest)
+    if not (manifest.is_done(STEP, src.id, src.sha256) and dest.exists() and sha256_file(dest) == src.sha256):
+        atomic_write_bytes(dest, path.read_bytes())  # byte copy: no re-encode of the user's original
+    if read_caption(cap) != caption:
+        atomic_write_text(cap, caption + "\n")
+    rec = Record(STEP, src.id, "ok", source=str(path), source_sha256=src.sha256, outputs=[src.id, rel_or_abs(cap, out)],
+                 data={"kind": "original", "caption_tag": options.original_tag})
+    return rec
+
+
+def _is_finished(manifest: Manifest, job: VariationJob, backend: str, model: str) -> bool:
+    if not manifest.is_done(STEP, job.id, job.source_sha256):
+        return False
+    rec = manifest.get(STEP, job.id)
+    want = job.provenance(backend, model)
+    return rec is not None and all(rec.data.get(k) == want[k] for k in REGEN_KEYS)
+
+
+def _contact_rows(out: Path, sources: list[Source], plan: list[PlannedVariation], cell: int = 192) -> list[list[Tile]]:
+    by_src: dict[str, list[PlannedVariation]] = {}
+    for v in plan:
+        by_src.setdefault(v.source_id, []).append(v)
+    rows: list[list[Tile]] = []
+    for s in sources:
+        row: list[Tile] = []
+        for rel, label in [(s.id, "original")] + [(v.id, v.style) for v in by_src.get(s.id, [])]:
+            p = out / rel if (out / rel).exists() else (Path(s.path) if rel == s.id else None)
+            if p is None or not p.exists():
+                continue
+            try:
+                row.append(Tile(load_image(p, draft_size=(cell * 2, cell * 2)).image, label))
+            except ImageLoadError:
+                continue
+        if row:
+            rows.append(row)
+    return rows
+
+
+def render_variations(
+    src: Path | str,
+    out: Path | str,
+    options: VariationOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    backend: VariationBackend | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> VariationsReport:
+    """Copy the renders in `src` to `out` and add `per_image` style variations of each."""
+    options = options or VariationOptions()
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise ValueError("the output folder must differ from the source folder (sources are never modified)")
+    model = backend.model if backend is not None else (options.model or DEFAULT_MODELS.get(options.backend, ""))
+    if options.backend not in DEFAULT_MODELS and backend is None:
+        raise ValueError(f"unknown backend {options.backend!r}: use one of {', '.join(DEFAULT_MODELS)}")
+    family = getattr(backend, "family", None) or _family_for(options.backend if backend is None else backend.name, model)
+    strength = options.strength if options.strength is not None else family.strength
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    negative = options.negative_prompt if options.negative_prompt is not None else (DEFAULT_NEGATIVE if family.negative_prompt else None)
+    negative = negative or None
+    report = VariationsReport(backend=options.backend if backend is None else backend.name, model=model, strength=strength, dry_run=options.dry_run)
+    warn = strength_warning(strength, family)
+    if warn:
+        report.warnings.append(warn)
+
+    pairs = _sources(src, out, options, report)
+    sources = [s for s, _ in pairs]
+    report.sources = len(sources)
+    plan = plan_variations(sources, options.styles, per_image=options.per_image, max_synthetic_share=options.max_synthetic_share, seed=options.seed)
+    report.planned, report.cap, report.dropped_by_cap = len(plan.variations), plan.cap, plan.dropped
+    if plan.dropped:
+        report.warnings.append(
+            f"--max-synthetic-share {options.max_synthetic_share} allows {plan.cap} variations for {len(sources)} originals; "
+            f"{plan.dropped} of {plan.wanted} asked for are not made (raise the share or add renders)"
+        )
+    by_id = {s.id: s for s in sources}
+    jobs = [
+        VariationJob(
+            id=v.id,
+            path=Path(by_id[v.source_id].path),
+            source_id=v.source_id,
+            source_sha256=v.source_sha256,
+            style=v.style,
+            index=v.index,
+            seed=v.seed,
+            prompt=img2img_prompt(by_id[v.source_id].caption, v.style, options.trigger),
+            caption=variation_caption(by_id[v.source_id].caption, v.style, options.trigger),
+            strength=strength,
+            negative_prompt=negative,
+            steps=options.steps,
+            guidance=options.guidance,
+        )
+        for v in plan.variations
+    ]
+    report.variations = [
+        {"id": j.id, "source": j.source_id, "style": j.style, "seed": j.seed, "strength": j.strength, "caption": j.caption} for j in jobs
+    ]
+    manifest = Manifest.in_folder(out)
+    report.manifest = str(manifest.path)
+    if options.dry_run:
+        report.originals = len(sources) if options.copy_originals else 0
+        report.resumed = sum(1 for j in jobs if _is_finished(manifest, j, report.backend, model))
+        return report
+
+    todo: list[VariationJob] = []
+    for j in jobs:
+        if _is_finished(manifest, j, report.backend, model):
+            report.resumed += 1
+        else:
+            todo.append(j)
+    if todo and backend is None:
+        backend = _make_backend(options, model, out)  # fails early (no token, no extra) before writing
+
+    out.mkdir(parents=True, exist_ok=True)
+    pending = {j.id: j for j in todo}
+    for j in jobs:
+        cap = caption_path_for(out / j.id)
+        if j.id not in pending and read_caption(cap) != j.caption:
+            atomic_write_text(cap, j.caption + "\n")  # new trigger or tag: caption changes, image need not
+    if options.copy_originals:
+        for s, path in pairs:
+            try:
+                manifest.append(_copy_original(s, path, out, options, manifest))
+                report.originals += 1
+            except OSError as exc:
+                report.failed.append({"id": s.id, "reason": f"{path}: cannot copy the original ({exc})"})
+
+    if todo:
+        assert backend is not None
+        step = VariationStep(backend, out, max_side=options.max_side, multiple=family.multiple)
+        local = options.backend == "diffusers" and backend.name == "diffusers"
+        workers = options.workers or (1 if local else 4)
+        ex = LocalExecutor(workers=workers, kind="thread", batch_size=max(1, options.batch_size) if local else 1)
+        for r in ex.run(step, todo, progress=progress, description="img2img"):
+            sha = pending[r.id].source_sha256 if r.id in pending else None
+            manifest.append(Record(STEP, r.id, r.status, source=r.source, source_sha256=sha, outputs=r.outputs, reason=r.reason, data=r.data))  # type: ignore[arg-type]
+            if r.status == "ok":
+                report.generated += 1
+            else:
+                report.failed.append({"id": r.id, "reason": redact(r.reason or r.status), "status": r.status})
+            if on_result:
+                on_result(r)
+
+    if options.contact_sheet and sources:
+        rows = _contact_rows(out, sources, plan.variations)
+        if rows:
+            report.contact_sheet = str(write_contact_sheet(rows, out / CONTACT_SHEET))
+    return report
+
+
+def _make_backend(options: VariationOptions, model: str, out: Path) -> VariationBackend:
+    kw: dict[str, Any] = dict(options.backend_options)
+    if options.backend == "replicate":
+        kw.setdefault("state_path", out / STATE_DIR / REPLICATE_STATE)
+        kw.setdefault("rpm", options.rpm)
+        kw.setdefault("concurrency", options.workers or 4)
+    else:
+        kw.update(device=options.device, dtype=options.dtype, ip_adapter=options.ip_adapter, ip_adapter_scale=options.ip_adapter_scale)
+    return make_backend(options.backend, model, **kw)
