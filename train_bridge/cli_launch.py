@@ -1,9 +1,218 @@
-"""Placeholder until its issue lands: registers nothing."""
+"""`train_bridge setup | launch | status`: thin commands over setup.py, launch.py and status.py.
+
+Exit codes (issue 7): 0 done, 1 failed, 2 usage, 3 out of memory, 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+from prep.cli.common import console, emit_json
+from train_bridge.launch import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    LaunchError,
+    LaunchOptions,
+    LaunchResult,
+    launch_run,
+)
+
+
+def _quote(argv: list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def setup_cmd(
+    trainer: str = typer.Argument(..., help="sd-scripts or musubi-tuner"),
+    commit: Optional[str] = typer.Option(None, "--commit", help="Commit to check out (default: the pinned, tested one)."),
+    path: Optional[Path] = typer.Option(None, "--path", "--sd-scripts", "--musubi", help="Use this existing checkout instead of cloning."),
+    venv: Optional[Path] = typer.Option(None, "--venv", help="Where to make the virtual environment (default: <checkout>/.venv-loraprep)."),
+    repo_url: Optional[str] = typer.Option(None, "--repo-url", help="Clone from here (default: GitHub; env LORAPREP_SD_SCRIPTS_URL / LORAPREP_MUSUBI_TUNER_URL)."),
+    torch: Optional[str] = typer.Option(None, "--torch", help="torch build: cu128, cu126, cu124, cu118, cpu, or a requirement such as 'torch==2.5.1'."),
+    skip_torch: bool = typer.Option(False, "--skip-torch", help="Do not install torch (it is already in the environment)."),
+    system_site_packages: bool = typer.Option(False, "--system-site-packages", help="Let the venv see the system's packages."),
+    force: bool = typer.Option(False, "--force", help="Reinstall even if the marker says it is up to date."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be downloaded and done; do nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
+) -> None:
+    """Install a trainer at a pinned commit with its own virtual environment (once)."""
+    from train_bridge.setup import SetupError, plan_setup, run_setup
+
+    try:
+        plan = plan_setup(
+            trainer, commit=commit, path=path, venv=venv, url=repo_url, torch=torch, skip_torch=skip_torch,
+            system_site_packages=system_site_packages, force=force,
+        )
+    except SetupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if plan.up_to_date:
+        console.print(f"{plan.trainer} is set up: {plan.checkout} (python {plan.python}); nothing to do.")
+        if as_json:
+            emit_json({"status": "up_to_date", **plan.as_dict()})
+        return
+    if plan.downloads:
+        console.print("[bold]setup will download:[/bold]")
+        for d in plan.downloads:
+            console.print(f"  • {d}")
+    console.print("[bold]steps:[/bold]")
+    for step in plan.steps:
+        console.print(f"  • {step.what}")
+    if dry_run:
+        if as_json:
+            emit_json({"status": "dry_run", **plan.as_dict()})
+        return
+    try:
+        run_setup(plan, on_step=lambda s: console.print(f"[bold]→[/bold] {s.what}"))
+    except SetupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: run the same command again to finish setup.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.print(f"[green]{plan.trainer} ready[/green]: {plan.checkout} · python {plan.python}")
+    if as_json:
+        emit_json({"status": "done", **plan.as_dict()})
+
+
+# --- launch ----------------------------------------------------------------------------------
+
+
+def _print_result(res: LaunchResult) -> None:
+    for o in res.outcomes:
+        if o.resume_check is not None and o.resume_check.verified is False:
+            console.print(f"[red]resume problem ({o.name}):[/red] {o.resume_check.message}")
+    if res.status == "done":
+        console.print(f"[green]{res.message}[/green]")
+    elif res.status == "oom" and res.advice is not None:
+        console.print(f"[red]{res.advice.headline}[/red]")
+        for i, s in enumerate(res.advice.suggestions, 1):
+            console.print(f"  {i}. [bold]{s.key}[/bold]: {s.current!r} → {s.proposed!r} — {s.why}")
+            console.print(f"     {' '.join(s.set_args())}   (or edit {s.file}: {'; '.join(s.toml_lines())})")
+        if not res.advice.suggestions:
+            console.print("  this config already uses every memory saving loraprep knows; use a GPU with more memory.")
+        if res.retry is None:
+            console.print("  --auto-retry-oom relaunches once with the first two changes applied to a copy of the config.")
+    elif res.status == "failed":
+        console.print(f"[red]training failed:[/red] {res.message}")
+    if res.status in ("interrupted", "failed", "oom"):
+        console.print(f"continue later with: [bold]{_quote(res.resume_command)}[/bold]" if res.status == "interrupted" else f"log: {res.log_path}")
+
+
+def launch_cmd(
+    target: Path = typer.Argument(..., help="The run folder written by `train_bridge config` (holds run.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest saved state; fails if there is none."),
+    restart: bool = typer.Option(False, "--restart", help="Start from step 0 even though saved state exists."),
+    no_gpu_check: bool = typer.Option(False, "--no-gpu-check", help="Do not ask nvidia-smi for a GPU and free memory first."),
+    auto_retry_oom: bool = typer.Option(False, "--auto-retry-oom", help="On out-of-memory, relaunch once with a smaller-memory copy of the config."),
+    trainer_dir: Optional[Path] = typer.Option(None, "--trainer-dir", help="Trainer checkout (default: what `setup` installed)."),
+    python: Optional[str] = typer.Option(None, "--python", help="Python that runs the trainer (env LORAPREP_TRAINER_PYTHON)."),
+    no_accelerate: bool = typer.Option(False, "--no-accelerate", help="Run `python script.py` instead of `accelerate launch` (single GPU)."),
+    grace: float = typer.Option(60.0, "--grace", help="Seconds Ctrl-C waits for the trainer to stop before terminating it."),
+    recache: bool = typer.Option(False, "--recache", help="Run cache steps even when they were already made."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands that would run; start nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
+) -> None:
+    """Run the trainer for a run folder with live progress, OOM advice and resume."""
+    if resume and restart:
+        console.print("[red]error:[/red] --resume and --restart contradict each other; pick one.")
+        raise typer.Exit(EXIT_USAGE)
+    if not (target / "run.json").is_file() and not target.is_dir():
+        console.print(
+            f"[red]error:[/red] {target} is not a run folder. Write one first with "
+            f"`train_bridge config ... -o RUN_DIR`, then `train_bridge launch RUN_DIR`."
+        )
+        raise typer.Exit(EXIT_USAGE)
+    opts = LaunchOptions(
+        resume=resume, restart=restart, gpu_check=not no_gpu_check, auto_retry_oom=auto_retry_oom,
+        trainer_dir=trainer_dir, python=python, accelerate=False if no_accelerate else None, grace_s=grace,
+        recache=recache, dry_run=dry_run,
+    )
+    from train_bridge.progress_view import LiveView
+
+    view = LiveView(console)
+    try:
+        res = launch_run(target, opts, view)
+    except LaunchError as exc:
+        view.close()
+        console.print(f"[red]error:[/red] {exc}")
+        if as_json:
+            emit_json({"status": "error", "exit_code": exc.code, "message": str(exc)})
+        raise typer.Exit(exc.code) from None
+    finally:
+        view.close()
+    if res.status == "dry_run":
+        for item in res.plan:
+            prefix = "skip " + item["action"][5:] if item["action"].startswith("skip:") else "run"
+            console.print(f"[bold]{item['name']}[/bold] ({prefix}): {_quote(item['argv'])}")
+    else:
+        _print_result(res)
+    if as_json:
+        emit_json(res.as_dict())
+    raise typer.Exit(res.exit_code)
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def status_cmd(
+    run_dir: Path = typer.Argument(..., help="The run folder."),
+    as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
+) -> None:
+    """Progress, last loss, checkpoints and samples of a run folder."""
+    from train_bridge.logparse import TrainProgress
+    from train_bridge.progress_view import progress_line
+    from train_bridge.status import collect_status
+
+    try:
+        st = collect_status(run_dir)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if as_json:
+        emit_json(st)
+        return
+    p: dict[str, Any] = st["progress"] or {}
+    tp = TrainProgress(
+        step=p.get("step") or 0, total=p.get("total"), epoch=p.get("epoch"), epochs=p.get("epochs"),
+        avr_loss=p.get("avr_loss"), loss=p.get("loss"), rate=p.get("rate_it_s"), eta_s=p.get("eta_s"),
+    )
+    console.print(f"[bold]{st['run_dir']}[/bold]: {st['state']}" + (f" (exit {st['exit_code']})" if st.get("exit_code") is not None else ""))
+    if st.get("message"):
+        console.print(f"  {st['message']}")
+    console.print(f"  {progress_line(tp)}")
+    if st.get("global_step") is not None:
+        console.print(f"  overall step (resumed run): {st['global_step']}")
+    console.print(f"  last loss: {st['last_loss'] if st['last_loss'] is not None else '-'}")
+    console.print(f"  checkpoints ({len(st['checkpoints'])}):")
+    for c in st["checkpoints"][-10:]:
+        console.print(f"    {c}")
+    console.print(f"  samples ({len(st['samples'])}):")
+    for s in st["samples"][-6:]:
+        console.print(f"    {s}")
+    if st["states"]:
+        last = st["states"][-1]
+        console.print(f"  resumable from: {last['path']} (step {last['step']}, epoch {last['epoch']})")
+    if st.get("log"):
+        console.print(f"  log: {st['log']}")
+    if st.get("oom_retries"):
+        console.print(f"  oom retries: {json.dumps([r.get('changes') for r in st['oom_retries']])}")
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("setup")(setup_cmd)
+    app.command("launch")(launch_cmd)
+    app.command("status")(status_cmd)

@@ -1,0 +1,610 @@
+"""Run a run folder's trainer commands with live progress, OOM diagnosis and honest resume.
+
+`launch_run` reads run/run.json, checks the GPU, runs each command (musubi: caches, then
+training; caches already made for the same dataset are skipped), streams the merged output into
+run/logs/<timestamp>.log, parses it live, keeps run/status.json current and reports to an
+observer callback (the CLI's rich view). It never prints.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prep.fsutil import atomic_write_text
+from train_bridge import oom as oom_mod
+from train_bridge.gpu import check_gpu
+from train_bridge.logparse import Event, LogParser, TrainProgress
+from train_bridge.resume import NoStateError, ResumeCheck, StateDir, find_states, latest_state, verify_resumed
+from train_bridge.runspec import Command, RunSpec, RunSpecError
+from train_bridge.setup import SetupError, TrainerEnv, resolve_trainer
+from train_bridge.watch import OutputWatcher, list_outputs
+
+# Exit codes of setup / launch / status (issue 7). OOM is 3 here, as the issue says.
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_OOM = 3
+EXIT_INTERRUPTED = 130
+
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+class LaunchError(RuntimeError):
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LaunchOptions:
+    resume: bool = False
+    restart: bool = False
+    gpu_check: bool = True
+    auto_retry_oom: bool = False
+    trainer_dir: Path | None = None
+    python: str | None = None
+    accelerate: bool | None = None  # None: as run.json says
+    grace_s: float = 60.0
+    recache: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class CommandOutcome:
+    name: str
+    argv: list[str]
+    status: str  # done, failed, oom, host_oom, interrupted, skipped
+    returncode: int | None = None
+    progress: TrainProgress = field(default_factory=TrainProgress)
+    resume_check: ResumeCheck | None = None
+    message: str = ""
+
+
+@dataclass
+class LaunchResult:
+    status: str  # done, failed, oom, interrupted, dry_run
+    exit_code: int
+    run_dir: Path
+    log_path: Path | None
+    outcomes: list[CommandOutcome] = field(default_factory=list)
+    advice: oom_mod.OomAdvice | None = None
+    retry: dict[str, Any] | None = None
+    resume_command: list[str] = field(default_factory=list)
+    message: str = ""
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "run_dir": str(self.run_dir),
+            "log": str(self.log_path) if self.log_path else None,
+            "message": self.message,
+            "commands": [
+                {
+                    "name": o.name,
+                    "argv": o.argv,
+                    "status": o.status,
+                    "returncode": o.returncode,
+                    "message": o.message,
+                    "progress": o.progress.as_dict(),
+                    "resume": None if o.resume_check is None else {"verified": o.resume_check.verified, "message": o.resume_check.message},
+                }
+                for o in self.outcomes
+            ],
+            "advice": self.advice.as_dict() if self.advice else None,
+            "retry": self.retry,
+            "resume_command": self.resume_command,
+            "plan": self.plan,
+        }
+
+
+# --- argv ------------------------------------------------------------------------------------
+
+
+def build_argv(cmd: Command, env: TrainerEnv, accelerate: bool | None = None, resume_from: Path | None = None) -> list[str]:
+    """[python, -m, accelerate.commands.launch, <accelerate args>, script, <args>] or [python, script, <args>].
+
+    `python -m accelerate.commands.launch` avoids depending on the `accelerate` script being on PATH.
+    Accelerate's own options must come before the script; the trainer's after it.
+    """
+    script = Path(cmd.script)
+    if not script.is_absolute():
+        script = env.root / script
+    args = list(cmd.args)
+    if resume_from is not None:
+        args = _without_option(args, "--resume") + ["--resume", str(resume_from)]
+    use_acc = cmd.accelerate if accelerate is None else accelerate
+    if use_acc:
+        return [env.python, "-m", "accelerate.commands.launch", *cmd.accelerate_args, str(script), *args]
+    return [env.python, str(script), *args]
+
+
+def _without_option(args: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == option:
+            skip = True
+            continue
+        if a.startswith(option + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def fingerprint(cmd: Command, spec: RunSpec) -> str:
+    """What makes a step's result reusable: its script, args and the dataset.toml it reads."""
+    h = hashlib.sha256(json.dumps([cmd.script, _without_option(cmd.args, "--resume")]).encode())
+    ds = spec.dataset_toml(cmd)
+    if ds is not None and ds.is_file():
+        h.update(ds.read_bytes())
+    return h.hexdigest()
+
+
+def output_name_of(cmd: Command, spec: RunSpec) -> str:
+    return cmd.arg_value("--output_name") or spec.output_name
+
+
+def resume_command(run_dir: Path) -> list[str]:
+    return ["train_bridge", "launch", str(run_dir), "--resume"]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", COLUMNS="200")
+    env.setdefault("TERM", "xterm")
+    return env
+
+
+# --- status.json -----------------------------------------------------------------------------
+
+
+def status_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "status.json"
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads(status_path(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class StatusWriter:
+    """Keeps run/status.json current (atomic rename, at most every `interval` seconds)."""
+
+    def __init__(self, spec: RunSpec, interval: float = 2.0):
+        self.spec = spec
+        self.interval = interval
+        self.data = read_status(spec.run_dir)
+        self.data.setdefault("commands", {})
+        self.data["version"] = 1
+        self._last = 0.0
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        self.data.update(fields)
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            outs = list_outputs(self.spec.output_dir)
+            self.data["files"] = {k: [str(p) for p in v] for k, v in outs.items()}
+            atomic_write_text(status_path(self.spec.run_dir), json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def mark_command(self, name: str, **fields: Any) -> None:
+        self.data["commands"].setdefault(name, {}).update(fields)
+        self.update(force=True)
+
+
+# --- running one process ---------------------------------------------------------------------
+
+
+@dataclass
+class _Proc:
+    returncode: int | None
+    interrupted: bool
+    killed_by_us: bool
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, sig)
+        elif sig == signal.SIGINT:
+            proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def stream_process(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_fh: Any,
+    parser: LogParser,
+    on_events: Callable[[list[Event]], None],
+    on_tick: Callable[[], None],
+    grace_s: float = 60.0,
+    on_interrupt: Callable[[str], None] | None = None,
+) -> _Proc:
+    """Run argv in its own process group; copy its output to log_fh and the parser as it comes.
+
+    Ctrl-C (KeyboardInterrupt here) sends SIGINT to the trainer's group so it can stop cleanly;
+    after `grace_s` it gets SIGTERM, ten seconds later SIGKILL. A second Ctrl-C kills at once.
+    """
+    popen_kw: dict[str, Any] = {}
+    if os.name == "posix":
+        popen_kw["start_new_session"] = True
+    else:  # pragma: no cover - Windows
+        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen_kw)
+    assert proc.stdout is not None
+    chunks: queue.Queue[bytes | None] = queue.Queue()
+    fd = proc.stdout.fileno()
+
+    def reader() -> None:
+        while True:
+            try:
+                b = os.read(fd, 65536)
+            except OSError:
+                b = b""
+            if not b:
+                chunks.put(None)
+                return
+            chunks.put(b)
+
+    threading.Thread(target=reader, name="trainer-output", daemon=True).start()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    interrupted = killed = False
+    stage, deadline = 0, float("inf")
+    eof = False
+
+    def escalate() -> None:
+        nonlocal stage, deadline, killed
+        stage += 1
+        killed = True
+        if stage == 1:
+            _signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + 10.0
+        else:
+            _signal_group(proc, signal.SIGKILL)
+            deadline = float("inf")
+
+    while not eof:
+        try:
+            try:
+                item = chunks.get(timeout=0.25)
+            except queue.Empty:
+                item = b""
+            if item is None:
+                eof = True
+            elif item:
+                log_fh.write(item)
+                log_fh.flush()
+                on_events(parser.feed(decoder.decode(item)))
+            on_tick()
+            if interrupted and time.monotonic() > deadline:
+                if on_interrupt:
+                    on_interrupt("the trainer did not stop in time; terminating it")
+                escalate()
+        except KeyboardInterrupt:
+            if not interrupted:
+                interrupted = True
+                if on_interrupt:
+                    on_interrupt(f"stopping the trainer (up to {grace_s:.0f} s; Ctrl-C again to kill it now)")
+                _signal_group(proc, signal.SIGINT)
+                deadline = time.monotonic() + grace_s
+            else:
+                stage = max(stage, 1)
+                escalate()
+    on_events(parser.feed(decoder.decode(b"", final=True)) + parser.close())
+    while True:
+        try:
+            rc = proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if interrupted and time.monotonic() > deadline:
+                escalate()
+        except KeyboardInterrupt:
+            interrupted = True
+            stage = max(stage, 1)
+            escalate()
+    proc.stdout.close()
+    return _Proc(rc, interrupted, killed)
+
+
+# --- the launch ------------------------------------------------------------------------------
+
+
+def classify(proc: _Proc, progress: TrainProgress) -> str:
+    if proc.interrupted:
+        return "interrupted"
+    if progress.oom:
+        return "oom"
+    if proc.returncode in (137, -9) and not proc.killed_by_us:
+        return "host_oom"
+    if proc.returncode == 0:
+        return "done"
+    return "failed"
+
+
+def _check_existing_state(spec: RunSpec, cmd: Command, opts: LaunchOptions) -> StateDir | None:
+    """The state to resume from, or None for a fresh start; refuses both silent restarts."""
+    name = output_name_of(cmd, spec)
+    if opts.resume:
+        try:
+            return latest_state(spec.output_dir, name)
+        except NoStateError as exc:
+            raise LaunchError(str(exc), EXIT_USAGE) from None
+    states = find_states(spec.output_dir, name)
+    if states and not opts.restart:
+        last = states[-1]
+        where = f" (step {last.step})" if last.step else (f" (epoch {last.epoch})" if last.epoch else "")
+        raise LaunchError(
+            f"{spec.output_dir} already holds saved training state {last.path.name}{where}. "
+            f"Continue it with `train_bridge launch {spec.run_dir} --resume`, or start again from step 0 "
+            "with --restart (checkpoints with the same names are overwritten).",
+            EXIT_USAGE,
+        )
+    return None
+
+
+def plan_commands(spec: RunSpec, opts: LaunchOptions, env: TrainerEnv) -> list[tuple[Command, str, StateDir | None]]:
+    """(command, action, resume state) in order; action is 'run' or 'skip:<why>'."""
+    status = read_status(spec.run_dir).get("commands", {})
+    plan = []
+    for cmd in spec.commands:
+        rec = status.get(cmd.name, {})
+        done_same = rec.get("status") == "done" and rec.get("fingerprint") == fingerprint(cmd, spec)
+        if cmd.is_cache:
+            if done_same and not opts.recache:
+                plan.append((cmd, "skip:cache already made for this dataset.toml", None))
+            else:
+                plan.append((cmd, "run", None))
+            continue
+        if opts.resume and done_same:
+            plan.append((cmd, "skip:already finished", None))
+            continue
+        state = _check_existing_state(spec, cmd, opts)
+        plan.append((cmd, "run", state))
+    return plan
+
+
+def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = None) -> LaunchResult:
+    """Run the run folder's commands. Raises LaunchError for problems found before starting."""
+    notify: Observer = observer or (lambda kind, data: None)
+    try:
+        spec = RunSpec.load(Path(run_dir))
+    except RunSpecError as exc:
+        raise LaunchError(str(exc), EXIT_USAGE) from None
+    try:
+        env = resolve_trainer(spec.trainer, opts.trainer_dir, opts.python)
+    except SetupError as exc:
+        raise LaunchError(str(exc), EXIT_FAILED) from None
+    plan = plan_commands(spec, opts, env)
+    plan_view = [
+        {
+            "name": c.name,
+            "action": action,
+            "argv": build_argv(c, env, opts.accelerate, st.path if st else None),
+            "resume_from": str(st.path) if st else None,
+        }
+        for c, action, st in plan
+    ]
+    if opts.dry_run:
+        return LaunchResult("dry_run", EXIT_DONE, spec.run_dir, None, plan=plan_view, message="dry run: nothing started")
+    if opts.gpu_check:
+        check = check_gpu(spec.preset)
+        if not check.ok:
+            raise LaunchError(check.message, EXIT_FAILED)
+        notify("notice", {"level": "info", "text": check.message})
+
+    log_dir = spec.run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    n = 1
+    while log_path.exists():
+        n += 1
+        log_path = log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}.log"
+    status = StatusWriter(spec)
+    status.update(
+        force=True, state="starting", log=str(log_path), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        resume=opts.resume, run_dir=str(spec.run_dir), output_dir=str(spec.output_dir), launcher_pid=os.getpid(),
+        exit_code=None, message=None, advice=None, finished_at=None,
+    )
+    result = LaunchResult("done", EXIT_DONE, spec.run_dir, log_path, plan=plan_view)
+    retried = False
+    with open(log_path, "ab") as log_fh:
+        queue_: list[tuple[Command, str, StateDir | None]] = list(plan)
+        while queue_:
+            cmd, action, state = queue_.pop(0)
+            if action.startswith("skip:"):
+                result.outcomes.append(CommandOutcome(cmd.name, [], "skipped", message=action[5:]))
+                notify("skip", {"command": cmd.name, "why": action[5:]})
+                continue
+            outcome = _run_command(spec, cmd, env, opts, state, log_fh, status, notify)
+            result.outcomes.append(outcome)
+            if outcome.status == "done":
+                status.mark_command(cmd.name, status="done", fingerprint=fingerprint(cmd, spec), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                continue
+            status.mark_command(cmd.name, status=outcome.status, returncode=outcome.returncode)
+            if outcome.status in ("oom", "host_oom"):
+                kind = "host" if outcome.status == "host_oom" else "cuda"
+                result.advice = oom_mod.advise(spec.arch, spec.trainer, spec.train_toml(cmd), spec.dataset_toml(cmd), kind, outcome.progress.oom_detail)
+                if opts.auto_retry_oom and not retried and not cmd.is_cache:
+                    retry = _prepare_oom_retry(spec, cmd, result.advice, state, opts)
+                    if retry is not None:
+                        retried = True
+                        result.retry = retry
+                        notify("retry", retry)
+                        remaining = {cmd.name} | {q[0].name for q in queue_}
+                        new_plan = plan_commands(spec, LaunchOptions(resume=retry["resume"], restart=True), env)
+                        # caches rerun only if the retry changed the dataset (their fingerprint changed)
+                        queue_ = [item for item in new_plan if item[0].is_cache or item[0].name in remaining]
+                        continue
+            break
+    final = result.outcomes[-1] if result.outcomes else None
+    statuses = [o.status for o in result.outcomes]
+    if "interrupted" in statuses:
+        result.status, result.exit_code = "interrupted", EXIT_INTERRUPTED
+        result.message = "stopped; continue with: " + " ".join(resume_command(spec.run_dir))
+    elif final is not None and final.status in ("oom", "host_oom"):
+        result.status, result.exit_code = "oom", EXIT_OOM
+        result.message = result.advice.headline if result.advice else "out of memory"
+    elif final is not None and final.status == "failed":
+        result.status, result.exit_code = "failed", EXIT_FAILED
+        result.message = final.message
+    else:
+        result.status, result.exit_code = "done", EXIT_DONE
+        unverified = [o for o in result.outcomes if o.resume_check and o.resume_check.verified is False]
+        result.message = "training finished" if not unverified else "finished, but: " + unverified[0].resume_check.message  # type: ignore[union-attr]
+    result.resume_command = resume_command(spec.run_dir)
+    status.update(
+        force=True, state=result.status, exit_code=result.exit_code, message=result.message,
+        advice=result.advice.as_dict() if result.advice else None, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return result
+
+
+def _run_command(
+    spec: RunSpec, cmd: Command, env: TrainerEnv, opts: LaunchOptions, state: StateDir | None, log_fh: Any, status: StatusWriter, notify: Observer
+) -> CommandOutcome:
+    argv = build_argv(cmd, env, opts.accelerate, state.path if state else None)
+    parser = LogParser()
+    spe = spec.steps_per_epoch
+    if not cmd.is_cache and spec.total_steps:
+        parser.progress.total = spec.total_steps
+    watcher = OutputWatcher(spec.output_dir)
+    outcome = CommandOutcome(cmd.name, argv, "failed", progress=parser.progress)
+    header = f"\n### loraprep {time.strftime('%Y-%m-%dT%H:%M:%S')} command {cmd.name}: {json.dumps(argv)}\n"
+    log_fh.write(header.encode())
+    log_fh.flush()
+    notify("command", {"command": cmd.name, "argv": argv, "resume_from": str(state.path) if state else None, "log": log_fh.name})
+    status.update(force=True, state="running", command=cmd.name, argv=argv, resume_from=str(state.path) if state else None)
+    announced: set[str] = set()
+    last_poll = 0.0
+
+    def on_events(events: list[Event]) -> None:
+        for ev in events:
+            if ev.kind == "checkpoint":
+                key = str(Path(ev.data["path"]).name)
+                if key in announced:
+                    continue
+                announced.add(key)
+            notify("event", {"command": cmd.name, "event": ev, "progress": parser.progress})
+        pending = outcome.resume_check is None or outcome.resume_check.verified is None
+        if state is not None and not cmd.is_cache and pending:
+            check = verify_resumed(parser.progress, state)
+            if check.verified is not None:
+                outcome.resume_check = check
+                notify("resume_check", {"command": cmd.name, "verified": check.verified, "message": check.message})
+
+    def on_tick() -> None:
+        nonlocal last_poll
+        now = time.monotonic()
+        if now - last_poll >= 1.0:
+            last_poll = now
+            for kind, path in watcher.poll():
+                if kind == "checkpoint" and path.name in announced:
+                    continue
+                announced.add(path.name)
+                notify("file", {"command": cmd.name, "kind": kind, "path": str(path)})
+        prog = parser.progress.as_dict()
+        if state is not None and spe and parser.progress.first_epoch and parser.progress.first_epoch > 1:
+            prog["global_step"] = (parser.progress.first_epoch - 1) * spe + parser.progress.step
+        status.update(progress=prog)
+        notify("tick", {"command": cmd.name, "progress": parser.progress})
+
+    def on_interrupt(text: str) -> None:
+        notify("notice", {"level": "warning", "text": text})
+
+    try:
+        proc = stream_process(
+            argv, cwd=spec.run_dir, env=child_env(), log_fh=log_fh, parser=parser, on_events=on_events,
+            on_tick=on_tick, grace_s=opts.grace_s, on_interrupt=on_interrupt,
+        )
+    except OSError as exc:
+        outcome.message = f"could not start {argv[0]}: {exc}"
+        return outcome
+    for kind, path in watcher.poll():
+        if path.name not in announced:
+            notify("file", {"command": cmd.name, "kind": kind, "path": str(path)})
+    outcome.returncode = proc.returncode
+    outcome.status = classify(proc, parser.progress)
+    if state is not None and not cmd.is_cache and outcome.status == "done":
+        check = verify_resumed(parser.progress, state, finished=True)
+        if outcome.resume_check is None or outcome.resume_check.verified is None:
+            outcome.resume_check = check
+            notify("resume_check", {"command": cmd.name, "verified": check.verified, "message": check.message})
+    if outcome.status == "failed":
+        last = parser.progress.last_error or (parser.progress.tail[-1] if parser.progress.tail else "")
+        outcome.message = f"{cmd.name} exited with {proc.returncode}" + (f": {last}" if last else "") + f" (full log: {log_fh.name})"
+    elif outcome.status == "host_oom":
+        outcome.message = f"{cmd.name} was killed (exit {proc.returncode}), most likely by the kernel's out-of-memory killer"
+    elif outcome.status == "oom":
+        outcome.message = f"{cmd.name} ran out of GPU memory"
+    elif outcome.status == "interrupted":
+        outcome.message = f"{cmd.name} stopped by Ctrl-C"
+    log_fh.write(f"\n### loraprep command {cmd.name} ended: {outcome.status} (exit {proc.returncode})\n".encode())
+    log_fh.flush()
+    return outcome
+
+
+def _prepare_oom_retry(
+    spec: RunSpec, cmd: Command, advice: oom_mod.OomAdvice, state: StateDir | None, opts: LaunchOptions
+) -> dict[str, Any] | None:
+    """Write smaller-memory copies of the configs, point run.json at them, say what changed."""
+    suggestions = advice.suggestions
+    resume = state is not None or bool(find_states(spec.output_dir, output_name_of(cmd, spec)))
+    if resume:  # a different network shape cannot load the saved state
+        suggestions = [s for s in suggestions if s.key != "network_dim"]
+    chosen = oom_mod.retry_suggestions(oom_mod.OomAdvice(advice.kind, advice.headline, suggestions))
+    if not chosen:
+        return None
+    n = len(spec.raw.get("oom_retries") or []) + 1
+    tag = f"oom-retry{n}"
+    train_src, ds_src = spec.train_toml(cmd), spec.dataset_toml(cmd)
+    new_train, new_ds, applied = oom_mod.write_retry_configs(train_src, ds_src, chosen, spec.run_dir, tag)
+    original = [dict(name=c.name, script=c.script, args=list(c.args)) for c in spec.commands]
+    for c in spec.commands:
+        if new_train is not None and not c.replace_arg_value("--config_file", str(new_train)) and c.name == cmd.name:
+            c.args += ["--config_file", str(new_train)]
+        if new_ds is not None:
+            c.replace_arg_value("--dataset_config", str(new_ds))
+    record = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": cmd.name,
+        "kind": advice.kind,
+        "from_preset": spec.preset,
+        "to_preset": oom_mod.next_smaller_preset(spec.preset),
+        "changes": applied,
+        "train_toml": str(new_train) if new_train else None,
+        "dataset_toml": str(new_ds) if new_ds else None,
+        "resume": resume,
+        "original_commands": original,
+    }
+    raw_cmds = spec.raw.get("commands") or []
+    by_name = {c.name: c for c in spec.commands}
+    for rc in raw_cmds:
+        if isinstance(rc, dict) and rc.get("name", "train") in by_name:
+            rc["args"] = list(by_name[rc.get("name", "train")].args)
+    spec.update_raw(oom_retries=[*(spec.raw.get("oom_retries") or []), record], commands=raw_cmds)
+    return record

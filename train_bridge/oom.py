@@ -1,0 +1,286 @@
+"""Out-of-memory advice for THIS run's config, and the config copy an automatic retry uses.
+
+Reads train.toml (flattened one level, as sd-scripts does) and dataset.toml, and lists concrete
+changes, cheapest in quality first: gradient checkpointing, batch size (keeping the effective
+batch with gradient accumulation), caching to disk, block swapping, then resolution and
+network dim, which change what is learned. Host-RAM kills (exit 137 / signal 9) get their own list.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+# Largest blocks_to_swap per architecture (docs of the trainers; 2 blocks must stay on the GPU).
+MAX_BLOCKS_TO_SWAP = {"anima": 26, "flux": 35, "sd3": 36, "wan21": 39, "wan22": 39, "wan": 39}
+PRESET_LADDER = ("80gb", "48gb", "40gb", "32gb", "24gb", "16gb", "12gb", "10gb", "8gb", "6gb")
+
+
+@dataclass
+class Suggestion:
+    key: str
+    current: Any
+    proposed: Any
+    why: str
+    file: str = "train.toml"  # or "dataset.toml"
+    also: dict[str, Any] = field(default_factory=dict)  # keys that must change with it
+
+    def changes(self) -> dict[str, Any]:
+        return {self.key: self.proposed, **self.also}
+
+    def set_args(self) -> list[str]:
+        return [f"--set {k}={_cli_value(v)}" for k, v in self.changes().items()]
+
+    def toml_lines(self) -> list[str]:
+        return [f"{k} = {_toml_value(v)}" for k, v in self.changes().items()]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "current": self.current,
+            "proposed": self.proposed,
+            "also": self.also,
+            "file": self.file,
+            "why": self.why,
+            "set": self.set_args(),
+        }
+
+
+def _cli_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def _toml_value(v: Any) -> str:
+    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+@dataclass
+class OomAdvice:
+    kind: str  # "cuda" or "host"
+    headline: str
+    suggestions: list[Suggestion]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "headline": self.headline, "suggestions": [s.as_dict() for s in self.suggestions]}
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    if path is None or not Path(path).is_file():
+        return {}
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def flatten(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One level, later sections win: exactly what sd-scripts' read_config_from_file does."""
+    flat: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat
+
+
+def dataset_resolution(ds: dict[str, Any]) -> int | list[int] | None:
+    for entry in ds.get("datasets") or []:
+        if isinstance(entry, dict) and "resolution" in entry:
+            return entry["resolution"]
+    return (ds.get("general") or {}).get("resolution")
+
+
+def _smaller_resolution(res: int | list[int], step: int = 64) -> int | list[int] | None:
+    def down(v: int) -> int:
+        return max(step * 4, int(round(v * 0.75 / step)) * step)
+
+    if isinstance(res, int):
+        return down(res) if down(res) < res else None
+    if isinstance(res, list) and len(res) == 2 and all(isinstance(x, int) for x in res):
+        new = [down(res[0]), down(res[1])]
+        return new if new != res else None
+    return None
+
+
+def _arch_key(arch: str) -> str:
+    a = arch.lower().replace(".", "").replace("_", "")
+    for k in MAX_BLOCKS_TO_SWAP:
+        if a.startswith(k):
+            return k
+    return a
+
+
+def cuda_suggestions(arch: str, trainer: str, train: dict[str, Any], ds: dict[str, Any]) -> list[Suggestion]:
+    out: list[Suggestion] = []
+    musubi = trainer == "musubi-tuner"
+    if not train.get("gradient_checkpointing"):
+        out.append(Suggestion("gradient_checkpointing", False, True, "recomputes activations instead of storing them: large saving, ~20-30 % slower, same result"))
+    batch = int(train.get("train_batch_size") or (ds.get("general") or {}).get("batch_size") or 1)
+    if batch > 1:
+        accum = int(train.get("gradient_accumulation_steps") or 1)
+        out.append(
+            Suggestion(
+                "train_batch_size", batch, 1,
+                f"one image per step; gradient_accumulation_steps={accum * batch} keeps the effective batch of {batch * accum}",
+                also={"gradient_accumulation_steps": accum * batch},
+            )
+        )
+    if not musubi:
+        if not train.get("cache_latents_to_disk") and not train.get("color_aug") and not train.get("random_crop"):
+            out.append(Suggestion("cache_latents_to_disk", bool(train.get("cache_latents_to_disk")), True, "encodes every image once up front, so the VAE leaves the GPU during training"))
+        if not train.get("cache_text_encoder_outputs_to_disk") and not train.get("shuffle_caption"):
+            also = {} if train.get("network_train_unet_only") else {"network_train_unet_only": True}
+            out.append(
+                Suggestion(
+                    "cache_text_encoder_outputs_to_disk", bool(train.get("cache_text_encoder_outputs_to_disk")), True,
+                    "caches the text encoder's outputs and frees the text encoder (needs network_train_unet_only)", also=also,
+                )
+            )
+    key = _arch_key(arch)
+    max_swap = MAX_BLOCKS_TO_SWAP.get(key)
+    if max_swap is not None:
+        cur = int(train.get("blocks_to_swap") or 0)
+        if train.get("cpu_offload_checkpointing") or train.get("unsloth_offload_checkpointing"):
+            which = "cpu_offload_checkpointing" if train.get("cpu_offload_checkpointing") else "unsloth_offload_checkpointing"
+            out.append(
+                Suggestion(
+                    "blocks_to_swap", cur, 8, f"swaps DiT blocks to CPU RAM; cannot be combined with {which}, so turn that off",
+                    also={which: False},
+                )
+            )
+        elif cur < max_swap:
+            new = min(max_swap, cur + 8 if cur else 8)
+            out.append(Suggestion("blocks_to_swap", cur, new, f"keeps {new} DiT blocks in CPU RAM (max {max_swap} for {arch}); slower steps, same result"))
+    res = dataset_resolution(ds)
+    if res is not None:
+        smaller = _smaller_resolution(res, 64)
+        if smaller is not None:
+            out.append(Suggestion("resolution", res, smaller, "fewer pixels per image: memory falls with the square of the side; less detail learned", file="dataset.toml"))
+    dim = train.get("network_dim")
+    if isinstance(dim, int) and dim > 4:
+        new_dim = max(4, dim // 2)
+        alpha = train.get("network_alpha")
+        also: dict[str, Any] = {}
+        if isinstance(alpha, (int, float)) and alpha > 0:
+            ratio = alpha / dim
+            new_alpha = new_dim * ratio
+            also["network_alpha"] = int(new_alpha) if float(new_alpha).is_integer() else round(new_alpha, 4)
+        out.append(Suggestion("network_dim", dim, new_dim, "a smaller LoRA; network_alpha scaled with it so the learning rate stays right", also=also))
+    return out
+
+
+def host_suggestions(arch: str, trainer: str, train: dict[str, Any]) -> list[Suggestion]:
+    out: list[Suggestion] = []
+    workers = train.get("max_data_loader_n_workers")
+    workers = 8 if workers is None else int(workers)
+    if workers > 2:
+        out.append(Suggestion("max_data_loader_n_workers", workers, 2, "each data-loader worker is a process with its own copy of the dataset"))
+    if train.get("persistent_data_loader_workers"):
+        out.append(Suggestion("persistent_data_loader_workers", True, False, "workers no longer stay alive between epochs"))
+    if trainer != "musubi-tuner":
+        if train.get("cache_latents") and not train.get("cache_latents_to_disk"):
+            out.append(Suggestion("cache_latents_to_disk", False, True, "latents go to .npz files instead of living in RAM"))
+        if train.get("cache_text_encoder_outputs") and not train.get("cache_text_encoder_outputs_to_disk"):
+            out.append(Suggestion("cache_text_encoder_outputs_to_disk", False, True, "text-encoder outputs go to disk instead of RAM"))
+    swap = int(train.get("blocks_to_swap") or 0)
+    if swap > 0:
+        out.append(Suggestion("blocks_to_swap", swap, max(0, swap - 8), "swapped blocks live in host RAM; swap fewer if the GPU has room"))
+    return out
+
+
+def advise(
+    arch: str, trainer: str, train_toml: Path | None, dataset_toml: Path | None, kind: str = "cuda", detail: dict[str, str] | None = None
+) -> OomAdvice:
+    train = flatten(load_toml(train_toml))
+    ds = load_toml(dataset_toml)
+    if kind == "host":
+        headline = (
+            "the trainer was killed by the operating system (exit 137 / signal 9): the machine ran out of RAM, "
+            "not GPU memory. Check `dmesg | grep -i oom` to confirm."
+        )
+        return OomAdvice("host", headline, host_suggestions(arch, trainer, train))
+    tail = ""
+    if detail and detail.get("tried"):
+        tail = f" (tried to allocate {detail['tried']}"
+        tail += f"; {detail['free']} free of {detail['total']})" if detail.get("free") else ")"
+    headline = f"CUDA out of memory{tail}. Change the first of these that you can, then launch again:"
+    return OomAdvice("cuda", headline, cuda_suggestions(arch, trainer, train, ds))
+
+
+def next_smaller_preset(preset: str | None) -> str | None:
+    if not preset:
+        return None
+    p = preset.lower()
+    if p in PRESET_LADDER:
+        i = PRESET_LADDER.index(p)
+        return PRESET_LADDER[i + 1] if i + 1 < len(PRESET_LADDER) else None
+    m = re.match(r"(\d+)gb$", p)
+    if m:
+        smaller = [x for x in PRESET_LADDER if int(x[:-2]) < int(m[1])]
+        return smaller[0] if smaller else None
+    return None
+
+
+def retry_suggestions(advice: OomAdvice, n: int = 2) -> list[Suggestion]:
+    """One step down the memory ladder: the first `n` changes the advice lists."""
+    return advice.suggestions[:n]
+
+
+def _set_in_sections(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Change `key` where sd-scripts would read it (the last section holding it), else top level."""
+    holders = [sec for sec in cfg.values() if isinstance(sec, dict) and key in sec]
+    if holders:
+        for sec in holders:
+            sec[key] = value
+    else:
+        cfg[key] = value
+
+
+def write_retry_configs(
+    train_toml: Path | None, dataset_toml: Path | None, suggestions: list[Suggestion], dest_dir: Path, tag: str
+) -> tuple[Path | None, Path | None, dict[str, Any]]:
+    """Copies of train.toml / dataset.toml with the changes applied; originals are left alone."""
+    from prep.fsutil import atomic_write_text
+
+    train_changes = {k: v for s in suggestions if s.file == "train.toml" for k, v in s.changes().items()}
+    ds_changes = {k: v for s in suggestions if s.file == "dataset.toml" for k, v in s.changes().items()}
+    res = ds_changes.get("resolution")
+    new_train = new_ds = None
+    if train_toml is not None:
+        cfg = load_toml(train_toml)
+        # The training TOML may carry resolution too, as the "W,H" string sd-scripts expects there.
+        res_in_train = res is not None and "resolution" in flatten(cfg)
+        if train_changes or res_in_train:
+            for k, v in train_changes.items():
+                _set_in_sections(cfg, k, v)
+            if res_in_train:
+                r = res if isinstance(res, list) else [res, res]
+                _set_in_sections(cfg, "resolution", f"{r[0]},{r[1]}")
+            new_train = dest_dir / f"train.{tag}.toml"
+            atomic_write_text(new_train, tomli_w.dumps(cfg))
+    if res is not None and dataset_toml is not None:
+        ds = load_toml(dataset_toml)
+        entries = [e for e in ds.get("datasets") or [] if isinstance(e, dict)]
+        touched = False
+        for entry in entries:
+            if "resolution" in entry:
+                entry["resolution"] = res
+                touched = True
+        general = ds.setdefault("general", {})
+        if "resolution" in general or not touched:
+            general["resolution"] = res
+        low = min(res) if isinstance(res, list) else res
+        for sec in [general, *entries]:
+            if isinstance(sec.get("min_bucket_reso"), int) and sec["min_bucket_reso"] > low:
+                sec["min_bucket_reso"] = low
+        new_ds = dest_dir / f"dataset.{tag}.toml"
+        atomic_write_text(new_ds, tomli_w.dumps(ds))
+    return new_train, new_ds, {**train_changes, **ds_changes}

@@ -1,0 +1,145 @@
+"""The live training display: one rich bar with step/total, epoch, loss, it/s and ETA.
+
+Checkpoints, samples and warnings are printed above the bar as they appear. Without a
+terminal (piped output, LORAPREP_NO_PROGRESS) it prints a plain progress line now and then
+instead, so Colab cells and log files stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from train_bridge.logparse import Event, TrainProgress
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def fmt_loss(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    return f"{v:.4g}"
+
+
+def progress_line(p: TrainProgress) -> str:
+    """One line that says where training is; shared by the live view, plain mode and `status`."""
+    total = f"/{p.total}" if p.total else ""
+    parts = [f"step {p.step}{total}"]
+    if p.epoch:
+        parts.append(f"epoch {p.epoch}/{p.epochs}" if p.epochs else f"epoch {p.epoch}")
+    if p.loss is not None:
+        parts.append(f"loss {fmt_loss(p.loss)}")
+    parts.append(f"avg loss {fmt_loss(p.avr_loss)}")
+    if p.rate:
+        parts.append(f"{p.rate:.2f} it/s" if p.rate >= 1 else f"{1 / p.rate:.2f} s/it")
+    parts.append(f"ETA {fmt_duration(p.eta_s)}")
+    return " · ".join(parts)
+
+
+class LiveView:
+    """Observer for `launch_run`: call it with (kind, data)."""
+
+    def __init__(self, console: Console, live: bool | None = None, plain_every_s: float = 30.0):
+        self.console = console
+        if live is None:
+            live = console.is_terminal and not os.environ.get("LORAPREP_NO_PROGRESS")
+        self.live = live
+        self.plain_every_s = plain_every_s
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._command = ""
+        self._last_plain = 0.0
+
+    # observer protocol
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(data)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # handlers
+    def _on_notice(self, data: dict[str, Any]) -> None:
+        style = {"warning": "yellow", "error": "red"}.get(data.get("level", ""), "dim")
+        self.console.print(f"[{style}]{data['text']}[/{style}]")
+
+    def _on_skip(self, data: dict[str, Any]) -> None:
+        self.console.print(f"[dim]skip {data['command']}: {data['why']}[/dim]")
+
+    def _on_command(self, data: dict[str, Any]) -> None:
+        self.close()
+        self._command = data["command"]
+        resume = f" (resuming from {data['resume_from']})" if data.get("resume_from") else ""
+        self.console.print(f"[bold]{self._command}[/bold]{resume} · log: {data['log']}")
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
+                refresh_per_second=4,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self._command, total=None, info="starting…")
+
+    def _on_tick(self, data: dict[str, Any]) -> None:
+        p: TrainProgress = data["progress"]
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=p.step, total=p.total, info=progress_line(p) if p.first_step is not None else "starting…")
+        elif not self.live and p.first_step is not None:
+            now = time.monotonic()
+            if now - self._last_plain >= self.plain_every_s:
+                self._last_plain = now
+                self.console.print(f"{self._command}: {progress_line(p)}")
+
+    def _on_event(self, data: dict[str, Any]) -> None:
+        ev: Event = data["event"]
+        p: TrainProgress = data["progress"]
+        if ev.kind == "checkpoint":
+            self.console.print(f"[green]checkpoint[/green] {ev.data['path']}")
+        elif ev.kind == "oom":
+            self.console.print("[red]CUDA out of memory[/red]")
+        elif ev.kind == "nan":
+            self.console.print(f"[red]loss is NaN at step {ev.data['step']}[/red]: training diverged (see docs: precision, learning rate)")
+        elif ev.kind == "epoch" and not self.live:
+            self.console.print(f"{self._command}: {progress_line(p)}")
+        elif ev.kind == "state_loaded":
+            self.console.print(f"[dim]trainer loaded state: step {ev.data.get('step')}, epoch {ev.data.get('epoch')}[/dim]")
+
+    def _on_file(self, data: dict[str, Any]) -> None:
+        kind = data["kind"]
+        color = {"checkpoint": "green", "sample": "cyan", "state": "magenta"}.get(kind, "white")
+        self.console.print(f"[{color}]{kind}[/{color}] {data['path']}")
+
+    def _on_resume_check(self, data: dict[str, Any]) -> None:
+        if data["verified"]:
+            self.console.print(f"[green]{data['message']}[/green]")
+        else:
+            self.console.print(f"[red]resume problem:[/red] {data['message']}")
+
+    def _on_retry(self, data: dict[str, Any]) -> None:
+        self.close()
+        changes = ", ".join(f"{k}={v}" for k, v in data["changes"].items())
+        to = f" (towards preset {data['to_preset']})" if data.get("to_preset") else ""
+        self.console.print(f"[yellow]out of memory: retrying once with {changes}{to}[/yellow]")
+        for key in ("train_toml", "dataset_toml"):
+            if data.get(key):
+                self.console.print(f"[dim]  config copy: {data[key]}[/dim]")

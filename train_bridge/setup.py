@@ -1,0 +1,372 @@
+"""Install a trainer (kohya-ss sd-scripts or musubi-tuner) at a pinned commit with its own venv.
+
+The plan is computed first and shown (what is cloned from where, which torch build from which
+index, what pip installs) so nothing is downloaded by surprise; `--dry-run` stops there.
+A marker file in the checkout records the commit, the requirements hash and the torch build,
+so running setup again does nothing unless one of them changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prep.fsutil import atomic_write_text
+from train_bridge import gpu
+
+MARKER = ".loraprep-setup.json"
+VENV_NAME = ".venv-loraprep"
+
+
+@dataclass(frozen=True)
+class TrainerSource:
+    name: str
+    url: str
+    commit: str  # the commit loraprep's configs were checked against
+    version: str
+    url_env: str
+    path_env: str
+
+
+TRAINERS: dict[str, TrainerSource] = {
+    "sd-scripts": TrainerSource(
+        "sd-scripts",
+        "https://github.com/kohya-ss/sd-scripts.git",
+        "48d368fa557731ad0488c07304dfeba8c07910eb",
+        "v0.10.1",
+        "LORAPREP_SD_SCRIPTS_URL",
+        "LORAPREP_SD_SCRIPTS",
+    ),
+    "musubi-tuner": TrainerSource(
+        "musubi-tuner",
+        "https://github.com/kohya-ss/musubi-tuner.git",
+        "30c658c4f4b0bf05038b3346eff9670259b10fc7",
+        "0.3.4",
+        "LORAPREP_MUSUBI_TUNER_URL",
+        "LORAPREP_MUSUBI_TUNER",
+    ),
+}
+ALIASES = {"sd_scripts": "sd-scripts", "kohya": "sd-scripts", "musubi": "musubi-tuner", "musubi_tuner": "musubi-tuner"}
+
+
+class SetupError(RuntimeError):
+    """Setup cannot go on; the message says what to do."""
+
+
+def trainer_source(name: str) -> TrainerSource:
+    key = ALIASES.get(name, name)
+    if key not in TRAINERS:
+        raise SetupError(f"unknown trainer {name!r}: choose one of {', '.join(TRAINERS)}")
+    return TRAINERS[key]
+
+
+def cache_root() -> Path:
+    """LORAPREP_HOME, else $XDG_CACHE_HOME/loraprep, else ~/.cache/loraprep."""
+    if os.environ.get("LORAPREP_HOME"):
+        return Path(os.environ["LORAPREP_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "loraprep"
+
+
+def trainers_dir() -> Path:
+    return cache_root() / "trainers"
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+# --- torch -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    label: str  # "cu128", "cpu", ...
+    packages: tuple[str, ...]
+    index_url: str | None
+    note: str = ""
+
+
+# Newest build each driver can run; torch >= 2.5 is what Anima needs, musubi wants >= 2.5.1.
+_TORCH_BY_CUDA = (
+    ((12, 8), "cu128", ("torch==2.7.1", "torchvision==0.22.1")),
+    ((12, 6), "cu126", ("torch==2.7.1", "torchvision==0.22.1")),
+    ((12, 4), "cu124", ("torch==2.6.0", "torchvision==0.21.0")),
+    ((11, 8), "cu118", ("torch==2.6.0", "torchvision==0.21.0")),
+)
+TORCH_INDEX = "https://download.pytorch.org/whl/{label}"
+
+
+def choose_torch(cuda: tuple[int, int] | None) -> TorchBuild:
+    """Pick the torch wheel for the driver's CUDA version (nvidia-smi header); CPU without a driver."""
+    if cuda is None:
+        return TorchBuild(
+            "cpu", ("torch==2.7.1", "torchvision==0.22.1"), TORCH_INDEX.format(label="cpu"),
+            "no NVIDIA driver found: CPU build (enough to check configs, not to train)",
+        )
+    for minimum, label, pkgs in _TORCH_BY_CUDA:
+        if cuda >= minimum:
+            return TorchBuild(label, pkgs, TORCH_INDEX.format(label=label), f"driver supports CUDA {cuda[0]}.{cuda[1]}")
+    label, pkgs = _TORCH_BY_CUDA[-1][1], _TORCH_BY_CUDA[-1][2]
+    return TorchBuild(label, pkgs, TORCH_INDEX.format(label=label), f"driver CUDA {cuda[0]}.{cuda[1]} is older than 11.8: update the NVIDIA driver")
+
+
+def parse_torch_override(spec: str) -> TorchBuild:
+    """`--torch cu124` (a label) or `--torch 'torch==2.5.1+cu121'` (explicit requirement)."""
+    if spec.startswith("cu") or spec == "cpu":
+        for _, label, pkgs in _TORCH_BY_CUDA:
+            if label == spec:
+                return TorchBuild(label, pkgs, TORCH_INDEX.format(label=label), "chosen with --torch")
+        if spec == "cpu":
+            return choose_torch(None)
+        return TorchBuild(spec, ("torch", "torchvision"), TORCH_INDEX.format(label=spec), "chosen with --torch")
+    return TorchBuild("custom", tuple(spec.split()), None, "chosen with --torch")
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    what: str
+    argv: list[str]
+    cwd: str | None = None
+    kind: str = "run"  # "clone" steps are special-cased (checkout + fallback fetch, then rename)
+
+
+@dataclass
+class SetupPlan:
+    trainer: str
+    url: str | None  # None when an existing checkout is used
+    commit: str | None
+    checkout: Path
+    venv: Path
+    python: Path
+    torch: TorchBuild | None
+    requirements_sha256: str | None
+    steps: list[Step] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    up_to_date: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d.update(checkout=str(self.checkout), venv=str(self.venv), python=str(self.python))
+        return d
+
+
+def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def _head(checkout: Path) -> str | None:
+    if not (checkout / ".git").exists():
+        return None
+    r = _git(["rev-parse", "HEAD"], checkout)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def requirements_hash(checkout: Path) -> str | None:
+    """Hash of what pip will install: requirements.txt, else pyproject.toml."""
+    for name in ("requirements.txt", "pyproject.toml"):
+        p = checkout / name
+        if p.is_file():
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+    return None
+
+
+def read_marker(checkout: Path) -> dict[str, object]:
+    try:
+        return json.loads((checkout / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def plan_setup(
+    trainer: str,
+    *,
+    commit: str | None = None,
+    path: Path | None = None,
+    venv: Path | None = None,
+    url: str | None = None,
+    torch: str | None = None,
+    skip_torch: bool = False,
+    system_site_packages: bool = False,
+    force: bool = False,
+    cuda: tuple[int, int] | None | bool = False,
+) -> SetupPlan:
+    """Work out what setup must do, without doing it. `cuda=False` means: ask nvidia-smi."""
+    src = trainer_source(trainer)
+    use_existing = path is not None
+    commit = commit or (None if use_existing else src.commit)
+    url = url or os.environ.get(src.url_env) or src.url
+    if use_existing:
+        checkout = Path(path).expanduser().resolve()
+        if not checkout.is_dir():
+            raise SetupError(f"{checkout} is not a folder: give --path the root of an existing {src.name} checkout.")
+    else:
+        checkout = trainers_dir() / f"{src.name}-{commit[:12]}"
+    venv = Path(venv).expanduser().resolve() if venv else checkout / VENV_NAME
+    py = venv_python(venv)
+    if skip_torch:
+        build = None
+    elif torch:
+        build = parse_torch_override(torch)
+    else:
+        build = choose_torch(gpu.driver_cuda_version() if cuda is False else (cuda or None))
+    plan = SetupPlan(src.name, None if use_existing else url, commit, checkout, venv, py, build, None)
+
+    head = _head(checkout)
+    if use_existing:
+        if commit and head and not head.startswith(commit):
+            plan.notes.append(f"{checkout} is at {head[:12]}, not {commit[:12]}; loraprep leaves your checkout as it is.")
+        elif head and head != src.commit:
+            plan.notes.append(f"{checkout} is at {head[:12]}; loraprep's configs were checked against {src.commit[:12]} ({src.version}).")
+    elif head != commit:
+        if checkout.exists():
+            raise SetupError(f"{checkout} exists but is not a checkout of {commit[:12]}; remove it and run setup again.")
+        plan.steps.append(Step(f"clone {url} at {commit[:12]} into {checkout}", ["git", "clone", "--no-checkout", url, str(checkout)], kind="clone"))
+        plan.downloads.append(f"git clone {url} (the {src.name} repository, ~20-60 MB) at commit {commit}")
+
+    plan.requirements_sha256 = requirements_hash(checkout) if checkout.is_dir() else None
+    marker = read_marker(checkout) if checkout.is_dir() else {}
+    want = {
+        "commit": head if use_existing else commit,
+        "requirements_sha256": plan.requirements_sha256,
+        "torch": build.label if build else "skipped",
+        "venv": str(venv),
+    }
+    if not force and plan.requirements_sha256 and py.exists() and all(marker.get(k) == v for k, v in want.items()):
+        plan.up_to_date = True
+        plan.steps.clear()
+        return plan
+
+    if not py.exists():
+        venv_cmd = [sys.executable, "-m", "venv"]
+        if system_site_packages:
+            venv_cmd.append("--system-site-packages")
+        plan.steps.append(Step(f"create virtual environment {venv}", [*venv_cmd, str(venv)]))
+    if build is not None:
+        cmd = [str(py), "-m", "pip", "install", *build.packages]
+        if build.index_url:
+            cmd += ["--index-url", build.index_url]
+        plan.steps.append(Step(f"install {' '.join(build.packages)} ({build.label}: {build.note})", cmd))
+        size = "~200 MB" if build.label == "cpu" else "~2.5-4 GB with the CUDA libraries"
+        plan.downloads.append(f"{' '.join(build.packages)} from {build.index_url or 'PyPI'} ({size})")
+    has_reqs = (checkout / "requirements.txt").is_file() if checkout.is_dir() else src.name == "sd-scripts"
+    if has_reqs:
+        plan.steps.append(Step("install requirements.txt", [str(py), "-m", "pip", "install", "-r", "requirements.txt"], str(checkout)))
+        plan.downloads.append(f"the packages in {src.name}'s requirements.txt (accelerate, transformers, diffusers, ...; ~1-2 GB)")
+    else:
+        plan.steps.append(Step(f"install {src.name} and its dependencies", [str(py), "-m", "pip", "install", "-e", "."], str(checkout)))
+        plan.downloads.append(f"{src.name}'s dependencies from pyproject.toml (~1-2 GB)")
+    return plan
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def _clone(step: Step, commit: str) -> None:
+    url, dest = step.argv[3], Path(step.argv[4])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    r = _git(["clone", "--no-checkout", url, str(tmp)])
+    if r.returncode != 0:
+        raise SetupError(f"git clone {url} failed: {r.stderr.strip()[-500:]}")
+    r = _git(["checkout", "--detach", commit], tmp)
+    if r.returncode != 0:  # not on the default branch: fetch the commit itself
+        f = _git(["fetch", "origin", commit], tmp)
+        r = _git(["checkout", "--detach", commit], tmp) if f.returncode == 0 else f
+        if r.returncode != 0:
+            raise SetupError(f"commit {commit} not found in {url}: {r.stderr.strip()[-300:]}")
+    os.replace(tmp, dest)
+
+
+def run_setup(plan: SetupPlan, on_step: Callable[[Step], None] | None = None, env: dict[str, str] | None = None) -> SetupPlan:
+    """Do the plan's steps in order; write the marker last, so a failed setup reruns."""
+    if plan.up_to_date:
+        return plan
+    for step in plan.steps:
+        if on_step:
+            on_step(step)
+        if step.kind == "clone":
+            _clone(step, plan.commit or "HEAD")
+            continue
+        r = subprocess.run(step.argv, cwd=step.cwd, env=env, check=False)
+        if r.returncode != 0:
+            raise SetupError(f"{step.what} failed (exit {r.returncode}): {' '.join(step.argv)}")
+    plan.requirements_sha256 = requirements_hash(plan.checkout)
+    head = _head(plan.checkout)
+    marker = {
+        "trainer": plan.trainer,
+        "commit": head if plan.url is None else plan.commit,
+        "requirements_sha256": plan.requirements_sha256,
+        "torch": plan.torch.label if plan.torch else "skipped",
+        "venv": str(plan.venv),
+        "python": str(plan.python),
+        "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(plan.checkout / MARKER, json.dumps(marker, indent=2) + "\n")
+    register(plan.trainer, plan.checkout, plan.python, marker["commit"])
+    return plan
+
+
+def register(trainer: str, checkout: Path, python: Path, commit: object) -> Path:
+    """Remember where this trainer lives, so `launch` finds it without options."""
+    reg = trainers_dir() / f"{trainer}.json"
+    atomic_write_text(reg, json.dumps({"path": str(checkout), "python": str(python), "commit": commit}, indent=2) + "\n")
+    return reg
+
+
+@dataclass(frozen=True)
+class TrainerEnv:
+    name: str
+    root: Path
+    python: str
+
+
+def resolve_trainer(trainer: str, path: Path | None = None, python: str | None = None) -> TrainerEnv:
+    """Where the trainer's code and Python are: --trainer-dir, its env var, else what setup registered."""
+    src = trainer_source(trainer)
+    python = python or os.environ.get("LORAPREP_TRAINER_PYTHON")
+    root: Path | None = Path(path).expanduser() if path else None
+    if root is None and os.environ.get(src.path_env):
+        root = Path(os.environ[src.path_env]).expanduser()
+    if root is None:
+        try:
+            reg = json.loads((trainers_dir() / f"{src.name}.json").read_text(encoding="utf-8"))
+            root = Path(reg["path"])
+            python = python or reg.get("python")
+        except (OSError, ValueError, KeyError):
+            raise SetupError(
+                f"{src.name} is not set up: run `train_bridge setup {src.name}` "
+                f"(or pass --trainer-dir / set {src.path_env} to an existing checkout)."
+            ) from None
+    root = root.resolve()
+    if not root.is_dir():
+        raise SetupError(f"{src.name} checkout {root} does not exist; run `train_bridge setup {src.name}` again.")
+    if not python:
+        candidate = venv_python(root / VENV_NAME)
+        marker_py = read_marker(root).get("python")
+        if candidate.exists():
+            python = str(candidate)
+        elif isinstance(marker_py, str) and Path(marker_py).exists():
+            python = marker_py
+        else:
+            raise SetupError(
+                f"no Python environment for {src.name} in {root}: run `train_bridge setup {src.name} --path {root}` "
+                "or pass --python / set LORAPREP_TRAINER_PYTHON."
+            )
+    return TrainerEnv(src.name, root, python)

@@ -1,0 +1,79 @@
+"""What a run folder says about its training: state, progress, last loss, checkpoints, samples.
+
+Reads run/status.json (kept current by `launch`) and re-parses the newest log in run/logs, so
+it also works when the launcher died without a last update, or for a run started by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from train_bridge.launch import read_status
+from train_bridge.logparse import parse_text
+from train_bridge.resume import find_states
+from train_bridge.watch import list_outputs
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def latest_log(run_dir: Path) -> Path | None:
+    logs = sorted((Path(run_dir) / "logs").glob("*.log"), key=lambda p: (p.stat().st_mtime, p.name))
+    return logs[-1] if logs else None
+
+
+def collect_status(run_dir: Path) -> dict[str, Any]:
+    """Plain data for the `status` command (and its --json)."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "run.json").is_file() and not (run_dir / "status.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no run.json): write one with `train_bridge config`.")
+    run: dict[str, Any] = {}
+    try:
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    st = read_status(run_dir)
+    state = st.get("state", "not started")
+    if state in ("running", "starting") and not _alive(st.get("launcher_pid")):
+        state = "stopped (launcher gone)"
+    log = Path(st["log"]) if st.get("log") else latest_log(run_dir)
+    if log is not None and not log.is_file():
+        log = latest_log(run_dir)
+    progress = parse_text(log.read_text(encoding="utf-8", errors="replace")) if log else None
+    out_dir = Path(run.get("output_dir") or st.get("output_dir") or run_dir / "output")
+    files = list_outputs(out_dir)
+    states = find_states(out_dir)
+    p = progress.as_dict() if progress else {}
+    if progress is not None and progress.first_step is None and st.get("progress"):
+        p = st["progress"]  # log has no step line yet (or was rotated); fall back to the last snapshot
+    return {
+        "run_dir": str(run_dir),
+        "state": state,
+        "exit_code": st.get("exit_code"),
+        "message": st.get("message"),
+        "command": st.get("command"),
+        "log": str(log) if log else None,
+        "updated_at": st.get("updated_at"),
+        "progress": p,
+        "global_step": (st.get("progress") or {}).get("global_step"),
+        "last_loss": p.get("loss") if p.get("loss") is not None else p.get("avr_loss"),
+        "checkpoints": [str(x) for x in files["checkpoints"]],
+        "samples": [str(x) for x in files["samples"]],
+        "states": [{"path": str(s.path), "step": s.step, "epoch": s.epoch} for s in states],
+        "commands": st.get("commands", {}),
+        "oom_retries": run.get("oom_retries", []),
+        "advice": st.get("advice"),
+        "estimate": run.get("estimate"),
+    }
