@@ -171,7 +171,7 @@ def _alpha_bbox(img: LoadedImage) -> tuple[float, float, float, float] | None:
     """Bounding box of the visible pixels in full-resolution coordinates, or None if opaque."""
     if not img.transparent or img.alpha is None:
         return None
-    bbox = img.alpha.point(lambda v: 255 if v > 16 else 0).getbbox()
+    bbox = img.alpha.getbbox()
     if not bbox:
         return None
     s = 1.0 / img.scale
