@@ -106,6 +106,16 @@ def approx_tokens(text: str) -> int:
 
 def _hub_counter(repo: str, path: str | None) -> Callable[[str], int] | None:
     """A real tokenizer's counter if it is available without network, else None."""
+    if path is None:
+        # Importing transformers takes seconds: only do it when the tokenizer is really cached.
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(repo, "tokenizer_config.json")
+        except Exception:
+            return None
+        if not isinstance(hit, str):
+            return None
     try:
         from transformers import AutoTokenizer  # optional
 
@@ -153,6 +163,12 @@ def prose_identity_candidates(text: str) -> list[str]:
         if len(words) >= 2:
             out.append(" ".join(words))
     return out
+
+
+def _strip_trigger(text: str, trigger: str | None) -> str:
+    if trigger and text.lower().startswith(trigger.lower()):
+        return text[len(trigger):].lstrip(" ,")
+    return text
 
 
 def is_tag_caption(text: str) -> bool:
@@ -207,7 +223,7 @@ def lint_folder(
             dup = [t for t, c in Counter(normalize(t) for t in tags).items() if c > 1]
             if dup:
                 rep.issues.append(Issue(item.id, "duplicate_tags", "warning", f"duplicate tags: {', '.join(dup)}"))
-        elif BOILERPLATE.search(text):
+        elif BOILERPLATE.search(_strip_trigger(text, trigger)):
             rep.issues.append(Issue(item.id, "boilerplate", "warning", "starts with boilerplate ('This image shows ...'); start with the subject"))
         n = count(text)
         rep.max_tokens = max(rep.max_tokens, n)

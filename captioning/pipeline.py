@@ -235,9 +235,14 @@ def caption_folder(
     for item in items:
         target = _target(item, output and out_dir)
         rec = manifest.get(STEP, item.id) if resume else None
-        if rec is not None and rec.status == "ok" and rec.data.get("config") == config and target.exists():
-            if rec.source_sha256 in (None, sha256_file(item.path)):
-                outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
+        if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
+            # Finished earlier with the same settings on the same bytes. Blocked stays blocked
+            # (no second paid request); pass resume=False to try it again.
+            if (rec.status == "blocked" or target.exists()) and rec.source_sha256 in (None, sha256_file(item.path)):
+                if rec.status == "ok":
+                    outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
+                else:
+                    outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
         if mode == "skip" and _read(target):
             outcome[item.id] = ItemOutcome(item.id, "skipped", caption=_read(target))
@@ -291,7 +296,9 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     if res.status != "ok":
         status = "blocked" if res.status == "blocked" else ("retryable" if res.status == "retryable" else "failed")
         reason = res.reason or f"{item.path}: the {backend_name} backend gave status {res.status} without a reason"
-        manifest.append(Record(STEP, item.id, status, source=source, reason=reason, data={"backend": backend_name, **data}))
+        sha = sha256_file(item.path) if status == "blocked" else None
+        manifest.append(Record(STEP, item.id, status, source=source, source_sha256=sha, reason=reason,
+                               data={"backend": backend_name, "config": config, **data}))
         return ItemOutcome(item.id, "blocked" if status == "blocked" else "failed", reason=reason)
 
     has_text = bool(res.text and res.text.strip())
