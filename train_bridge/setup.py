@@ -163,6 +163,12 @@ class SetupPlan:
         return d
 
 
+def _base_has_pip() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pip") is not None
+
+
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
 
@@ -253,6 +259,8 @@ def plan_setup(
         venv_cmd = [sys.executable, "-m", "venv"]
         if system_site_packages:
             venv_cmd.append("--system-site-packages")
+            if _base_has_pip():  # the base pip is importable from the venv and installs into it
+                venv_cmd.append("--without-pip")
         plan.steps.append(Step(f"create virtual environment {venv}", [*venv_cmd, str(venv)]))
     if build is not None:
         cmd = [str(py), "-m", "pip", "install", *build.packages]

@@ -1,0 +1,264 @@
+"""launch against a fake trainer: live progress, files, resume, exit codes, Ctrl-C, GPU check."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_trainer.helpers import cli_env, launch_args, make_run, make_trainer_root, recorded_argv, run_cli
+
+from train_bridge.launch import EXIT_INTERRUPTED, EXIT_OOM, LaunchError, LaunchOptions, launch_run
+
+
+def _opts(root: Path, **kw: object) -> LaunchOptions:
+    return LaunchOptions(trainer_dir=root, python=sys.executable, gpu_check=False, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return make_trainer_root(tmp_path)
+
+
+def test_progress_is_seen_live_and_files_announced(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--sleep", "0.03"])
+    seen: list[tuple[str, dict]] = []
+    steps_while_running: list[int] = []
+
+    def observer(kind: str, data: dict) -> None:
+        seen.append((kind, data))
+        if kind == "event" and data["event"].kind == "step":
+            steps_while_running.append(data["event"].data["step"])
+
+    res = launch_run(run, _opts(root), observer)
+    assert res.status == "done" and res.exit_code == 0
+    # every step reached the observer as it happened, in order
+    assert steps_while_running[-1] == 12 and steps_while_running == sorted(steps_while_running)
+    assert len(set(steps_while_running)) >= 10
+    prog = res.outcomes[0].progress
+    assert (prog.step, prog.total, prog.epoch, prog.epochs) == (12, 12, 3, 3)
+    assert prog.avr_loss is not None and 0 < prog.avr_loss < 0.1
+    announced = [d["path"] for k, d in seen if k == "file"] + [d["event"].data["path"] for k, d in seen if k == "event" and d["event"].kind == "checkpoint"]
+    names = {Path(p).name for p in announced}
+    assert {"lora-000001.safetensors", "lora-000002.safetensors", "lora.safetensors"} <= names
+    assert any(n.endswith(".png") for n in names)
+    # each checkpoint announced once, though both the log and the folder report it
+    assert sum(1 for p in announced if Path(p).name == "lora-000001.safetensors") == 1
+    # the log keeps the raw stream, status.json the summary
+    log = res.log_path
+    assert log is not None and log.parent == run / "logs" and b"\rsteps:" in log.read_bytes()
+    st = json.loads((run / "status.json").read_text())
+    assert st["state"] == "done" and st["exit_code"] == 0
+    assert st["progress"]["step"] == 12 and len(st["files"]["checkpoints"]) == 3
+    assert st["commands"]["train"]["status"] == "done"
+
+
+def test_argv_puts_accelerate_options_before_the_script(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, accelerate=True)
+    res = launch_run(run, _opts(root, dry_run=True))
+    argv = res.plan[0]["argv"]
+    script = str(root / "anima_train_network.py")
+    assert argv[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1"]
+    assert argv[5] == script
+    assert argv[6:8] == ["--config_file", str(run / "train.toml")]
+    assert not (run / "logs").exists()  # dry run starts nothing
+
+
+def test_cuda_oom_gives_exit_3_and_advice_for_this_config(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "oom", "--fail_at", "2"])
+    r = run_cli(launch_args(run, root, "--json"), tmp_path)
+    assert r.returncode == EXIT_OOM == 3, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "oom"
+    keys = [s["key"] for s in out["advice"]["suggestions"]]
+    # this config has gradient checkpointing off and batch 2: those come first
+    assert keys[:2] == ["gradient_checkpointing", "train_batch_size"]
+    assert "blocks_to_swap" in keys and "resolution" in keys and "network_dim" in keys
+    batch = out["advice"]["suggestions"][1]
+    assert batch["set"] == ["--set train_batch_size=1", "--set gradient_accumulation_steps=2"]
+    assert "2.00 GiB" in out["advice"]["headline"]
+    assert "--set gradient_checkpointing=true" in r.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "oom"
+
+
+def test_host_oom_kill_9_is_exit_3_with_ram_advice(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "kill9", "--fail_at", "3"])
+    res = launch_run(run, _opts(root))
+    assert res.exit_code == EXIT_OOM and res.outcomes[0].returncode in (-9, 137)
+    assert res.advice is not None and res.advice.kind == "host"
+    assert res.advice.suggestions[0].key == "max_data_loader_n_workers"
+
+
+def test_plain_failure_is_exit_1_and_names_the_error(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "fail"])
+    r = run_cli(launch_args(run, root), tmp_path)
+    assert r.returncode == 1
+    assert "AssertionError: network for Text Encoder" in r.stderr
+
+
+def test_resume_passes_the_newest_state_and_is_verified(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "oom", "--fail_at", "10"])  # dies in epoch 3, after 2 saved states
+    assert launch_run(run, _opts(root)).exit_code == EXIT_OOM
+    spec = json.loads((run / "run.json").read_text())
+    spec["commands"][0]["args"] = [a for a in spec["commands"][0]["args"] if a not in ("--mode", "oom", "--fail_at", "10")]
+    (run / "run.json").write_text(json.dumps(spec))
+    res = launch_run(run, _opts(root, resume=True))
+    assert res.exit_code == 0
+    argv = recorded_argv(tmp_path)[-1]
+    state = str(tmp_path / "output" / "lora-000002-state")
+    assert argv[-2:] == ["--resume", state]
+    check = res.outcomes[0].resume_check
+    assert check is not None and check.verified is True and check.resumed_step == 8
+    assert res.outcomes[0].progress.first_epoch == 3
+
+
+def test_resume_without_state_refuses(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path)
+    with pytest.raises(LaunchError) as ei:
+        launch_run(run, _opts(root, resume=True))
+    assert ei.value.code == 2 and "nothing to resume" in str(ei.value)
+    r = run_cli(launch_args(run, root, "--resume"), tmp_path)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    assert recorded_argv(tmp_path) == []  # the trainer never started
+
+
+def test_existing_state_without_resume_refuses_silent_restart(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path)
+    assert launch_run(run, _opts(root)).exit_code == 0
+    with pytest.raises(LaunchError) as ei:
+        launch_run(run, _opts(root))
+    assert ei.value.code == 2 and "--resume" in str(ei.value) and "--restart" in str(ei.value)
+    assert launch_run(run, _opts(root, restart=True)).exit_code == 0
+
+
+def test_resume_that_restarts_at_step_0_is_flagged(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--ignore_state", "--mode", "oom", "--fail_at", "6"])
+    launch_run(run, _opts(root))
+    spec = json.loads((run / "run.json").read_text())
+    spec["commands"][0]["args"] = [a for a in spec["commands"][0]["args"] if a not in ("--mode", "oom", "--fail_at", "6")]
+    (run / "run.json").write_text(json.dumps(spec))
+    res = launch_run(run, _opts(root, resume=True))
+    check = res.outcomes[0].resume_check
+    assert check is not None and check.verified is False and "step 0" in check.message
+    assert "step 0" in res.message
+
+
+def test_auto_retry_oom_applies_changes_to_a_copy(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--oom_unless", "gradient_checkpointing = true"])
+    original = (run / "train.toml").read_text()
+    r = run_cli(launch_args(run, root, "--auto-retry-oom", "--json"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [o["status"] for o in out["commands"]] == ["oom", "done"]
+    assert out["retry"]["changes"] == {"gradient_checkpointing": True, "train_batch_size": 1, "gradient_accumulation_steps": 2}
+    copy = run / "train.oom-retry1.toml"
+    assert copy.exists() and "gradient_checkpointing = true" in copy.read_text()
+    assert (run / "train.toml").read_text() == original  # the original is left alone
+    spec = json.loads((run / "run.json").read_text())
+    assert spec["oom_retries"][0]["to_preset"] == "12gb" and spec["oom_retries"][0]["from_preset"] == "16gb"
+    assert str(copy) in spec["commands"][0]["args"]  # a later --resume uses the config that fit
+    argvs = recorded_argv(tmp_path)
+    assert str(copy) in argvs[-1] and str(copy) not in argvs[0]
+
+
+def test_auto_retry_only_once(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "oom", "--fail_at", "1"])
+    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    assert res.exit_code == EXIT_OOM
+    assert [o.status for o in res.outcomes] == ["oom", "oom"]
+
+
+def test_musubi_steps_run_in_order_and_made_caches_are_skipped(tmp_path: Path, root: Path) -> None:
+    rec = str(tmp_path / "argv.jsonl")
+    out = str(tmp_path / "output")
+    ds = str(tmp_path / "run" / "dataset.toml")
+    cache = ["--output_dir", out, "--mode", "cache", "--record_argv", rec, "--dataset_config", ds]
+    commands = [  # deliberately out of order: launch sorts caches first
+        {"name": "train", "script": "wan_train_network.py", "args": ["--epochs", "1"], "base": True, "accelerate": False},
+        {"name": "cache_text_encoder", "script": "wan_cache_text_encoder_outputs.py", "args": [*cache, "--output_name", "te"], "accelerate": False},
+        {"name": "cache_latents", "script": "wan_cache_latents.py", "args": [*cache, "--output_name", "lat"], "accelerate": False},
+    ]
+    run = make_run(tmp_path, trainer="musubi-tuner", commands=commands)
+    res = launch_run(run, _opts(root))
+    assert res.exit_code == 0
+    order = [a[a.index("--output_name") + 1] for a in recorded_argv(tmp_path)]
+    assert order == ["lat", "te", "lora"]
+    res = launch_run(run, _opts(root, restart=True))
+    assert [o.status for o in res.outcomes] == ["skipped", "skipped", "done"]
+    assert len(recorded_argv(tmp_path)) == 4
+    # a changed dataset.toml makes the caches stale
+    Path(ds).write_text(Path(ds).read_text() + "\n# changed\n")
+    res = launch_run(run, _opts(root, restart=True))
+    assert [o.status for o in res.outcomes] == ["done", "done", "done"]
+
+
+def test_ctrl_c_stops_the_trainer_and_prints_resume(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "wait", "--sleep", "0.2"], epochs=50)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from train_bridge.cli import main; main()", *launch_args(run, root, "--grace", "10")],
+        env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = run / "status.json"
+        if st.exists() and (json.loads(st.read_text()).get("progress") or {}).get("step", 0) >= 2:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("no progress in status.json")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_INTERRUPTED == 130
+    assert f"train_bridge launch {run} --resume" in err
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    log = next((run / "logs").glob("*.log")).read_text()
+    assert "stopping on SIGINT" in log  # the trainer got SIGINT and ended itself
+
+
+def _fake_smi(tmp: Path, free_mib: int) -> Path:
+    p = tmp / "nvidia-smi"
+    p.write_text(
+        "#!" + sys.executable + "\n"
+        "import sys\n"
+        "if any(a.startswith('--query-gpu') for a in sys.argv):\n"
+        f"    print('0, NVIDIA GeForce RTX 4060 Ti, 16380, {free_mib}')\n"
+        "else:\n"
+        "    print('| NVIDIA-SMI 550.54   Driver Version: 550.54   CUDA Version: 12.4 |')\n"
+    )
+    p.chmod(0o755)
+    return p
+
+
+def test_gpu_check_refuses_a_busy_gpu_with_a_clear_message(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(tmp_path)
+    opts = LaunchOptions(trainer_dir=root, python=sys.executable)  # GPU check on
+    monkeypatch.setenv("LORAPREP_NVIDIA_SMI", str(_fake_smi(tmp_path, free_mib=3000)))
+    with pytest.raises(LaunchError) as ei:
+        launch_run(run, opts)
+    assert ei.value.code == 1
+    assert "2.9 GiB free of 16.0 GiB" in str(ei.value) and "--no-gpu-check" in str(ei.value)
+    monkeypatch.setenv("LORAPREP_NVIDIA_SMI", str(tmp_path / "missing-smi"))
+    with pytest.raises(LaunchError, match="no NVIDIA GPU found"):
+        launch_run(run, opts)
+    assert recorded_argv(tmp_path) == []  # refused before starting anything
+    smi = _fake_smi(tmp_path, free_mib=15800)
+    r = run_cli(["launch", str(run), "--trainer-dir", str(root), "--python", sys.executable], tmp_path, LORAPREP_NVIDIA_SMI=str(smi))
+    assert r.returncode == 0, r.stderr
+    assert "RTX 4060 Ti" in r.stderr and len(recorded_argv(tmp_path)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LORAPREP_SLOW_TESTS"), reason="imports torch through accelerate (~15 s); set LORAPREP_SLOW_TESTS=1")
+def test_real_accelerate_launcher_runs_the_script(tmp_path: Path, root: Path) -> None:
+    pytest.importorskip("accelerate")
+    run = make_run(tmp_path, accelerate=True, epochs=1)
+    res = launch_run(run, _opts(root))
+    assert res.exit_code == 0, res.message
+    assert res.outcomes[0].argv[1:3] == ["-m", "accelerate.commands.launch"]
+    assert res.outcomes[0].progress.step == 4

@@ -1,0 +1,140 @@
+"""setup against a local git repository standing in for sd-scripts (offline: PIP_NO_INDEX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_trainer.helpers import make_run, recorded_argv, run_cli
+
+from train_bridge.launch import LaunchOptions, launch_run
+from train_bridge.setup import choose_torch, plan_setup, resolve_trainer
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+HERE = Path(__file__).resolve().parent
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV}, check=True)
+    return r.stdout.strip()
+
+
+@pytest.fixture()
+def upstream(tmp_path: Path) -> tuple[Path, str, str]:
+    """A repo with two commits: the pinned one (with the trainer script) and a newer one."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    _git(["init", "-q", "-b", "main"], repo)
+    (repo / "requirements.txt").write_text("tomli-w\n")  # already installed: pip resolves it offline
+    (repo / "anima_train_network.py").write_text((HERE / "fake_trainer" / "fake_train.py").read_text())
+    _git(["add", "."], repo)
+    _git(["commit", "-q", "-m", "pinned"], repo)
+    pinned = _git(["rev-parse", "HEAD"], repo)
+    (repo / "NEWER").write_text("x")
+    _git(["add", "."], repo)
+    _git(["commit", "-q", "-m", "newer"], repo)
+    return repo, pinned, _git(["rev-parse", "HEAD"], repo)
+
+
+def _setup(tmp: Path, url: Path, commit: str, *more: str) -> subprocess.CompletedProcess[str]:
+    args = ["setup", "sd-scripts", "--commit", commit, "--skip-torch", "--system-site-packages", *more]
+    return run_cli(args, tmp, timeout=180, LORAPREP_SD_SCRIPTS_URL=url.as_uri(), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
+def test_setup_clones_the_pinned_commit_makes_a_venv_and_is_idempotent(tmp_path: Path, upstream: tuple[Path, str, str]) -> None:
+    repo, pinned, newer = upstream
+    r = _setup(tmp_path, repo, pinned, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "setup will download" in r.stderr and repo.as_uri() in r.stderr and pinned in r.stderr
+    home = tmp_path / "home"
+    assert not (home / "trainers").exists()  # dry run touched nothing
+
+    r = _setup(tmp_path, repo, pinned)
+    assert r.returncode == 0, r.stderr
+    checkout = home / "trainers" / f"sd-scripts-{pinned[:12]}"
+    assert _git(["rev-parse", "HEAD"], checkout) == pinned and not (checkout / "NEWER").exists()
+    marker = json.loads((checkout / ".loraprep-setup.json").read_text())
+    assert marker["commit"] == pinned and marker["torch"] == "skipped"
+    py = Path(marker["python"])
+    assert py.exists() and py.parent.parent == checkout / ".venv-loraprep"
+    out = subprocess.run([str(py), "-c", "import tomli_w, sys; print(sys.prefix)"], capture_output=True, text=True, check=True)
+    assert ".venv-loraprep" in out.stdout
+
+    os.environ["LORAPREP_SD_SCRIPTS_URL"] = repo.as_uri()
+    os.environ["LORAPREP_HOME"] = str(home)
+    try:
+        again = plan_setup("sd-scripts", commit=pinned, skip_torch=True, system_site_packages=True)
+    finally:
+        del os.environ["LORAPREP_SD_SCRIPTS_URL"], os.environ["LORAPREP_HOME"]
+    assert again.up_to_date and again.steps == [] and again.downloads == []
+
+    # launch finds the trainer that setup registered, with no --trainer-dir / --python
+    run = make_run(tmp_path, epochs=1)
+    os.environ["LORAPREP_HOME"] = str(home)
+    try:
+        env = resolve_trainer("sd-scripts")
+        assert env.root == checkout.resolve() and env.python == str(py)
+        res = launch_run(run, LaunchOptions(gpu_check=False))
+    finally:
+        del os.environ["LORAPREP_HOME"]
+    assert res.exit_code == 0 and res.outcomes[0].argv[0] == str(py)
+    assert len(recorded_argv(tmp_path)) == 1
+
+
+def test_changed_requirements_trigger_reinstall(tmp_path: Path, upstream: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, pinned, _ = upstream
+    monkeypatch.setenv("LORAPREP_HOME", str(tmp_path / "home"))
+    checkout = tmp_path / "mine"
+    _git(["clone", "-q", str(repo), str(checkout)], tmp_path)
+    venv = checkout / ".venv-loraprep" / ("Scripts" if os.name == "nt" else "bin")
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(sys.executable)
+    head = _git(["rev-parse", "HEAD"], checkout)
+    from train_bridge.setup import requirements_hash
+
+    (checkout / ".loraprep-setup.json").write_text(json.dumps({
+        "commit": head, "requirements_sha256": requirements_hash(checkout), "torch": "skipped",
+        "venv": str(checkout / ".venv-loraprep"),
+    }))
+    plan = plan_setup("sd-scripts", path=checkout, skip_torch=True)
+    assert plan.up_to_date and plan.steps == []
+    assert any("checked against" in n for n in plan.notes)  # not the pinned commit: said, not changed
+    (checkout / "requirements.txt").write_text("tomli-w\nrich\n")
+    plan = plan_setup("sd-scripts", path=checkout, skip_torch=True)
+    assert not plan.up_to_date
+    assert [s.argv[-2:] for s in plan.steps] == [["-r", "requirements.txt"]]  # venv exists: only pip runs again
+
+
+def test_missing_commit_is_a_clear_error(tmp_path: Path, upstream: tuple[Path, str, str]) -> None:
+    repo, _, _ = upstream
+    r = _setup(tmp_path, repo, "0" * 40)
+    assert r.returncode == 1 and "not found" in r.stderr
+    assert not list((tmp_path / "home" / "trainers").glob("sd-scripts-*"))  # no half clone left as the real folder
+
+
+@pytest.mark.parametrize(
+    ("cuda", "label", "torch"),
+    [((12, 9), "cu128", "torch==2.7.1"), ((12, 6), "cu126", "torch==2.7.1"), ((12, 4), "cu124", "torch==2.6.0"),
+     ((11, 8), "cu118", "torch==2.6.0"), (None, "cpu", "torch==2.7.1")],
+)
+def test_torch_build_follows_the_driver(cuda: tuple[int, int] | None, label: str, torch: str) -> None:
+    b = choose_torch(cuda)
+    assert b.label == label and b.packages[0] == torch
+    assert b.index_url == f"https://download.pytorch.org/whl/{label}"
+
+
+def test_plan_lists_torch_download_for_a_gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAPREP_HOME", str(tmp_path))
+    plan = plan_setup("musubi", cuda=(12, 8))
+    assert plan.trainer == "musubi-tuner" and plan.commit and plan.commit.startswith("30c658c4")
+    assert any("torch==2.7.1" in d and "cu128" in d for d in plan.downloads)
+    kinds = [s.argv[:4] for s in plan.steps]
+    assert kinds[0][:3] == ["git", "clone", "--no-checkout"]
+    assert plan.steps[-1].argv[-2:] == ["-e", "."]  # musubi installs itself from pyproject
