@@ -84,6 +84,7 @@ def render_variations_cmd(
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="diffusers: images per pipeline call."),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help="replicate: predictions in flight (default 4)."),
     rpm: float = typer.Option(300.0, "--rpm", min=1.0, help="replicate: most prediction creates per minute."),
+    poll_interval: float = typer.Option(1.0, "--poll-interval", min=0.01, hidden=True, help="replicate: seconds between status polls."),
     model_input: list[str] = typer.Option([], "--input", help="replicate: extra model input KEY=VALUE (repeatable)."),
     device: str = typer.Option("auto", "--device", help="diffusers: auto, cuda, cuda:1, mps, cpu."),
     dtype: str = typer.Option("auto", "--dtype", help="diffusers: auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32."),
@@ -108,7 +109,7 @@ def render_variations_cmd(
         original_tag=original_tag, max_synthetic_share=max_synthetic_share, seed=seed, steps=steps, guidance=guidance,
         negative_prompt=negative_prompt, max_side=max_side, batch_size=batch_size, workers=workers, rpm=rpm,
         device=device, dtype=dtype, ip_adapter=ip_adapter, ip_adapter_scale=ip_adapter_scale, recursive=recursive,
-        contact_sheet=contact_sheet, dry_run=dry_run, backend_options={"extra_input": extra} if extra else {},
+        contact_sheet=contact_sheet, dry_run=dry_run, backend_options=({"extra_input": extra} if extra else {}) | ({"poll_interval": poll_interval} if backend == "replicate" else {}),
     )
     try:
         report = render_variations(folder, out, opts, progress=RichProgress(not as_json))

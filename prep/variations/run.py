@@ -206,7 +206,8 @@ class VariationStep:
         return results
 
     def _data(self, job: VariationJob) -> dict[str, Any]:
-        d = job.provenance(self.backend.name, self.backend.model)
+        d = {k: v for k, v in self.backend.describe().items()}
+        d.update(job.provenance(self.backend.name, self.backend.model))
         extra = getattr(self.backend, "provenance", None)
         if extra is not None:
             d.update(extra(job.id))

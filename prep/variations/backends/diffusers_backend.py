@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,9 @@ class DiffusersBackend:
                 if '"safety_checker"' in idx:
                     kw["safety_checker"] = None
                     kw["requires_safety_checker"] = False
-            pipe = AutoPipelineForImage2Image.from_pretrained(self.model, **kw)
+            with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; the old name works across versions
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = AutoPipelineForImage2Image.from_pretrained(self.model, **kw)
             if self.ip_adapter:
                 if not hasattr(pipe, "load_ip_adapter"):
                     raise RuntimeError(f"{type(pipe).__name__} does not support IP-Adapter; drop --ip-adapter or pick an SD/SDXL/FLUX model")
