@@ -4,7 +4,6 @@ generated PNGs: outputs, captions, provenance, 429/503 on create, failures, kill
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess

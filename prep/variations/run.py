@@ -266,7 +266,7 @@ def _contact_rows(out: Path, sources: list[Source], plan: list[PlannedVariation]
     rows: list[list[Tile]] = []
     for s in sources:
         row: list[Tile] = []
-        for rel, label in [(s.id, "original")] + [(v.id, v.style) for v in by_src.get(s.id, [])]:
+        for rel, label in [(s.id, f"original {s.id}")] + [(v.id, v.style) for v in by_src.get(s.id, [])]:
             p = out / rel if (out / rel).exists() else (Path(s.path) if rel == s.id else None)
             if p is None or not p.exists():
                 continue
