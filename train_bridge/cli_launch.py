@@ -6,6 +6,7 @@ Exit codes (issue 7): 0 done, 1 failed, 2 usage, 3 out of memory, 130 interrupte
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,6 +89,18 @@ def setup_cmd(
         emit_json({"status": "done", **plan.as_dict()})
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """`kill` / `docker stop` stop the trainer as cleanly as Ctrl-C does."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
 # --- launch ----------------------------------------------------------------------------------
 
 
@@ -144,6 +157,7 @@ def launch_cmd(
     from train_bridge.progress_view import LiveView
 
     view = LiveView(console)
+    previous = _sigterm_as_interrupt()
     try:
         res = launch_run(target, opts, view)
     except LaunchError as exc:
@@ -154,6 +168,8 @@ def launch_cmd(
         raise typer.Exit(exc.code) from None
     finally:
         view.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if res.status == "dry_run":
         for item in res.plan:
             prefix = "skip " + item["action"][5:] if item["action"].startswith("skip:") else "run"

@@ -108,10 +108,14 @@ def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def run_cli(args: list[str], tmp: Path, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from train_bridge.cli import main; main()", *args], capture_output=True, text=True, timeout=timeout,
-        env=cli_env(tmp, **extra), cwd=str(ROOT),
-    )
+    """Run `train_bridge ARGS` in-process (typer's CliRunner): same code path, no interpreter start-up."""
+    from typer.testing import CliRunner
+
+    from train_bridge.cli import app
+
+    env = {"LORAPREP_HOME": str(tmp / "home"), "LORAPREP_NO_PROGRESS": "1", "COLUMNS": "200", **extra}
+    res = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
 
 
 def launch_args(run: Path, trainer_root: Path, *more: str) -> list[str]:
