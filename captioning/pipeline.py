@@ -304,7 +304,8 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     has_text = bool(res.text and res.text.strip())
     tag_caption = not has_text and (res.tags is not None or is_tags)
     names: list[str] = []
-    if tag_caption:
+    chained = has_text and res.tags is not None  # a chain (wd14+gemini): tag rules for the tags, then the sentence
+    if tag_caption or chained:
         tags = res.tags or []
         if not res.data.get("thresholded"):
             tags = rules.thresholds.select_tags(tags)
@@ -313,6 +314,8 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
             names, gone = prune_identity(names, identity)
             pruned.identity.update(gone)
         text = SEPARATOR.join(names)
+        if chained:
+            text = SEPARATOR.join([*names, " ".join((res.text or "").split())])
     else:
         text = " ".join((res.text or "").split()) if "\n" not in (res.text or "") else (res.text or "").strip()
     if not text.strip() and not (tag_caption and trigger):

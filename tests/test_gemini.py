@@ -23,7 +23,7 @@ from captioning.backends.base import CaptionOptions  # noqa: E402
 from captioning.backends.gemini import GeminiBackend  # noqa: E402
 from captioning.prompts import build_prompt, check_caption  # noqa: E402
 from prep.dataset import discover  # noqa: E402
-from tests.stubs.gemini_stub import GeminiStub  # noqa: E402
+from stubs.gemini_stub import GeminiStub  # noqa: E402
 
 KEY = "AIzaFAKE-test-key-0123456789"
 ROOT = Path(__file__).resolve().parents[1]

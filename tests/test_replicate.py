@@ -19,7 +19,7 @@ pytest.importorskip("replicate")
 from captioning.backends.base import CaptionOptions  # noqa: E402
 from captioning.backends.replicate import PRESETS, ReplicateBackend, caption_from_output, resolve  # noqa: E402
 from prep.dataset import discover  # noqa: E402
-from tests.stubs.replicate_stub import ReplicateStub  # noqa: E402
+from stubs.replicate_stub import ReplicateStub  # noqa: E402
 
 TOKEN = "r8_FAKE_token_abcdef0123456789"
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ pytest.importorskip("replicate")
 
 from prep.remote import RateLimiter, RemoteError, RetryPolicy, StateStore  # noqa: E402
 from prep.replicate_run import FileInput, make_client, output_text, read_output, run_prediction  # noqa: E402
-from tests.stubs.replicate_stub import ReplicateStub  # noqa: E402
+from stubs.replicate_stub import ReplicateStub  # noqa: E402
 
 FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05)
 TOKEN = "r8_fake_token_for_tests_123456"

@@ -17,7 +17,7 @@ from captioning.backends.base import CaptionOptions  # noqa: E402
 from captioning.backends.florence2 import Florence2Backend  # noqa: E402
 from captioning.backends.joycaption import JoyCaptionBackend, build_instruction  # noqa: E402
 from prep.dataset import discover  # noqa: E402
-from tests.vlm_tiny import build_florence2, build_llava  # noqa: E402
+from vlm_tiny import build_florence2, build_llava  # noqa: E402
 
 
 @pytest.fixture(scope="module")

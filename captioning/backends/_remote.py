@@ -10,8 +10,8 @@ import hashlib
 import json
 import tempfile
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +81,26 @@ def fan_out(items: list[ImageItem], concurrency: int, fn: Callable[[ImageItem], 
         return [guarded(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(concurrency, len(items)), thread_name_prefix="caption") as pool:
         return list(pool.map(guarded, items))
+
+
+def stream_results(items: list[ImageItem], concurrency: int, fn: Callable[[ImageItem], CaptionResult]) -> Iterator[list[CaptionResult]]:
+    """Like `fan_out`, but yield each result the moment it is ready (no batch barrier: one image
+    waiting out a Retry-After does not hold up the others, and the pipeline records every
+    finished caption at once, so a kill loses only the requests in flight). At most
+    `2 * concurrency` images are queued ahead, so a huge folder is not decoded up front."""
+    pending: set = set()
+    it = iter(items)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="caption")
+    try:
+        while True:
+            while len(pending) < 2 * max(1, concurrency):
+                item = next(it, None)
+                if item is None:
+                    break
+                pending.add(pool.submit(fan_out, [item], 1, fn))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield [r for f in done for r in f.result()]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
-from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint
+from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import build_prompt, check_caption, clean_caption
 from prep.dataset import ImageItem
@@ -152,11 +153,18 @@ class GeminiBackend:
         return types.GenerateContentConfig(**kw)
 
     # ---- protocol
-    def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
+    def _worker(self, options: CaptionOptions) -> Any:
         run = self._ensure(options)
         prompt = build_prompt(options.lora_type, options.trigger, options.prompt)
         config = self._config(options, prompt.system) if self._client is not None else None
-        return fan_out(items, options.concurrency, lambda it: self._one(it, options, run, prompt, config))
+        return lambda it: self._one(it, options, run, prompt, config)
+
+    def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
+        return fan_out(items, options.concurrency, self._worker(options))
+
+    def caption_stream(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
+        """Results as they finish, `--concurrency` requests in flight (the pipeline prefers this)."""
+        return stream_results(items, options.concurrency, self._worker(options))
 
     def _one(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, prompt: Any, config: Any) -> CaptionResult:
         model = self._model(options)

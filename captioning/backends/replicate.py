@@ -17,10 +17,11 @@ import ast
 import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
-from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint
+from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import check_caption, clean_caption, flat_prompt
 from prep.dataset import ImageItem
@@ -148,11 +149,18 @@ class ReplicateBackend:
                 self._client = make_client(token, timeout=float(options.extra.get("timeout", options.timeout)))
         return self._run
 
-    def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
+    def _worker(self, options: CaptionOptions) -> Any:
         run = self._ensure(options)
         preset = resolve(options)
         prompt = flat_prompt(options.lora_type, options.trigger, options.prompt) if preset.prompt_key else None
-        return fan_out(items, options.concurrency, lambda it: self._one(it, options, run, preset, prompt))
+        return lambda it: self._one(it, options, run, preset, prompt)
+
+    def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
+        return fan_out(items, options.concurrency, self._worker(options))
+
+    def caption_stream(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
+        """Results as they finish, `--concurrency` predictions in flight (the pipeline prefers this)."""
+        return stream_results(items, options.concurrency, self._worker(options))
 
     def _one(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, preset: ReplicatePreset, prompt: str | None) -> CaptionResult:
         from prep.replicate_run import FileInput, run_prediction

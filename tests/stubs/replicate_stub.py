@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tests.stubs._http import StubServer
+from ._http import StubServer
 
 
 class ReplicateStub(StubServer):
