@@ -255,6 +255,30 @@ def probe_image(path: Path | str) -> tuple[int, int, str]:
 SAVE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
+def stored_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) as stored in the header, before EXIF rotation.
+
+    sd-scripts (imagesize) and musubi-tuner (PIL) ignore EXIF orientation, so bucket maths
+    that must match the trainer uses this, not the upright size.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as exc:
+        raise ImageLoadError(path, _reason_for(exc, path)) from exc
+
+
+def exif_orientation(path: Path | str) -> int:
+    """The EXIF orientation tag (1 when absent); trainers do not apply it."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return _exif_orientation(im)
+    except Exception as exc:
+        raise ImageLoadError(path, _reason_for(exc, path)) from exc
+
+
 def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
     """Encode without any metadata (no EXIF, no GPS), JPEG at 4:4:4 chroma."""
     kind = SAVE_FORMATS.get(fmt.lower().lstrip("."))

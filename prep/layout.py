@@ -1,0 +1,321 @@
+"""`prep layout`: a kohya-ready dataset folder from a folder of images and captions.
+
+Writes `out/img/{repeats}_{trigger}[ {class}]/` (and `out/reg/{r}_{class}/` for
+regularisation images) with every image hard-linked where the filesystem allows, else copied;
+originals are never moved or changed. Names are `{trigger}_{nnnn}.ext` with fewer than five
+underscore tokens (sd-scripts parses the last four `_` tokens of a name as face coordinates
+when `face_crop_aug_range` is set), ASCII-only and unique by stem regardless of case or
+extension (trainer caches are keyed by stem). Extensions the trainers skip (`.gif`, `.tif`,
+mixed case like `.Jpg`) are fixed: re-encoded to PNG or linked under a lower-case name.
+Stale trainer caches (`*.npz`, `metadata_cache.json`) in the folders it writes are removed,
+because a cache from an earlier dataset silently trains on the old pixels/captions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prep.dataset import ImageItem, discover, read_caption
+from prep.fsutil import atomic_write_text, safe_component, sha256_file
+from prep.images import ImageLoadError, exif_orientation, load_image, save_image
+from prep.manifest import Manifest, Record
+from prep.trigger import apply_trigger
+
+STEP = "layout"
+LAYOUT_FILE = "layout.json"
+TRAINER_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+_CACHE_FILES = re.compile(r"(\.npz|^metadata_cache\.json)$")
+
+
+@dataclass
+class LayoutOptions:
+    trigger: str
+    repeats: int = 10
+    class_token: str | None = None
+    reg_dir: Path | None = None
+    reg_repeats: int = 1
+    names: str = "trigger"  # "trigger": {trigger}_{nnnn}; "keep": the original stem, made safe
+    link: str = "auto"  # "auto" (hard link, else copy) | "copy"
+    recursive: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class LayoutItem:
+    id: str
+    source: str
+    target: str
+    caption: str
+    method: str  # hardlink | copy | convert | skipped | failed
+    reason: str | None = None
+    reg: bool = False
+
+
+@dataclass
+class LayoutReport:
+    out: str
+    image_dir: str
+    reg_dir: str | None
+    items: list[LayoutItem] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def count(self, method: str, reg: bool | None = None) -> int:
+        return sum(1 for i in self.items if i.method == method and (reg is None or i.reg == reg))
+
+    @property
+    def failed(self) -> list[LayoutItem]:
+        return [i for i in self.items if i.method == "failed"]
+
+    @property
+    def n_images(self) -> int:
+        return sum(1 for i in self.items if i.method != "failed" and not i.reg)
+
+    @property
+    def n_reg(self) -> int:
+        return sum(1 for i in self.items if i.method != "failed" and i.reg)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update({"n_images": self.n_images, "n_reg": self.n_reg, "n_failed": len(self.failed)})
+        return d
+
+
+def ascii_slug(text: str) -> str:
+    """ASCII letters, digits, `-` and `_` only (accents folded, the rest becomes `-`)."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    s = re.sub(r"[^A-Za-z0-9_-]+", "-", folded).strip("-_")
+    return s or "img"
+
+
+def safe_stem(stem: str, max_tokens: int = 4) -> str:
+    """A stem with at most `max_tokens` underscore tokens (extra underscores become `-`)."""
+    s = ascii_slug(stem)
+    tokens = s.split("_")
+    if len(tokens) > max_tokens:
+        s = "_".join(tokens[: max_tokens - 1]) + "_" + "-".join(tokens[max_tokens - 1 :])
+    return s
+
+
+def subset_folder_name(repeats: int, name: str, class_token: str | None = None) -> str:
+    label = f"{name} {class_token}" if class_token else name
+    return safe_component(f"{repeats}_{label}")
+
+
+def _place(src: Path, dst: Path, link: str) -> str:
+    """Hard link (or copy) `src` to `dst` atomically; returns the method used."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    method = "copy"
+    if link == "auto":
+        try:
+            os.link(src, tmp)
+            method = "hardlink"
+        except OSError:
+            method = "copy"
+    if method == "copy":
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return method
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _target_names(items: list[ImageItem], prefix: str, names: str) -> list[str]:
+    """Stems unique case-insensitively, with < 5 underscore tokens."""
+    out: list[str] = []
+    taken: set[str] = set()
+    width = max(4, len(str(len(items))))
+    base = safe_stem(prefix, 3)
+    for n, it in enumerate(items, 1):
+        stem = f"{base}_{n:0{width}d}" if names == "trigger" else safe_stem(Path(it.id).stem.replace("/", "-"))
+        cand, k = stem, 2
+        while cand.lower() in taken:
+            cand = f"{stem}-{k}"
+            k += 1
+        taken.add(cand.lower())
+        out.append(cand)
+    return out
+
+
+def _write_subset(
+    items: list[ImageItem],
+    folder: Path,
+    prefix: str,
+    caption_for: callable,  # type: ignore[valid-type]
+    opts: LayoutOptions,
+    manifest: Manifest | None,
+    report: LayoutReport,
+    out_root: Path,
+) -> set[str]:
+    written: set[str] = set()
+    stems = _target_names(items, prefix, opts.names)
+    for it, stem in zip(items, stems):
+        ext = it.path.suffix.lower()
+        convert = ext not in TRAINER_EXTENSIONS
+        dst = folder / f"{stem}{'.png' if convert else ext}"
+        cap_dst = dst.with_suffix(".txt")
+        rel = dst.relative_to(out_root).as_posix()
+        try:
+            caption = caption_for(it)
+        except ValueError as exc:
+            report.items.append(LayoutItem(it.id, str(it.path), rel, "", "failed", str(exc)))
+            continue
+        written.update({dst.name, cap_dst.name})
+        if opts.dry_run:
+            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink")))
+            continue
+        try:
+            sha = sha256_file(it.path)
+            prev = manifest.get(STEP, f"{folder.name}/{it.id}") if manifest else None
+            if (
+                prev is not None
+                and prev.status == "ok"
+                and prev.source_sha256 == sha
+                and dst.is_file()
+                and prev.outputs[:1] == [rel]
+                and cap_dst.is_file()
+                and read_caption(cap_dst) == caption
+            ):
+                report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "skipped"))
+                continue
+            if convert:
+                loaded = load_image(it.path)
+                save_image(loaded.image, dst, fmt="png")
+                method = "convert"
+            elif _same_file(it.path, dst):
+                method = "hardlink"
+            else:
+                method = _place(it.path, dst, opts.link)
+                if exif_orientation(dst) not in (1,):
+                    report.warnings.append(f"{it.id}: EXIF-rotated; trainers ignore EXIF, so it trains sideways (bake it with `prep crop` or `prep import`)")
+            atomic_write_text(cap_dst, caption + "\n")
+            if manifest:
+                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "ok", str(it.path), sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method}))
+            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, method))
+        except (OSError, ImageLoadError) as exc:
+            reason = f"{exc}; check the file is readable and the output disk has space"
+            if manifest:
+                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "failed", str(it.path), None, [], reason))
+            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "failed", reason))
+    return written
+
+
+def _clean_folder(folder: Path, keep: set[str], report: LayoutReport, dry_run: bool) -> None:
+    """Remove trainer caches and files from earlier layouts that this run did not write."""
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name in keep:
+            continue
+        if _CACHE_FILES.search(p.name) or p.suffix.lower() in TRAINER_EXTENSIONS | {".txt"} or p.name.startswith("."):
+            report.removed.append(str(p))
+            if not dry_run:
+                p.unlink()
+
+
+def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> LayoutReport:
+    """Lay `src` out under `out` for kohya trainers; returns what was (or would be) done."""
+    src, out = Path(src).resolve(), Path(out).resolve()
+    opts = options
+    if not opts.trigger or not opts.trigger.strip():
+        raise ValueError("a trigger word is required")
+    if opts.repeats < 1 or opts.reg_repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    if out == src:
+        raise ValueError("the output folder must differ from the input folder")
+    if opts.reg_dir is not None and not opts.class_token:
+        raise ValueError("regularisation images need --class-token (the reg folder is named {repeats}_{class})")
+    trigger = opts.trigger.strip()
+    items = discover(src, recursive=opts.recursive, exclude=[out])
+    if not items:
+        raise ValueError(f"{src}: no images found")
+    img_folder = out / "img" / subset_folder_name(opts.repeats, trigger, opts.class_token)
+    reg_folder = out / "reg" / subset_folder_name(opts.reg_repeats, opts.class_token or "") if opts.reg_dir else None
+    report = LayoutReport(str(out), str(img_folder), str(reg_folder) if reg_folder else None, dry_run=opts.dry_run)
+
+    prev_meta: dict = {}
+    if (out / LAYOUT_FILE).is_file():
+        try:
+            prev_meta = json.loads((out / LAYOUT_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            prev_meta = {}
+    for old in prev_meta.get("subset_dirs", []):
+        old_p = out / old
+        if old_p not in (img_folder, reg_folder) and old_p.is_dir():
+            _clean_folder(old_p, set(), report, opts.dry_run)
+            report.warnings.append(f"removed the earlier subset folder {old} (repeats or names changed)")
+            if not opts.dry_run:
+                try:
+                    old_p.rmdir()
+                except OSError:
+                    report.warnings.append(f"{old_p}: not empty, left in place; delete it or the trainer will read it")
+    for parent, mine in ((out / "img", img_folder), (out / "reg", reg_folder)):
+        if mine is not None and parent.is_dir():
+            for d in parent.iterdir():
+                if d.is_dir() and d != mine and re.match(r"^\d+_", d.name) and str(d.relative_to(out)) not in prev_meta.get("subset_dirs", []):
+                    report.warnings.append(f"{d}: another subset folder; `train_bridge config` will train on it too")
+
+    manifest = None if opts.dry_run else Manifest.in_folder(out)
+    if not opts.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+
+    missing = 0
+
+    def train_caption(it: ImageItem) -> str:
+        nonlocal missing
+        text = it.read_caption()
+        if not text:
+            missing += 1
+            text = ""
+        return apply_trigger(text, trigger) if text else trigger
+
+    keep = _write_subset(items, img_folder, trigger, train_caption, opts, manifest, report, out)
+    _clean_folder(img_folder, keep, report, opts.dry_run)
+    if missing:
+        report.warnings.append(f"{missing} image(s) had no caption; they got the trigger alone (caption them for better results)")
+
+    if reg_folder is not None and opts.reg_dir is not None:
+        reg_items = discover(Path(opts.reg_dir), recursive=opts.recursive)
+        if not reg_items:
+            report.warnings.append(f"{opts.reg_dir}: no regularisation images found")
+        cls = opts.class_token or ""
+
+        def reg_caption(it: ImageItem) -> str:
+            return it.read_caption() or cls
+
+        start = len(report.items)
+        keep_r = _write_subset(reg_items, reg_folder, cls, reg_caption, opts, manifest, report, out)
+        for it in report.items[start:]:
+            it.reg = True
+        _clean_folder(reg_folder, keep_r, report, opts.dry_run)
+
+    if not opts.dry_run:
+        subset_dirs = [img_folder.relative_to(out).as_posix()] + ([reg_folder.relative_to(out).as_posix()] if reg_folder else [])
+        meta = {
+            "version": 1,
+            "trigger": trigger,
+            "class_token": opts.class_token,
+            "repeats": opts.repeats,
+            "reg_repeats": opts.reg_repeats if reg_folder else None,
+            "source": str(src),
+            "reg_source": str(Path(opts.reg_dir).resolve()) if opts.reg_dir else None,
+            "subset_dirs": subset_dirs,
+            "images": {i.target: i.source for i in report.items if i.method != "failed"},
+        }
+        atomic_write_text(out / LAYOUT_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return report

@@ -1,0 +1,190 @@
+"""Run a trainer's own parser and dataset validator on a generated config (trainer's Python).
+
+`train_bridge check --sd-scripts PATH` / `--musubi PATH` starts this file as a subprocess
+with the trainer venv's interpreter. It imports nothing from loraprep (only the stdlib and
+the trainer), loads the TOML the way the trainer does (`toml` 0.10.2, one level flattened),
+reports unknown keys and values argparse would never have accepted, merges with the real
+parser, runs the strict dataset schema, and, for sd-scripts, builds the real dataset objects
+(image sizes, buckets; CPU only, no weights) and the architecture's `assert_extra_args`, then
+reports the exact step count. The result is JSON written to the path in argv[4].
+
+    python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT SCRIPT_STEM OUT.json TRAIN.toml [--cache-args JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import traceback
+
+
+def _flatten(cfg):
+    flat = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat
+
+
+def _check_values(parser, flat, errors):
+    acts = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = [k for k in flat if k not in acts]
+    for k in unknown:
+        errors.append(f"unknown key {k!r}: the trainer keeps it silently and never uses it")
+    for k, v in flat.items():
+        a = acts.get(k)
+        if a is None:
+            continue
+        if a.nargs == 0 or isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(v, bool):
+                errors.append(f"{k}: expects true/false, got {v!r}")
+            continue
+        if a.nargs in ("*", "+"):
+            if not isinstance(v, list):
+                errors.append(f"{k}: must be an array")
+                continue
+            items = v
+        else:
+            if isinstance(v, (list, dict)):
+                errors.append(f"{k}: expects a single value")
+                continue
+            items = [v]
+        for it in items:
+            if a.type in (None, str) and not isinstance(it, str):
+                errors.append(f"{k}: expects a string, got {it!r}")
+            elif a.type in (int, float) and (isinstance(it, (str, bool))):
+                errors.append(f"{k}: numeric option given as {type(it).__name__}")
+            elif a.type is int and isinstance(it, float):
+                errors.append(f"{k}: expects int, got {it!r}")
+            elif a.type is not None and a.type is not str:
+                try:
+                    a.type(str(it)) if a.type not in (int, float) else a.type(it)
+                except Exception as exc:  # the parser's own converter rejects it
+                    errors.append(f"{k}: {it!r} rejected by the parser: {exc}")
+            if a.choices is not None and it not in a.choices:
+                errors.append(f"{k}: {it!r} not in {list(a.choices)}")
+    return unknown
+
+
+def _parse(parser, flat, cli):
+    return parser.parse_args(cli, namespace=argparse.Namespace(**flat))
+
+
+def probe_sd_scripts(checkout, stem, train_path, cli, result):
+    sys.path.insert(0, checkout)
+    os.chdir(checkout)
+    import toml
+    import voluptuous
+
+    mod = importlib.import_module(stem)
+    from library import config_util, strategy_base, train_util
+
+    parser = mod.setup_parser()
+    errors = result["errors"]
+    flat = _flatten(toml.load(train_path))
+    result["unknown_keys"] = _check_values(parser, flat, errors)
+    args = _parse(parser, flat, cli)
+    if args.dataset_config is None:
+        errors.append("dataset_config is not set")
+        return
+    train_util.verify_training_args(args)
+    user_cfg = config_util.load_user_config(str(args.dataset_config))
+    sanitizer = config_util.ConfigSanitizer(True, True, args.masked_loss, True)
+    try:
+        sanitizer.sanitize_user_config(user_cfg)
+    except voluptuous.MultipleInvalid as exc:
+        errors.extend(f"dataset config: {e}" for e in exc.errors)
+        return
+    if errors:
+        return
+    train_util.prepare_dataset_args(args, True)
+    trainer_cls = next(v for k, v in vars(mod).items() if k.endswith("NetworkTrainer") and isinstance(v, type) and v.__module__ == mod.__name__)
+    trainer = trainer_cls()
+    strategy_base.LatentsCachingStrategy.set_strategy(trainer.get_latents_caching_strategy(args))
+    blueprint = config_util.BlueprintGenerator(sanitizer).generate(user_cfg, args)
+    train_group, val_group = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    try:
+        trainer.assert_extra_args(args, train_group, val_group)
+    except AssertionError as exc:
+        errors.append(f"assert_extra_args: {exc}")
+    if len(train_group) == 0:
+        errors.append("no training data found")
+    per_epoch = math.ceil(len(train_group) / args.gradient_accumulation_steps)
+    result["batches_per_epoch"] = len(train_group)
+    result["num_train_images"] = train_group.num_train_images
+    result["num_reg_images"] = train_group.num_reg_images
+    result["steps_per_epoch"] = per_epoch
+    result["total_steps"] = args.max_train_epochs * per_epoch if args.max_train_epochs else args.max_train_steps
+    for k in ("mixed_precision", "network_module", "max_train_epochs", "save_state", "cache_text_encoder_outputs", "network_train_unet_only"):
+        result.setdefault("args", {})[k] = getattr(args, k, None)
+
+
+def probe_musubi(checkout, stem, train_path, cli, result, cache_args):
+    sys.path.insert(0, os.path.join(checkout, "src"))
+    import toml
+    import torch
+
+    torch.cuda.current_device = lambda: 0  # wan/modules/t5.py calls it at import time
+    from musubi_tuner.dataset import config_utils
+    from musubi_tuner.training.parser_common import setup_parser_common
+
+    mod = importlib.import_module(f"musubi_tuner.{stem}")
+    parser = mod.wan_setup_parser(setup_parser_common())
+    errors = result["errors"]
+    flat = _flatten(toml.load(train_path))
+    result["unknown_keys"] = _check_values(parser, flat, errors)
+    args = _parse(parser, flat, cli)
+    if not any(getattr(args, a, False) for a in ("sdpa", "flash_attn", "flash3", "sage_attn", "xformers")):
+        errors.append("no attention mode (sdpa, flash_attn, flash3, sage_attn or xformers) is set")
+    for k in ("task", "dit", "mixed_precision", "min_timestep", "max_timestep", "timestep_boundary", "fp8_base", "fp8_scaled", "network_module", "save_state"):
+        result.setdefault("args", {})[k] = getattr(args, k, None)
+    user_cfg = config_utils.load_user_config(str(args.dataset_config))
+    try:
+        blueprint = config_utils.BlueprintGenerator(config_utils.ConfigSanitizer()).generate(user_cfg, args, architecture="wan")
+        config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group, training=False)
+    except TypeError:
+        config_utils.ConfigSanitizer().sanitize_user_config(user_cfg)
+    except Exception as exc:  # voluptuous.MultipleInvalid, ValueError (duplicate cache_directory)
+        errors.extend(f"dataset config: {e}" for e in getattr(exc, "errors", [exc]))
+    for name, argv in (cache_args or {}).items():
+        cmod = importlib.import_module(f"musubi_tuner.{'wan_cache_latents' if name == 'cache_latents' else 'wan_cache_text_encoder_outputs'}")
+        common = importlib.import_module("musubi_tuner.cache_latents" if name == "cache_latents" else "musubi_tuner.cache_text_encoder_outputs")
+        cparser = cmod.wan_setup_parser(common.setup_parser_common())
+        try:
+            cparser.parse_args(argv)
+        except SystemExit:
+            errors.append(f"{name}: the cache script's parser rejects {argv}")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer, checkout, stem, out, train_path = argv[:5]
+    rest = argv[5:]
+    cache_args = None
+    if rest[:1] == ["--cache-args"]:
+        cache_args = json.loads(rest[1])
+        rest = rest[2:]
+    result = {"trainer": trainer, "script": stem, "errors": [], "unknown_keys": []}
+    try:
+        if trainer == "sd-scripts":
+            probe_sd_scripts(os.path.abspath(checkout), stem, os.path.abspath(train_path), rest, result)
+        else:
+            probe_musubi(os.path.abspath(checkout), stem, os.path.abspath(train_path), rest, result, cache_args)
+    except SystemExit as exc:
+        result["errors"].append(f"the parser exited ({exc.code}): it rejected an argument")
+    except Exception as exc:
+        result["errors"].append(f"{type(exc).__name__}: {exc}")
+        result["traceback"] = traceback.format_exc()[-4000:]
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
