@@ -94,6 +94,27 @@ def test_host_oom_kill_9_is_exit_3_with_ram_advice(tmp_path: Path, root: Path) -
     assert res.advice.suggestions[0].key == "max_data_loader_n_workers"
 
 
+def test_host_oom_seen_through_accelerate_which_exits_1(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "accel_kill9", "--fail_at", "3"])
+    res = launch_run(run, _opts(root))
+    assert res.outcomes[0].returncode == 1
+    assert res.exit_code == EXIT_OOM and res.advice is not None and res.advice.kind == "host"
+
+
+def test_a_second_launch_of_a_running_run_is_refused(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path)
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / "status.json").write_text(json.dumps({"state": "running", "launcher_pid": helper.pid, "started_at": "x"}))
+        with pytest.raises(LaunchError, match=f"already being trained by process {helper.pid}") as ei:
+            launch_run(run, _opts(root))
+        assert ei.value.code == 2
+    finally:
+        helper.kill()
+        helper.wait()
+    assert launch_run(run, _opts(root)).exit_code == 0  # the launcher is gone: the run can start
+
+
 def test_plain_failure_is_exit_1_and_names_the_error(tmp_path: Path, root: Path) -> None:
     run = make_run(tmp_path, fake_args=["--mode", "fail"])
     r = run_cli(launch_args(run, root), tmp_path)
@@ -114,7 +135,11 @@ def test_resume_passes_the_newest_state_and_is_verified(tmp_path: Path, root: Pa
     assert argv[-2:] == ["--resume", state]
     check = res.outcomes[0].resume_check
     assert check is not None and check.verified is True and check.resumed_step == 8
-    assert res.outcomes[0].progress.first_epoch == 3
+    prog = res.outcomes[0].progress
+    assert prog.first_epoch == 3
+    # the trainer's bar restarted at 0 (as sd-scripts' does); the overall step continues
+    assert (prog.step, prog.step_offset, prog.global_step) == (4, 8, 12)
+    assert json.loads((run / "status.json").read_text())["progress"]["global_step"] == 12
 
 
 def test_resume_without_state_refuses(tmp_path: Path, root: Path) -> None:

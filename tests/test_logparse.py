@@ -113,3 +113,13 @@ def test_other_bars_and_errors() -> None:
     )
     assert p.step == 0 and p.first_step is None
     assert p.last_error is not None and p.last_error.startswith("AssertionError: network for Text Encoder")
+
+
+def test_sigkill_reported_by_accelerate_is_a_kill() -> None:
+    p = parse_text("subprocess.CalledProcessError: Command '['/v/bin/python', 'anima_train_network.py']' died with <Signals.SIGKILL: 9>.\n")
+    assert p.killed and not p.oom
+
+
+def test_message_glued_to_an_unterminated_bar_is_still_seen() -> None:
+    p = parse_text("\rsteps:  17%|#7  | 2/12 [00:01<00:05, 2.0it/s, avr_loss=0.1]torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB\n")
+    assert p.step == 2 and p.oom and p.oom_detail["tried"] == "1.00 GiB"

@@ -203,15 +203,13 @@ def status_cmd(
         return
     p: dict[str, Any] = st["progress"] or {}
     tp = TrainProgress(
-        step=p.get("step") or 0, total=p.get("total"), epoch=p.get("epoch"), epochs=p.get("epochs"),
+        step=p.get("step") or 0, step_offset=p.get("step_offset") or 0, total=p.get("total"), epoch=p.get("epoch"), epochs=p.get("epochs"),
         avr_loss=p.get("avr_loss"), loss=p.get("loss"), rate=p.get("rate_it_s"), eta_s=p.get("eta_s"),
     )
     console.print(f"[bold]{st['run_dir']}[/bold]: {st['state']}" + (f" (exit {st['exit_code']})" if st.get("exit_code") is not None else ""))
     if st.get("message"):
         console.print(f"  {st['message']}")
     console.print(f"  {progress_line(tp)}")
-    if st.get("global_step") is not None:
-        console.print(f"  overall step (resumed run): {st['global_step']}")
     console.print(f"  last loss: {st['last_loss'] if st['last_loss'] is not None else '-'}")
     console.print(f"  checkpoints ({len(st['checkpoints'])}):")
     for c in st["checkpoints"][-10:]:

@@ -185,6 +185,18 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 class StatusWriter:
     """Keeps run/status.json current (atomic rename, at most every `interval` seconds)."""
 
@@ -339,7 +351,7 @@ def classify(proc: _Proc, progress: TrainProgress) -> str:
         return "interrupted"
     if progress.oom:
         return "oom"
-    if proc.returncode in (137, -9) and not proc.killed_by_us:
+    if (proc.returncode in (137, -9) or progress.killed) and not proc.killed_by_us:
         return "host_oom"
     if proc.returncode == 0:
         return "done"
@@ -409,6 +421,14 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
         }
         for c, action, st in plan
     ]
+    prev = read_status(spec.run_dir)
+    pid = prev.get("launcher_pid")
+    if prev.get("state") in ("running", "starting") and pid != os.getpid() and pid_alive(pid):
+        raise LaunchError(
+            f"this run is already being trained by process {pid} (started {prev.get('started_at')}); "
+            f"follow it with `train_bridge status {spec.run_dir}`, or stop that process first.",
+            EXIT_USAGE,
+        )
     if opts.dry_run:
         return LaunchResult("dry_run", EXIT_DONE, spec.run_dir, None, plan=plan_view, message="dry run: nothing started")
     if opts.gpu_check:
@@ -516,6 +536,8 @@ def _run_command(
             if check.verified is not None:
                 outcome.resume_check = check
                 notify("resume_check", {"command": cmd.name, "verified": check.verified, "message": check.message})
+        if state is not None and not parser.progress.step_offset:
+            _set_step_offset(parser.progress, spe, spec.total_steps)
 
     def on_tick() -> None:
         nonlocal last_poll
@@ -527,10 +549,7 @@ def _run_command(
                     continue
                 announced.add(path.name)
                 notify("file", {"command": cmd.name, "kind": kind, "path": str(path)})
-        prog = parser.progress.as_dict()
-        if state is not None and spe and parser.progress.first_epoch and parser.progress.first_epoch > 1:
-            prog["global_step"] = (parser.progress.first_epoch - 1) * spe + parser.progress.step
-        status.update(progress=prog)
+        status.update(progress=parser.progress.as_dict())
         notify("tick", {"command": cmd.name, "progress": parser.progress})
 
     def on_interrupt(text: str) -> None:
@@ -566,6 +585,16 @@ def _run_command(
     log_fh.write(f"\n### loraprep command {cmd.name} ended: {outcome.status} (exit {proc.returncode})\n".encode())
     log_fh.flush()
     return outcome
+
+
+def _set_step_offset(p: TrainProgress, steps_per_epoch: int | None, total_steps: int | None) -> None:
+    """sd-scripts resumes at the saved epoch but its bar counts from 0 over the whole schedule:
+    show the overall step. (With --skip_until_initial_step the bar is shorter; leave it alone.)"""
+    if not steps_per_epoch or not p.first_epoch or p.first_epoch <= 1:
+        return
+    if total_steps and p.total and p.total < total_steps:
+        return
+    p.step_offset = (p.first_epoch - 1) * steps_per_epoch
 
 
 def _prepare_oom_retry(

@@ -31,6 +31,9 @@ TRIED_RE = re.compile(r"Tried to allocate (?P<amount>[\d.]+ [KMGT]?i?B)")
 CAPACITY_RE = re.compile(
     r"GPU (?P<gpu>\d+) has a total capacity of (?P<total>[\d.]+ [KMGT]?i?B) of which (?P<free>[\d.]+ [KMGT]?i?B) is free"
 )
+# The kernel's OOM killer, seen directly (bash "Killed") or through `accelerate launch`, which
+# exits 1 after printing the CalledProcessError of its child.
+KILLED_RE = re.compile(r"died with <Signals\.SIGKILL: 9>|returned non-zero exit status (?:137|-9)\b|^Killed$")
 ERROR_RE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(?P<msg>.*)$")
 KV_RE = re.compile(r"([A-Za-z_][\w/]*)=([-+\w.]+)")
 INT_KEY_RE = re.compile(r"'current_(?P<key>epoch|step)': (?P<n>\d+)")
@@ -99,15 +102,24 @@ class TrainProgress:
     state_loaded_epoch: int | None = None
     resume_path: str | None = None
     oom: bool = False
+    killed: bool = False  # a child was SIGKILLed (host out of memory, usually)
+    step_offset: int = 0  # steps done before this session (a resumed sd-scripts bar restarts at 0)
     oom_detail: dict[str, str] = field(default_factory=dict)
     nan: bool = False
     last_error: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
 
+    @property
+    def global_step(self) -> int:
+        return self.step + self.step_offset
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "total": self.total,
+            "global_step": self.global_step,
+            "step_offset": self.step_offset,
+            "killed": self.killed,
             "epoch": self.epoch,
             "epochs": self.epochs,
             "avr_loss": None if self.avr_loss is None or math.isnan(self.avr_loss) else self.avr_loss,
@@ -165,7 +177,9 @@ class LogParser:
         p = self.progress
         m = STEP_RE.match(line)
         if m:
-            return self._step(m)
+            # An unterminated bar can have the next message glued on (a traceback, accelerate's error).
+            rest = line[m.end() :]
+            return self._step(m) + (self._line(rest) if rest.strip() else [])
         if not line.startswith(("steps:", "validation steps", "epoch validation")):
             p.tail.append(line)
         if (m := EPOCH_RE.match(line)) is not None:
@@ -204,6 +218,10 @@ class LogParser:
                 p.oom_detail.update(gpu=c["gpu"], total=c["total"], free=c["free"])
             p.oom_detail.setdefault("line", line[:300])
             return [Event("oom", {"line": line})] if first else []
+        if KILLED_RE.search(line):
+            p.killed = True
+            p.last_error = line[:500]
+            return [Event("killed", {"line": line})]
         if (m := ERROR_RE.match(line)) is not None:
             p.last_error = line[:500]
             return [Event("error", {"type": m["type"], "message": m["msg"]})]

@@ -38,7 +38,10 @@ def fmt_loss(v: float | None) -> str:
 def progress_line(p: TrainProgress) -> str:
     """One line that says where training is; shared by the live view, plain mode and `status`."""
     total = f"/{p.total}" if p.total else ""
-    parts = [f"step {p.step}{total}"]
+    parts = [f"step {p.global_step}{total}"]
+    eta = p.eta_s
+    if p.step_offset and p.rate and p.total:
+        eta = max(0.0, (p.total - p.global_step) / p.rate)  # tqdm's own ETA counts the skipped epochs
     if p.epoch:
         parts.append(f"epoch {p.epoch}/{p.epochs}" if p.epochs else f"epoch {p.epoch}")
     if p.loss is not None:
@@ -46,7 +49,7 @@ def progress_line(p: TrainProgress) -> str:
     parts.append(f"avg loss {fmt_loss(p.avr_loss)}")
     if p.rate:
         parts.append(f"{p.rate:.2f} it/s" if p.rate >= 1 else f"{1 / p.rate:.2f} s/it")
-    parts.append(f"ETA {fmt_duration(p.eta_s)}")
+    parts.append(f"ETA {fmt_duration(eta)}")
     return " · ".join(parts)
 
 
@@ -103,7 +106,7 @@ class LiveView:
     def _on_tick(self, data: dict[str, Any]) -> None:
         p: TrainProgress = data["progress"]
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=p.step, total=p.total, info=progress_line(p) if p.first_step is not None else "starting…")
+            self._progress.update(self._task, completed=p.global_step, total=p.total, info=progress_line(p) if p.first_step is not None else "starting…")
         elif not self.live and p.first_step is not None:
             now = time.monotonic()
             if now - self._last_plain >= self.plain_every_s:

@@ -7,26 +7,13 @@ it also works when the launcher died without a last update, or for a run started
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from train_bridge.launch import read_status
+from train_bridge.launch import pid_alive, read_status
 from train_bridge.logparse import parse_text
 from train_bridge.resume import find_states
 from train_bridge.watch import list_outputs
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def latest_log(run_dir: Path) -> Path | None:
@@ -46,12 +33,15 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
         pass
     st = read_status(run_dir)
     state = st.get("state", "not started")
-    if state in ("running", "starting") and not _alive(st.get("launcher_pid")):
+    if state in ("running", "starting") and not pid_alive(st.get("launcher_pid")):
         state = "stopped (launcher gone)"
     log = Path(st["log"]) if st.get("log") else latest_log(run_dir)
     if log is not None and not log.is_file():
         log = latest_log(run_dir)
     progress = parse_text(log.read_text(encoding="utf-8", errors="replace")) if log else None
+    snapshot = st.get("progress") or {}
+    if progress is not None and st.get("log") == str(log):
+        progress.step_offset = int(snapshot.get("step_offset") or 0)  # a resumed run's earlier steps
     out_dir = Path(run.get("output_dir") or st.get("output_dir") or run_dir / "output")
     files = list_outputs(out_dir)
     states = find_states(out_dir)
@@ -67,7 +57,6 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
         "log": str(log) if log else None,
         "updated_at": st.get("updated_at"),
         "progress": p,
-        "global_step": (st.get("progress") or {}).get("global_step"),
         "last_loss": p.get("loss") if p.get("loss") is not None else p.get("avr_loss"),
         "checkpoints": [str(x) for x in files["checkpoints"]],
         "samples": [str(x) for x in files["samples"]],

@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps_per_epoch", type=int, default=4)
     ap.add_argument("--sleep", type=float, default=0.0)
-    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "wait", "cache", "fail"])
+    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "accel_kill9", "wait", "cache", "fail"])
     ap.add_argument("--fail_at", type=int, default=2)
     ap.add_argument("--resume")
     ap.add_argument("--ignore_state", action="store_true", help="restart at step 0 even with --resume (musubi-like)")
@@ -89,6 +89,10 @@ def main() -> int:
                 bar.close()
                 sys.stderr.write(OOM)
                 sys.stderr.flush()
+                return 1
+            if mode == "accel_kill9" and global_step >= args.fail_at:
+                # what `accelerate launch` prints (and exits 1) when its child was SIGKILLed
+                sys.stderr.write("subprocess.CalledProcessError: Command '['python', 'train.py']' died with <Signals.SIGKILL: 9>.\n")
                 return 1
             if mode == "kill9" and global_step >= args.fail_at:
                 sys.stderr.flush()
