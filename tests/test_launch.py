@@ -180,15 +180,27 @@ def test_auto_retry_oom_applies_changes_to_a_copy(tmp_path: Path, root: Path) ->
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [o["status"] for o in out["commands"]] == ["oom", "done"]
-    assert out["retry"]["changes"] == {"gradient_checkpointing": True, "train_batch_size": 1, "gradient_accumulation_steps": 2}
-    copy = run / "train.oom-retry1.toml"
-    assert copy.exists() and "gradient_checkpointing = true" in copy.read_text()
+    # the 12gb preset's memory settings, where leaner than this config (its dim 16 is not)
+    assert out["retry"]["changes"] == {
+        "gradient_checkpointing": True, "blocks_to_swap": 10, "train_batch_size": 1,
+        "gradient_accumulation_steps": 2, "dataset.resolution": 768,
+    }
+    copy, ds_copy = run / "train.oom-retry1.toml", run / "dataset.oom-retry1.toml"
+    assert "gradient_checkpointing = true" in copy.read_text() and "resolution = 768" in ds_copy.read_text()
     assert (run / "train.toml").read_text() == original  # the original is left alone
     spec = json.loads((run / "run.json").read_text())
     assert spec["oom_retries"][0]["to_preset"] == "12gb" and spec["oom_retries"][0]["from_preset"] == "16gb"
-    assert str(copy) in spec["commands"][0]["args"]  # a later --resume uses the config that fit
+    assert str(copy) in spec["commands"][0]["args"] and str(ds_copy) in spec["commands"][0]["args"]  # --resume later uses them
     argvs = recorded_argv(tmp_path)
     assert str(copy) in argvs[-1] and str(copy) not in argvs[0]
+
+
+def test_auto_retry_without_a_known_preset_uses_the_advice(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--oom_unless", "gradient_checkpointing = true"], preset="custom")
+    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    assert res.exit_code == 0 and res.retry is not None
+    assert res.retry["to_preset"] is None
+    assert res.retry["changes"] == {"gradient_checkpointing": True, "train_batch_size": 1, "gradient_accumulation_steps": 2}
 
 
 def test_auto_retry_only_once(tmp_path: Path, root: Path) -> None:

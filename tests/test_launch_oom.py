@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tomli_w
 
-from train_bridge.oom import advise, next_smaller_preset, write_retry_configs
+from train_bridge.oom import advise, preset_step_down, write_retry_configs
 
 
 def _write(tmp: Path, train: dict, ds: dict) -> tuple[Path, Path]:
@@ -74,7 +74,7 @@ def test_retry_copy_changes_resolution_everywhere_it_is_read(tmp_path: Path) -> 
     t, d = _write(tmp_path, train, ds)
     res = next(s for s in advise("sdxl", "sd-scripts", t, d).suggestions if s.key == "resolution")
     new_t, new_d, applied = write_retry_configs(t, d, [res], tmp_path, "oom-retry1")
-    assert applied == {"resolution": 768}
+    assert applied == {"dataset.resolution": 768}
     assert new_t is not None and new_d is not None
     got_t = tomllib.loads(new_t.read_text())
     got_d = tomllib.loads(new_d.read_text())
@@ -83,8 +83,17 @@ def test_retry_copy_changes_resolution_everywhere_it_is_read(tmp_path: Path) -> 
     assert tomllib.loads(t.read_text()) == train and tomllib.loads(d.read_text()) == ds
 
 
-def test_preset_ladder() -> None:
-    assert next_smaller_preset("24gb") == "16gb"
-    assert next_smaller_preset("16GB") == "12gb"
-    assert next_smaller_preset("20gb") == "16gb"
-    assert next_smaller_preset("6gb") is None and next_smaller_preset(None) is None
+def test_preset_step_down_moves_only_memory_levers_that_are_leaner(tmp_path: Path) -> None:
+    train = {"training": {"gradient_checkpointing": True, "learning_rate": 3e-4}, "network": {"network_dim": 32, "network_alpha": 16}}
+    ds = {"general": {"min_bucket_reso": 256}, "datasets": [{"resolution": 1024, "batch_size": 2, "subsets": [{"image_dir": "/x"}]}]}
+    t, d = _write(tmp_path, train, ds)
+    name, sug = preset_step_down("anima", "24gb", t, d)  # anima 16gb: 768 px, batch 1, dim 20, no swap
+    assert name == "16gb"
+    got = {s.key: s.proposed for s in sug}
+    assert got == {"resolution": 768, "batch_size": 1, "network_dim": 20}
+    dim = next(s for s in sug if s.key == "network_dim")
+    assert dim.also == {"network_alpha": 10}  # alpha/dim ratio kept (LR stays right)
+    batch = next(s for s in sug if s.key == "batch_size")
+    assert batch.file == "dataset.toml" and batch.set_args() == ["--set dataset.batch_size=1", "--set gradient_accumulation_steps=2"]
+    assert preset_step_down("anima", "8gb", t, d) is None  # already the smallest
+    assert preset_step_down("anima", "custom", t, d) is None

@@ -118,7 +118,7 @@ def _print_result(res: LaunchResult) -> None:
         if not res.advice.suggestions:
             console.print("  this config already uses every memory saving loraprep knows; use a GPU with more memory.")
         if res.retry is None:
-            console.print("  --auto-retry-oom relaunches once with the first two changes applied to a copy of the config.")
+            console.print("  --auto-retry-oom relaunches once with the next smaller preset's memory settings applied to a copy of the config.")
     elif res.status == "failed":
         console.print(f"[red]training failed:[/red] {res.message}")
     if res.status in ("interrupted", "failed", "oom"):

@@ -157,7 +157,12 @@ def fingerprint(cmd: Command, spec: RunSpec) -> str:
 
 
 def output_name_of(cmd: Command, spec: RunSpec) -> str:
-    return cmd.arg_value("--output_name") or spec.output_name
+    """The name checkpoints and states get: the argument, else the command's training TOML
+    (Wan 2.2 experts are `<name>_high` / `<name>_low` there), else run.json's."""
+    if (v := cmd.arg_value("--output_name")) is not None:
+        return v
+    name = oom_mod.flatten(oom_mod.load_toml(spec.train_toml(cmd))).get("output_name")
+    return name if isinstance(name, str) and name else spec.output_name
 
 
 def resume_command(run_dir: Path) -> list[str]:
@@ -601,16 +606,20 @@ def _prepare_oom_retry(
     spec: RunSpec, cmd: Command, advice: oom_mod.OomAdvice, state: StateDir | None, opts: LaunchOptions
 ) -> dict[str, Any] | None:
     """Write smaller-memory copies of the configs, point run.json at them, say what changed."""
-    suggestions = advice.suggestions
     resume = state is not None or bool(find_states(spec.output_dir, output_name_of(cmd, spec)))
+    train_src, ds_src = spec.train_toml(cmd), spec.dataset_toml(cmd)
+    step = oom_mod.preset_step_down(spec.arch, spec.preset, train_src, ds_src) if advice.kind == "cuda" else None
+    to_preset, chosen = step if step else (None, [])
     if resume:  # a different network shape cannot load the saved state
-        suggestions = [s for s in suggestions if s.key != "network_dim"]
-    chosen = oom_mod.retry_suggestions(oom_mod.OomAdvice(advice.kind, advice.headline, suggestions))
+        chosen = [s for s in chosen if s.key != "network_dim"]
+    if not chosen:  # preset unknown, already the smallest, or no leaner: the advice's first two
+        usable = [s for s in advice.suggestions if not (resume and s.key == "network_dim")]
+        chosen = oom_mod.retry_suggestions(oom_mod.OomAdvice(advice.kind, advice.headline, usable))
+        to_preset = None
     if not chosen:
         return None
     n = len(spec.raw.get("oom_retries") or []) + 1
     tag = f"oom-retry{n}"
-    train_src, ds_src = spec.train_toml(cmd), spec.dataset_toml(cmd)
     new_train, new_ds, applied = oom_mod.write_retry_configs(train_src, ds_src, chosen, spec.run_dir, tag)
     original = [dict(name=c.name, script=c.script, args=list(c.args)) for c in spec.commands]
     for c in spec.commands:
@@ -623,7 +632,8 @@ def _prepare_oom_retry(
         "command": cmd.name,
         "kind": advice.kind,
         "from_preset": spec.preset,
-        "to_preset": oom_mod.next_smaller_preset(spec.preset),
+        "to_preset": to_preset,
+        "how": f"memory settings of preset {to_preset}" if to_preset else "the first changes the OOM advice lists",
         "changes": applied,
         "train_toml": str(new_train) if new_train else None,
         "dataset_toml": str(new_ds) if new_ds else None,

@@ -8,7 +8,6 @@ network dim, which change what is learned. Host-RAM kills (exit 137 / signal 9) 
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ import tomli_w
 
 # Largest blocks_to_swap per architecture (docs of the trainers; 2 blocks must stay on the GPU).
 MAX_BLOCKS_TO_SWAP = {"anima": 26, "flux": 35, "sd3": 36, "wan21": 39, "wan22": 39, "wan": 39}
-PRESET_LADDER = ("80gb", "48gb", "40gb", "32gb", "24gb", "16gb", "12gb", "10gb", "8gb", "6gb")
 
 
 @dataclass
@@ -33,8 +31,17 @@ class Suggestion:
     def changes(self) -> dict[str, Any]:
         return {self.key: self.proposed, **self.also}
 
+    def train_changes(self) -> dict[str, Any]:
+        """What goes into train.toml (`also` always does)."""
+        return {**({self.key: self.proposed} if self.file == "train.toml" else {}), **self.also}
+
+    def dataset_changes(self) -> dict[str, Any]:
+        return {self.key: self.proposed} if self.file == "dataset.toml" else {}
+
     def set_args(self) -> list[str]:
-        return [f"--set {k}={_cli_value(v)}" for k, v in self.changes().items()]
+        """As `train_bridge config --set` takes them (`dataset.KEY` addresses dataset.toml)."""
+        main = [f"--set dataset.{k}={_cli_value(v)}" for k, v in self.dataset_changes().items()]
+        return main + [f"--set {k}={_cli_value(v)}" for k, v in self.train_changes().items()]
 
     def toml_lines(self) -> list[str]:
         return [f"{k} = {_toml_value(v)}" for k, v in self.changes().items()]
@@ -98,6 +105,18 @@ def dataset_resolution(ds: dict[str, Any]) -> int | list[int] | None:
     return (ds.get("general") or {}).get("resolution")
 
 
+def batch_setting(train: dict[str, Any], ds: dict[str, Any]) -> tuple[str, str, int]:
+    """(key, file, value) of the batch size the trainer will use: the dataset TOML's
+    batch_size beats train_batch_size (sd-scripts' lookup order)."""
+    for entry in ds.get("datasets") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("batch_size"), int):
+            return "batch_size", "dataset.toml", entry["batch_size"]
+    general = ds.get("general") or {}
+    if isinstance(general.get("batch_size"), int):
+        return "batch_size", "dataset.toml", general["batch_size"]
+    return "train_batch_size", "train.toml", int(train.get("train_batch_size") or 1)
+
+
 def _smaller_resolution(res: int | list[int], step: int = 64) -> int | list[int] | None:
     def down(v: int) -> int:
         return max(step * 4, int(round(v * 0.75 / step)) * step)
@@ -118,19 +137,31 @@ def _arch_key(arch: str) -> str:
     return a
 
 
+def max_blocks_to_swap(arch: str) -> int | None:
+    try:
+        from train_bridge.trainers import get_arch
+
+        spec = get_arch(arch)
+        if spec.max_blocks_to_swap is not None:
+            return spec.max_blocks_to_swap
+    except (ImportError, KeyError):
+        pass
+    return MAX_BLOCKS_TO_SWAP.get(_arch_key(arch))
+
+
 def cuda_suggestions(arch: str, trainer: str, train: dict[str, Any], ds: dict[str, Any]) -> list[Suggestion]:
     out: list[Suggestion] = []
     musubi = trainer == "musubi-tuner"
     if not train.get("gradient_checkpointing"):
         out.append(Suggestion("gradient_checkpointing", False, True, "recomputes activations instead of storing them: large saving, ~20-30 % slower, same result"))
-    batch = int(train.get("train_batch_size") or (ds.get("general") or {}).get("batch_size") or 1)
+    batch_key, batch_file, batch = batch_setting(train, ds)
     if batch > 1:
         accum = int(train.get("gradient_accumulation_steps") or 1)
         out.append(
             Suggestion(
-                "train_batch_size", batch, 1,
+                batch_key, batch, 1,
                 f"one image per step; gradient_accumulation_steps={accum * batch} keeps the effective batch of {batch * accum}",
-                also={"gradient_accumulation_steps": accum * batch},
+                file=batch_file, also={"gradient_accumulation_steps": accum * batch},
             )
         )
     if not musubi:
@@ -144,8 +175,7 @@ def cuda_suggestions(arch: str, trainer: str, train: dict[str, Any], ds: dict[st
                     "caches the text encoder's outputs and frees the text encoder (needs network_train_unet_only)", also=also,
                 )
             )
-    key = _arch_key(arch)
-    max_swap = MAX_BLOCKS_TO_SWAP.get(key)
+    max_swap = max_blocks_to_swap(arch)
     if max_swap is not None:
         cur = int(train.get("blocks_to_swap") or 0)
         if train.get("cpu_offload_checkpointing") or train.get("unsloth_offload_checkpointing"):
@@ -215,23 +245,61 @@ def advise(
     return OomAdvice("cuda", headline, cuda_suggestions(arch, trainer, train, ds))
 
 
-def next_smaller_preset(preset: str | None) -> str | None:
-    if not preset:
-        return None
-    p = preset.lower()
-    if p in PRESET_LADDER:
-        i = PRESET_LADDER.index(p)
-        return PRESET_LADDER[i + 1] if i + 1 < len(PRESET_LADDER) else None
-    m = re.match(r"(\d+)gb$", p)
-    if m:
-        smaller = [x for x in PRESET_LADDER if int(x[:-2]) < int(m[1])]
-        return smaller[0] if smaller else None
-    return None
-
-
 def retry_suggestions(advice: OomAdvice, n: int = 2) -> list[Suggestion]:
-    """One step down the memory ladder: the first `n` changes the advice lists."""
+    """Fallback step down when the preset is unknown: the first `n` changes the advice lists."""
     return advice.suggestions[:n]
+
+
+def preset_step_down(arch: str, preset: str | None, train_toml: Path | None, dataset_toml: Path | None) -> tuple[str, list[Suggestion]] | None:
+    """The next smaller preset's memory settings, where they are leaner than this config's.
+
+    Only memory levers move (gradient checkpointing, block swap, fp8 base, resolution, batch,
+    network dim); everything else the user chose stays. None when the preset or architecture is
+    unknown to loraprep, or this is already the smallest preset.
+    """
+    try:
+        from train_bridge.presets import PRESETS, get_preset, normalize_preset
+        from train_bridge.trainers import get_arch
+
+        spec = get_arch(arch)
+        cur = normalize_preset(preset or "")
+    except (ImportError, KeyError, ValueError):
+        return None
+    i = PRESETS.index(cur)
+    if i == 0:
+        return None
+    name = PRESETS[i - 1]
+    p = get_preset(spec, name)
+    train = flatten(load_toml(train_toml))
+    ds = load_toml(dataset_toml)
+    why = f"as in preset {name}"
+    out: list[Suggestion] = []
+    if p.train.get("gradient_checkpointing") and not train.get("gradient_checkpointing"):
+        out.append(Suggestion("gradient_checkpointing", False, True, why))
+    swap_new, swap_cur = p.train.get("blocks_to_swap") or 0, int(train.get("blocks_to_swap") or 0)
+    offload = train.get("cpu_offload_checkpointing") or train.get("unsloth_offload_checkpointing")
+    if swap_new > swap_cur and not offload:
+        out.append(Suggestion("blocks_to_swap", swap_cur, swap_new, why))
+    if p.train.get("fp8_base") and not train.get("fp8_base"):
+        out.append(Suggestion("fp8_base", False, True, why))
+    res = dataset_resolution(ds)
+    side = res if isinstance(res, int) else (max(res) if isinstance(res, list) and res else None)
+    if side is not None and max(p.resolution) < side:
+        new_res: int | list[int] = p.resolution[0] if isinstance(res, int) else list(p.resolution)
+        out.append(Suggestion("resolution", res, new_res, why, file="dataset.toml"))
+    key, file, batch = batch_setting(train, ds)
+    if p.batch_size < batch:
+        accum = int(train.get("gradient_accumulation_steps") or 1)
+        out.append(Suggestion(key, batch, p.batch_size, why, file=file, also={"gradient_accumulation_steps": accum * batch // p.batch_size}))
+    dim, new_dim = train.get("network_dim"), p.train.get("network_dim")
+    if isinstance(dim, int) and isinstance(new_dim, int) and new_dim < dim:
+        alpha = train.get("network_alpha")
+        also: dict[str, Any] = {}
+        if isinstance(alpha, (int, float)) and alpha > 0:
+            a = alpha * new_dim / dim
+            also["network_alpha"] = int(a) if float(a).is_integer() and isinstance(alpha, int) else round(float(a), 4)
+        out.append(Suggestion("network_dim", dim, new_dim, why + "; network_alpha scaled with it", also=also))
+    return name, out
 
 
 def _set_in_sections(cfg: dict[str, Any], key: str, value: Any) -> None:
@@ -244,14 +312,32 @@ def _set_in_sections(cfg: dict[str, Any], key: str, value: Any) -> None:
         cfg[key] = value
 
 
+def _set_dataset_key(ds: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` in every [[datasets]] entry that has it, and in [general] if it has it or no entry did."""
+    entries = [e for e in ds.get("datasets") or [] if isinstance(e, dict)]
+    touched = False
+    for entry in entries:
+        if key in entry:
+            entry[key] = value
+            touched = True
+    general = ds.setdefault("general", {})
+    if key in general or not touched:
+        general[key] = value
+    if key == "resolution":  # keep min_bucket_reso <= resolution (sd-scripts asserts it)
+        low = min(value) if isinstance(value, list) else value
+        for sec in [general, *entries]:
+            if isinstance(sec.get("min_bucket_reso"), int) and sec["min_bucket_reso"] > low:
+                sec["min_bucket_reso"] = low
+
+
 def write_retry_configs(
     train_toml: Path | None, dataset_toml: Path | None, suggestions: list[Suggestion], dest_dir: Path, tag: str
 ) -> tuple[Path | None, Path | None, dict[str, Any]]:
     """Copies of train.toml / dataset.toml with the changes applied; originals are left alone."""
     from prep.fsutil import atomic_write_text
 
-    train_changes = {k: v for s in suggestions if s.file == "train.toml" for k, v in s.changes().items()}
-    ds_changes = {k: v for s in suggestions if s.file == "dataset.toml" for k, v in s.changes().items()}
+    train_changes = {k: v for s in suggestions for k, v in s.train_changes().items()}
+    ds_changes = {k: v for s in suggestions for k, v in s.dataset_changes().items()}
     res = ds_changes.get("resolution")
     new_train = new_ds = None
     if train_toml is not None:
@@ -266,21 +352,10 @@ def write_retry_configs(
                 _set_in_sections(cfg, "resolution", f"{r[0]},{r[1]}")
             new_train = dest_dir / f"train.{tag}.toml"
             atomic_write_text(new_train, tomli_w.dumps(cfg))
-    if res is not None and dataset_toml is not None:
+    if ds_changes and dataset_toml is not None:
         ds = load_toml(dataset_toml)
-        entries = [e for e in ds.get("datasets") or [] if isinstance(e, dict)]
-        touched = False
-        for entry in entries:
-            if "resolution" in entry:
-                entry["resolution"] = res
-                touched = True
-        general = ds.setdefault("general", {})
-        if "resolution" in general or not touched:
-            general["resolution"] = res
-        low = min(res) if isinstance(res, list) else res
-        for sec in [general, *entries]:
-            if isinstance(sec.get("min_bucket_reso"), int) and sec["min_bucket_reso"] > low:
-                sec["min_bucket_reso"] = low
+        for k, v in ds_changes.items():
+            _set_dataset_key(ds, k, v)
         new_ds = dest_dir / f"dataset.{tag}.toml"
         atomic_write_text(new_ds, tomli_w.dumps(ds))
-    return new_train, new_ds, {**train_changes, **ds_changes}
+    return new_train, new_ds, {**train_changes, **{f"dataset.{k}": v for k, v in ds_changes.items()}}

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,9 +32,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config_file")
     ap.add_argument("--dataset_config")
-    ap.add_argument("--output_dir", required=True)
-    ap.add_argument("--output_name", default="last")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--output_dir")
+    ap.add_argument("--output_name")
+    ap.add_argument("--epochs", type=int)
     ap.add_argument("--steps_per_epoch", type=int, default=4)
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "accel_kill9", "wait", "cache", "fail"])
@@ -45,6 +46,18 @@ def main() -> int:
     ap.add_argument("--oom_unless", help="OOM unless the config file contains this text")
     ap.add_argument("--record_argv")
     args = ap.parse_args()
+    # Like sd-scripts: the training TOML fills in what the command line does not say.
+    cfg: dict = {}
+    if args.config_file and Path(args.config_file).is_file():
+        for k, v in tomllib.loads(Path(args.config_file).read_text(encoding="utf-8")).items():
+            cfg.update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+    args.output_dir = args.output_dir or cfg.get("output_dir")
+    args.output_name = args.output_name or cfg.get("output_name") or "last"
+    args.epochs = args.epochs or cfg.get("max_train_epochs") or 3
+    args.save_state = args.save_state or bool(cfg.get("save_state"))
+    if not args.output_dir:
+        print("error: no output_dir", file=sys.stderr)
+        return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.record_argv:
