@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_trainer.helpers import make_trainer_root, recorded_argv
+from fake_trainer.helpers import make_trainer_root, recorded_argv, run_cli
 from PIL import Image
 
 from train_bridge.launch import LaunchOptions, launch_run
@@ -23,8 +23,7 @@ def _model(path: Path, key: str) -> Path:
     return path
 
 
-@pytest.fixture()
-def anima_run(tmp_path: Path) -> Path:
+def _inputs(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     ds = tmp_path / "dataset"
     ds.mkdir()
     for i in range(3):
@@ -35,6 +34,12 @@ def anima_run(tmp_path: Path) -> Path:
         "qwen3": _model(tmp_path / "qwen3.safetensors", "model.layers.0.self_attn.q_proj.weight"),
         "vae": _model(tmp_path / "vae.safetensors", "encoder.conv_in.weight"),
     }
+    return ds, models
+
+
+@pytest.fixture()
+def anima_run(tmp_path: Path) -> Path:
+    ds, models = _inputs(tmp_path)
     run = tmp_path / "run"
     config.write_run_config("anima", ds, run, models=models, trigger="ohwx", preset="16gb")
     return run
@@ -69,3 +74,20 @@ def test_oom_advice_and_step_down_for_a_generated_16gb_anima_config(anima_run: P
     name, sug = preset_step_down("anima", "16gb", train, ds)  # type: ignore[misc]
     assert name == "12gb"
     assert {s.key: s.proposed for s in sug}.get("blocks_to_swap", 0) > 0
+
+
+def test_one_shot_config_and_launch(tmp_path: Path) -> None:
+    ds, models = _inputs(tmp_path)
+    root = make_trainer_root(tmp_path)
+    run = tmp_path / "oneshot"
+    model_args = [a for name, p in models.items() for a in (f"--{name}", str(p))]
+    common = ["--trainer-dir", str(root), "--python", sys.executable, "--no-gpu-check", "--no-accelerate"]
+    r = run_cli(["launch", "anima", str(ds), *model_args, "--trigger", "ohwx", "--preset", "12gb", "-o", str(run), "--dry-run", *common], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "would write" in r.stderr and not run.exists()
+    r = run_cli(["launch", "anima", str(ds), *model_args, "--trigger", "ohwx", "--preset", "12gb", "-o", str(run), *common], tmp_path)
+    assert r.returncode == 0, r.stderr
+    spec = json.loads((run / "run.json").read_text())
+    assert spec["preset"] == "12gb" and (Path(spec["output_dir"]) / f"{spec['output_name']}.safetensors").exists()
+    r = run_cli(["launch", "anima", str(ds), "--dit", str(models["dit"]), "--bogus", "1", "-o", str(run), *common], tmp_path)
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr

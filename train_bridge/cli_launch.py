@@ -125,8 +125,69 @@ def _print_result(res: LaunchResult) -> None:
         console.print(f"continue later with: [bold]{_quote(res.resume_command)}[/bold]" if res.status == "interrupted" else f"log: {res.log_path}")
 
 
+_ONE_SHOT_HELP = "--<model> PATH (per architecture, e.g. --dit --qwen3 --vae), --preset, --set KEY=VALUE, --trigger, --output-name, --repeats, -o/--out RUN_DIR"
+
+
+def _parse_one_shot(arch: str, extra: list[str]) -> dict[str, Any]:
+    """`--dit x --preset 12gb --set a=b -o run/` -> write_run_config keyword arguments."""
+    from train_bridge.trainers import get_arch
+
+    spec = get_arch(arch)
+    model_names = {m.name for m in spec.models}
+    out: dict[str, Any] = {"models": {}, "overrides": []}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("-"):
+            raise ValueError(f"unexpected argument {tok!r}")
+        name, eq, val = tok.lstrip("-").partition("=")
+        name = name.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise ValueError(f"{tok} needs a value")
+            val = extra[i + 1]
+            i += 1
+        i += 1
+        if name in model_names:
+            out["models"][name] = Path(val)
+        elif name == "set":
+            out["overrides"].append(val)
+        elif name in ("o", "out", "output"):
+            out["run_dir"] = Path(val)
+        elif name in ("preset", "trigger", "output_name"):
+            out[name] = val
+        elif name == "repeats":
+            out["repeats"] = int(val)
+        else:
+            raise ValueError(f"unknown option {tok} for {arch}; use {_ONE_SHOT_HELP} (models: {', '.join(sorted(model_names))})")
+    return out
+
+
+def _config_then_launch(arch: str, dataset: Path, extra: list[str], resume: bool, dry_run: bool) -> Path | None:
+    """The one-shot form: write the run folder with `train_bridge.config`, then launch it."""
+    from train_bridge import config as cfg
+
+    kw = _parse_one_shot(arch, extra)
+    run_dir = kw.pop("run_dir", None) or Path("runs") / f"{arch}-{dataset.resolve().name}"
+    if resume and (run_dir / "run.json").is_file():
+        console.print(f"resuming the existing run folder {run_dir} (its config is not rewritten)")
+        return run_dir
+    rc = cfg.write_run_config(arch, dataset, run_dir, dry_run=dry_run, **kw)
+    for w in rc.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    if dry_run:
+        console.print(f"would write {run_dir}/ (train.toml, dataset.toml, sample_prompts.txt, run.json) and launch:")
+        for c in rc.run["commands"]:
+            console.print(f"  [bold]{c['name']}[/bold]: {c['script']} {_quote(c['args'])}")
+        return None
+    console.print(f"wrote {run_dir}/ (train.toml, dataset.toml, sample_prompts.txt, run.json)")
+    return run_dir
+
+
 def launch_cmd(
-    target: Path = typer.Argument(..., help="The run folder written by `train_bridge config` (holds run.json)."),
+    ctx: typer.Context,
+    target: Path = typer.Argument(..., help="The run folder written by `train_bridge config` (holds run.json), or an architecture (anima, flux, ...) to write one first."),
+    dataset: Optional[Path] = typer.Argument(None, help="With an architecture: the dataset folder (then " + _ONE_SHOT_HELP + ")."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest saved state; fails if there is none."),
     restart: bool = typer.Option(False, "--restart", help="Start from step 0 even though saved state exists."),
     no_gpu_check: bool = typer.Option(False, "--no-gpu-check", help="Do not ask nvidia-smi for a GPU and free memory first."),
@@ -139,14 +200,40 @@ def launch_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands that would run; start nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
 ) -> None:
-    """Run the trainer for a run folder with live progress, OOM advice and resume."""
+    """Run the trainer for a run folder with live progress, OOM advice and resume.
+
+    Also `train_bridge launch ARCH DATASET --<model> PATH ... [-o RUN_DIR]`: write the run folder
+    (as `train_bridge config` does) and launch it in one go.
+    """
     if resume and restart:
         console.print("[red]error:[/red] --resume and --restart contradict each other; pick one.")
         raise typer.Exit(EXIT_USAGE)
+    extra = list(ctx.args)
+    if dataset is not None or extra:
+        try:
+            from train_bridge.trainers import ARCH_NAMES
+        except ImportError:  # pragma: no cover
+            ARCH_NAMES = ()
+        if str(target) not in ARCH_NAMES or dataset is None:
+            console.print(
+                f"[red]error:[/red] unexpected arguments {_quote([str(dataset)] if dataset else [])} {_quote(extra)}: give a run folder, "
+                f"or an architecture ({', '.join(ARCH_NAMES)}) followed by the dataset folder and its options."
+            )
+            raise typer.Exit(EXIT_USAGE)
+        from train_bridge.config import ConfigError
+
+        try:
+            written = _config_then_launch(str(target), dataset, extra, resume, dry_run)
+        except (ConfigError, ValueError, KeyError, FileNotFoundError, NotADirectoryError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_USAGE) from None
+        if written is None:
+            return
+        target = written
     if not (target / "run.json").is_file() and not target.is_dir():
         console.print(
             f"[red]error:[/red] {target} is not a run folder. Write one first with "
-            f"`train_bridge config ... -o RUN_DIR`, then `train_bridge launch RUN_DIR`."
+            f"`train_bridge config ... -o RUN_DIR`, or use `train_bridge launch ARCH DATASET --<model> PATH ...`."
         )
         raise typer.Exit(EXIT_USAGE)
     opts = LaunchOptions(
@@ -228,5 +315,5 @@ def status_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("setup")(setup_cmd)
-    app.command("launch")(launch_cmd)
+    app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch_cmd)
     app.command("status")(status_cmd)
