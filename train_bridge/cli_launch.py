@@ -198,6 +198,7 @@ def launch_cmd(
     grace: float = typer.Option(60.0, "--grace", help="Seconds Ctrl-C waits for the trainer to stop before terminating it."),
     recache: bool = typer.Option(False, "--recache", help="Run cache steps even when they were already made."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands that would run; start nothing."),
+    plain: bool = typer.Option(False, "--plain", help="Plain progress lines instead of a live bar (notebooks, log files)."),
     as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
 ) -> None:
     """Run the trainer for a run folder with live progress, OOM advice and resume.
@@ -243,7 +244,7 @@ def launch_cmd(
     )
     from train_bridge.progress_view import LiveView
 
-    view = LiveView(console)
+    view = LiveView(console, live=False if plain else None)
     previous = _sigterm_as_interrupt()
     try:
         res = launch_run(target, opts, view)
@@ -253,6 +254,10 @@ def launch_cmd(
         if as_json:
             emit_json({"status": "error", "exit_code": exc.code, "message": str(exc)})
         raise typer.Exit(exc.code) from None
+    except KeyboardInterrupt:
+        view.close()
+        console.print("[yellow]interrupted[/yellow] before training started")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         view.close()
         if previous is not None:

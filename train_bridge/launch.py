@@ -456,9 +456,19 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
         exit_code=None, message=None, advice=None, finished_at=None,
     )
     result = LaunchResult("done", EXIT_DONE, spec.run_dir, log_path, plan=plan_view)
+    try:
+        _run_queue(spec, env, opts, list(plan), log_path, status, notify, result)
+    except KeyboardInterrupt:  # between commands (inside one, stream_process handles it)
+        result.outcomes.append(CommandOutcome("launch", [], "interrupted", message="interrupted between steps"))
+    return _finish(spec, result, status)
+
+
+def _run_queue(
+    spec: RunSpec, env: TrainerEnv, opts: LaunchOptions, queue_: list[tuple[Command, str, StateDir | None]],
+    log_path: Path, status: StatusWriter, notify: Observer, result: LaunchResult,
+) -> None:
     retried = False
     with open(log_path, "ab") as log_fh:
-        queue_: list[tuple[Command, str, StateDir | None]] = list(plan)
         while queue_:
             cmd, action, state = queue_.pop(0)
             if action.startswith("skip:"):
@@ -486,6 +496,9 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
                         queue_ = [item for item in new_plan if item[0].is_cache or item[0].name in remaining]
                         continue
             break
+
+
+def _finish(spec: RunSpec, result: LaunchResult, status: StatusWriter) -> LaunchResult:
     final = result.outcomes[-1] if result.outcomes else None
     statuses = [o.status for o in result.outcomes]
     if "interrupted" in statuses:
