@@ -1,9 +1,180 @@
-"""Placeholder until its issue lands: registers nothing."""
+"""`train_bridge config | estimate | check | presets | options`: thin CLI over the library."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from prep.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, emit_json, fail
+from train_bridge.trainers import ARCH_NAMES
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("config")(config)
+    app.command("estimate")(estimate)
+    app.command("check")(check)
+    app.command("presets")(presets)
+    app.command("options")(options)
+
+
+def config(
+    arch: str = typer.Argument(..., help=f"Architecture: {', '.join(ARCH_NAMES)}."),
+    dataset: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder (from `prep layout`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for train.toml, dataset.toml, sample_prompts.txt, run.json."),
+    preset: str = typer.Option("16gb", "--preset", "-p", help="VRAM preset: 8gb, 12gb, 16gb, 24gb, 48gb, 80gb."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="key=value, checked against the trainer's option list (dataset.KEY=V for the dataset TOML). Repeatable."),
+    dit: str = typer.Option(None, "--dit", help="DiT / transformer weights (Anima, FLUX, Wan; Wan 2.2: the low-noise expert)."),
+    dit_high: str = typer.Option(None, "--dit-high", help="Wan 2.2 high-noise expert DiT."),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="SDXL / SD3 checkpoint (file, Diffusers folder or HF id)."),
+    qwen3: str = typer.Option(None, "--qwen3", help="Anima: Qwen3-0.6B text encoder."),
+    vae: str = typer.Option(None, "--vae", help="VAE (Anima, Wan; optional for SDXL/SD3)."),
+    llm_adapter: str = typer.Option(None, "--llm-adapter", help="Anima: LLM adapter (optional)."),
+    clip_l: str = typer.Option(None, "--clip-l", help="FLUX / SD3: CLIP-L."),
+    clip_g: str = typer.Option(None, "--clip-g", help="SD3: CLIP-G."),
+    t5xxl: str = typer.Option(None, "--t5xxl", help="FLUX / SD3: T5-XXL."),
+    ae: str = typer.Option(None, "--ae", help="FLUX: autoencoder (ae.safetensors)."),
+    t5: str = typer.Option(None, "--t5", help="Wan: umT5 text encoder (.pth)."),
+    clip: str = typer.Option(None, "--clip", help="Wan 2.1 I2V: CLIP (.pth)."),
+    trigger: str = typer.Option(None, "--trigger", help="Trigger word (default: from the dataset's layout.json)."),
+    name: str = typer.Option(None, "--name", help="LoRA output name (default: the trigger)."),
+    repeats: int = typer.Option(None, "--repeats", min=1, help="Override the repeats of the training subsets."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be written; write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="run.json content on stdout."),
+) -> None:
+    """Write trainer configs that sd-scripts / musubi-tuner accept as written, plus run.json."""
+    from train_bridge.config import ConfigError, write_run_config
+
+    models = {
+        "dit": dit, "dit_high": dit_high, "checkpoint": checkpoint, "qwen3": qwen3, "vae": vae, "llm_adapter": llm_adapter,
+        "clip_l": clip_l, "clip_g": clip_g, "t5xxl": t5xxl, "ae": ae, "t5": t5, "clip": clip,
+    }
+    models = {k: v for k, v in models.items() if v is not None}
+    try:
+        rc = write_run_config(arch, dataset, out, models=models, preset=preset, overrides=list(set_), trigger=trigger, output_name=name, repeats=repeats, dry_run=dry_run)
+    except (ConfigError, KeyError, ValueError) as exc:
+        issues = getattr(exc, "issues", None)
+        if issues:
+            for i in issues:
+                console.print(f"[red]error:[/red] {i}")
+            raise typer.Exit(EXIT_USAGE) from None
+        raise fail(str(exc).strip("'\""), EXIT_USAGE) from None
+    except NotADirectoryError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        emit_json(rc.run)
+    verb = "would write" if dry_run else "wrote"
+    for label, p in rc.files.items():
+        console.print(f"{verb} {p}")
+    est = rc.run["estimate"]
+    console.print(f"{rc.arch} @ {rc.run['preset']}: {est['steps_per_epoch']} steps/epoch, {est['total_steps']} steps total")
+    for c in rc.run["commands"]:
+        console.print(f"  {c['name']}: {c['script']}")
+    for w in rc.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    raise typer.Exit(EXIT_OK)
+
+
+def estimate(
+    run: Path = typer.Argument(..., exists=True, file_okay=False, help="Run folder (from `train_bridge config`)."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Warn above this many steps (Colab's ~1000; 0 = no budget)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+) -> None:
+    """Exact steps per epoch and in total (sd-scripts / musubi bucket rules), and rough time per GPU."""
+    from train_bridge.estimate import estimate_run
+
+    try:
+        est = estimate_run(run, budget=max_steps or None)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        emit_json(est.as_dict())
+    else:
+        t = Table(title="buckets (images x repeats)", show_edge=False)
+        t.add_column("bucket")
+        t.add_column("samples", justify="right")
+        for b, n in est.buckets.items():
+            t.add_row(b, str(n))
+        console.print(t)
+        console.print(f"images x repeats: {est.images_with_repeats}" + (f" (+ {est.reg_images_with_repeats} regularisation)" if est.reg_images_with_repeats else ""))
+        console.print(f"batches per epoch: {est.batches_per_epoch}; steps per epoch: {est.steps_per_epoch}")
+        console.print(f"[bold]total steps: {est.total_steps}[/bold]" + (f" ({est.epochs} epochs)" if est.epochs else ""))
+        if est.time_hours:
+            console.print("approx. time: " + ", ".join(f"{g} ~{h:g} h" for g, h in est.time_hours.items()))
+        for w in est.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+    raise typer.Exit(EXIT_OK)
+
+
+def check(
+    target: Path = typer.Argument(..., exists=True, help="Run folder, or a training TOML (with --arch)."),
+    sd_scripts: Path = typer.Option(None, "--sd-scripts", exists=True, file_okay=False, help="sd-scripts checkout: also run its parser and dataset validator."),
+    musubi: Path = typer.Option(None, "--musubi", exists=True, file_okay=False, help="musubi-tuner checkout: also run its parser and dataset validator."),
+    python: str = typer.Option(None, "--python", help="The trainer's Python (default: venv/.venv in the checkout, else this one)."),
+    arch: str = typer.Option(None, "--arch", help="Architecture, when TARGET is a TOML file."),
+    dataset_config: Path = typer.Option(None, "--dataset-config", help="Dataset TOML, when TARGET is a training TOML."),
+    as_json: bool = typer.Option(False, "--json", help="JSON report on stdout."),
+) -> None:
+    """Preflight: model files, dataset, captions, trigger, option names and types; optionally the trainer's own parser."""
+    from train_bridge.check import check_config_files, check_run
+
+    try:
+        if target.is_dir():
+            report = check_run(target, sd_scripts=sd_scripts, musubi=musubi, python=python)
+        else:
+            if not arch:
+                raise fail("checking a TOML file needs --arch", EXIT_USAGE)
+            report = check_config_files(arch, target, dataset_config)
+    except (FileNotFoundError, KeyError) as exc:
+        raise fail(str(exc).strip("'\""), EXIT_USAGE) from None
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        for i in report.items:
+            color = {"ok": "green", "warning": "yellow", "error": "red"}[i.level]
+            console.print(f"[{color}]{i.level:7}[/{color}] {i.area:8} {i.message}")
+        console.print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def presets(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
+    """The VRAM presets per architecture."""
+    from train_bridge.presets import preset_table
+
+    rows = preset_table()
+    if as_json:
+        emit_json(rows)
+        raise typer.Exit(EXIT_OK)
+    t = Table(show_edge=False)
+    for k in rows[0]:
+        t.add_column(k)
+    for r in rows:
+        t.add_row(*[str(v) for v in r.values()])
+    console.print(t)
+
+
+def options(
+    arch: str = typer.Argument(..., help="Architecture."),
+    grep: str = typer.Argument(None, help="Only options containing this text."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+) -> None:
+    """The trainer's real option list for ARCH (name, type, default, choices)."""
+    from train_bridge.options import load_option_list
+    from train_bridge.trainers import get_arch
+
+    try:
+        spec = get_arch(arch)
+    except KeyError as exc:
+        raise fail(str(exc).strip("'\""), EXIT_USAGE) from None
+    ol = load_option_list(spec.options_key)
+    rows = [o for o in ol.options.values() if not grep or grep in o.name]
+    if as_json:
+        emit_json([o.__dict__ for o in rows])
+        raise typer.Exit(EXIT_OK)
+    t = Table(title=f"{ol.script} @ {ol.commit[:8]}", show_edge=False)
+    for c in ("option", "type", "default", "choices"):
+        t.add_column(c)
+    for o in rows:
+        t.add_row(o.name, o.type + ("[]" if o.is_list else ""), repr(o.default), ", ".join(map(str, o.choices)) if o.choices else "")
+    console.print(t)

@@ -278,7 +278,7 @@ def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, op
         train_typed.update(parse_set(train_items, options))
     except OptionError as exc:
         issues.extend(exc.issues)
-    for key in train_typed:
+    for key in {i.partition("=")[0].strip() for i in train_items} | set(train_typed):
         if key in spec.ignored_keys:
             issues.append(Issue("error", key, f"{spec.name} accepts {key} but never uses it (reference §1.2); leave it out"))
     if issues:

@@ -6,9 +6,10 @@ the trainer), loads the TOML the way the trainer does (`toml` 0.10.2, one level 
 reports unknown keys and values argparse would never have accepted, merges with the real
 parser, runs the strict dataset schema, and, for sd-scripts, builds the real dataset objects
 (image sizes, buckets; CPU only, no weights) and the architecture's `assert_extra_args`, then
-reports the exact step count. The result is JSON written to the path in argv[4].
+reports the exact step count. The results (a JSON list, one per job) go to OUT.json.
 
-    python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT SCRIPT_STEM OUT.json TRAIN.toml [--cache-args JSON]
+    python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT OUT.json SCRIPT_STEM TRAIN.toml [--cache-args JSON] [CLI args]
+    python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT OUT.json --jobs JOBS.json
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ def _parse(parser, flat, cli):
 
 
 def probe_sd_scripts(checkout, stem, train_path, cli, result):
-    sys.path.insert(0, checkout)
     os.chdir(checkout)
     import toml
     import voluptuous
@@ -126,7 +126,6 @@ def probe_sd_scripts(checkout, stem, train_path, cli, result):
 
 
 def probe_musubi(checkout, stem, train_path, cli, result, cache_args):
-    sys.path.insert(0, os.path.join(checkout, "src"))
     import toml
     import torch
 
@@ -152,6 +151,8 @@ def probe_musubi(checkout, stem, train_path, cli, result, cache_args):
         config_utils.ConfigSanitizer().sanitize_user_config(user_cfg)
     except Exception as exc:  # voluptuous.MultipleInvalid, ValueError (duplicate cache_directory)
         errors.extend(f"dataset config: {e}" for e in getattr(exc, "errors", [exc]))
+    else:
+        _musubi_steps(args, user_cfg, result)
     for name, argv in (cache_args or {}).items():
         cmod = importlib.import_module(f"musubi_tuner.{'wan_cache_latents' if name == 'cache_latents' else 'wan_cache_text_encoder_outputs'}")
         common = importlib.import_module("musubi_tuner.cache_latents" if name == "cache_latents" else "musubi_tuner.cache_text_encoder_outputs")
@@ -162,27 +163,84 @@ def probe_musubi(checkout, stem, train_path, cli, result, cache_args):
             errors.append(f"{name}: the cache script's parser rejects {argv}")
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    trainer, checkout, stem, out, train_path = argv[:5]
-    rest = argv[5:]
-    cache_args = None
-    if rest[:1] == ["--cache-args"]:
-        cache_args = json.loads(rest[1])
-        rest = rest[2:]
-    result = {"trainer": trainer, "script": stem, "errors": [], "unknown_keys": []}
+def run_job(trainer, checkout, job):
+    """One config: {"script": stem, "train": path, "args": [...], "cache_args": {...}}."""
+    result = {"trainer": trainer, "script": job["script"], "train": job["train"], "errors": [], "unknown_keys": []}
     try:
         if trainer == "sd-scripts":
-            probe_sd_scripts(os.path.abspath(checkout), stem, os.path.abspath(train_path), rest, result)
+            probe_sd_scripts(checkout, job["script"], os.path.abspath(job["train"]), job.get("args", []), result)
         else:
-            probe_musubi(os.path.abspath(checkout), stem, os.path.abspath(train_path), rest, result, cache_args)
+            probe_musubi(checkout, job["script"], os.path.abspath(job["train"]), job.get("args", []), result, job.get("cache_args"))
     except SystemExit as exc:
         result["errors"].append(f"the parser exited ({exc.code}): it rejected an argument")
     except Exception as exc:
         result["errors"].append(f"{type(exc).__name__}: {exc}")
         result["traceback"] = traceback.format_exc()[-4000:]
+    return result
+
+
+def _musubi_steps(args, user_cfg, result):
+    """Steps as musubi's training loop will count them, with its own glob, selector and batcher.
+
+    Training buckets come from the latent cache names, which carry the image size PIL read at
+    caching time; so the real `BucketSelector` on those sizes and the real
+    `BucketBatchManager` give the count without running the caches.
+    """
+    from PIL import Image
+
+    from musubi_tuner.dataset import config_utils
+    from musubi_tuner.dataset.bucket import BucketBatchManager, BucketSelector
+    from musubi_tuner.dataset.media_utils import glob_images
+
+    blueprint = config_utils.BlueprintGenerator(config_utils.ConfigSanitizer()).generate(user_cfg, args, architecture="wan")
+    batches = 0
+    for ds in blueprint.dataset_group.datasets:
+        p = ds.params
+        if not ds.is_image_dataset or not getattr(p, "image_directory", None):
+            result.setdefault("notes", []).append("video dataset: steps not counted")
+            continue
+        selector = BucketSelector(p.resolution, p.enable_bucket, p.bucket_no_upscale, "wan")
+        buckets = {}
+        for path in glob_images(p.image_directory, caption_extension=p.caption_extension):
+            with Image.open(path) as im:
+                size = im.size
+            reso = tuple(list(selector.get_bucket_resolution(size)) + [getattr(p, "fp_latent_window_size", None)])
+            buckets.setdefault(reso, []).extend([path] * p.num_repeats)
+        batches += len(BucketBatchManager(buckets, p.batch_size))
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    result["batches_per_epoch"] = batches
+    result["steps_per_epoch"] = per_epoch
+    result["total_steps"] = args.max_train_epochs * per_epoch if args.max_train_epochs else args.max_train_steps
+
+
+def main(argv=None):
+    """argv: TRAINER CHECKOUT OUT.json (--jobs JOBS.json | SCRIPT TRAIN.toml [--cache-args JSON] [trainer CLI args])."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer, checkout, out = argv[:3]
+    rest = argv[3:]
+    checkout = os.path.abspath(checkout)
+    if rest[:1] == ["--jobs"]:
+        with open(rest[1], encoding="utf-8") as fh:
+            jobs = json.load(fh)
+    else:
+        job = {"script": rest[0], "train": rest[1], "args": rest[2:]}
+        if job["args"][:1] == ["--cache-args"]:
+            job["cache_args"] = json.loads(job["args"][1])
+            job["args"] = job["args"][2:]
+        jobs = [job]
+    sys.path.insert(0, checkout if trainer == "sd-scripts" else os.path.join(checkout, "src"))
+    results = []
+    for job in jobs:
+        if trainer == "sd-scripts":
+            try:
+                from library import strategy_base
+
+                strategy_base.LatentsCachingStrategy._strategy = None  # process-wide singleton
+            except ImportError:
+                pass
+        results.append(run_job(trainer, checkout, job))
     with open(out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1, default=str)
+        json.dump(results, fh, indent=1, default=str)
     return 0
 
 
