@@ -47,3 +47,17 @@ def test_status_from_a_log_alone_and_a_dead_launcher(tmp_path: Path) -> None:
 def test_status_of_a_non_run_folder_is_a_usage_error(tmp_path: Path) -> None:
     r = run_cli(["status", str(tmp_path)], tmp_path)
     assert r.returncode == 2 and "not a run folder" in r.stderr
+
+
+def test_status_of_a_huge_log_reads_head_and_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train_bridge.status as status_mod
+
+    monkeypatch.setattr(status_mod, "HEAD_BYTES", 200)
+    monkeypatch.setattr(status_mod, "TAIL_BYTES", 400)
+    run = make_run(tmp_path)
+    (run / "logs").mkdir()
+    bars = "".join(f"\rsteps:  {i // 5}%|#| {i}/500 [00:{i % 60:02d}<00:10, 9.0it/s, avr_loss=0.{i:03d}]" for i in range(1, 500))
+    (run / "logs" / "a.log").write_bytes(("  total optimization steps / x: 500\nepoch 1/5\n" + bars).encode())
+    st = collect_status(run)
+    assert st["progress"]["step"] == 499 and st["progress"]["total"] == 500
+    assert st["last_loss"] == pytest.approx(0.499)

@@ -21,6 +21,24 @@ def latest_log(run_dir: Path) -> Path | None:
     return logs[-1] if logs else None
 
 
+HEAD_BYTES = 256 * 1024
+TAIL_BYTES = 4 * 1024 * 1024
+
+
+def read_log_text(log: Path) -> str:
+    """The log, or for a long run its head (totals, first epoch) and tail (where it is now):
+    tqdm redraws make logs of long runs tens of MB."""
+    size = log.stat().st_size
+    with open(log, "rb") as fh:
+        if size <= HEAD_BYTES + TAIL_BYTES:
+            data = fh.read()
+        else:
+            head = fh.read(HEAD_BYTES)
+            fh.seek(size - TAIL_BYTES)
+            data = head + b"\n" + fh.read()
+    return data.decode("utf-8", errors="replace")
+
+
 def collect_status(run_dir: Path) -> dict[str, Any]:
     """Plain data for the `status` command (and its --json)."""
     run_dir = Path(run_dir).resolve()
@@ -38,7 +56,7 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
     log = Path(st["log"]) if st.get("log") else latest_log(run_dir)
     if log is not None and not log.is_file():
         log = latest_log(run_dir)
-    progress = parse_text(log.read_text(encoding="utf-8", errors="replace")) if log else None
+    progress = parse_text(read_log_text(log)) if log else None
     snapshot = st.get("progress") or {}
     if progress is not None and st.get("log") == str(log):
         progress.step_offset = int(snapshot.get("step_offset") or 0)  # a resumed run's earlier steps
