@@ -38,6 +38,8 @@ DETECT_SIZE = 640
 MULTI_FACE_RATIO = 0.5
 """Flag an image when its second face is at least this fraction of the largest (box height)."""
 SHEET_ROWS_PER_PAGE = 40
+SHEET_MAX_ROWS = 1000
+"""Contact sheets are for looking at: past 25 pages, nobody does."""
 
 
 @dataclass
@@ -69,6 +71,9 @@ class CropOptions:
     dry_run: bool = False
     workers: int = 0
     contact_sheet: bool = True
+    decode: str = "draft"
+    """draft: detect on a reduced JPEG decode, then decode only as large as the crops need;
+    full: decode once at full size and reduce that for detection (see docs/benchmarks/crop.md)."""
 
     def validate(self) -> None:
         if self.framing not in FRAMINGS:
@@ -77,6 +82,8 @@ class CropOptions:
             raise ValueError(f"--no-face {self.no_face!r}: use center or skip")
         if self.format.lower() not in ("png", "jpg", "jpeg", "webp"):
             raise ValueError(f"unknown output format {self.format!r}: use png, jpg or webp")
+        if self.decode not in ("draft", "full"):
+            raise ValueError(f"decode {self.decode!r}: use draft or full")
         if not 1 <= self.quality <= 100:
             raise ValueError("--quality must be between 1 and 100")
         parse_color(self.background)
@@ -88,7 +95,7 @@ class CropOptions:
 
     def key(self) -> str:
         """Fingerprint of the options that change the output; a rerun with other options redoes the image."""
-        skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive"}
+        skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive", "decode"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -154,6 +161,7 @@ def report_line(r: Result) -> dict[str, Any]:
         "faces": d.get("faces", []),
         "crop": d.get("crop", []),
         "bucket": d.get("bucket"),
+        "crop_face": d.get("crop_face", []),
         "status": r.status,
         "reason": r.reason,
         "flags": d.get("flags", []),
@@ -176,6 +184,12 @@ def _alpha_bbox(img: LoadedImage) -> tuple[float, float, float, float] | None:
         return None
     s = 1.0 / img.scale
     return (bbox[0] * s, bbox[1] * s, bbox[2] * s, bbox[3] * s)
+
+
+def _for_detection(image: Image.Image) -> tuple[Image.Image, int]:
+    """A cheap integer box-reduction to at most ~2x the detector input, and its factor."""
+    factor = max(1, max(image.size) // (2 * DETECT_SIZE))
+    return (image.reduce(factor) if factor > 1 else image), factor
 
 
 def _is_multi(faces: Sequence[Box]) -> bool:
@@ -251,9 +265,11 @@ class CropStep:
     def process(self, item: ImageItem) -> Result:
         o = self.options
         sha = sha256_file(item.path)
-        first = load_image(item.path, background=self.background, draft_size=(DETECT_SIZE, DETECT_SIZE), keep_alpha=True)
+        draft = (DETECT_SIZE, DETECT_SIZE) if o.decode == "draft" else None
+        first = load_image(item.path, background=self.background, draft_size=draft, keep_alpha=True)
         width, height = first.size
-        faces = [b.scaled(1.0 / first.scale).clipped(width, height) for b in self.detector.detect(first.image)]
+        det_image, factor = _for_detection(first.image)
+        faces = [b.scaled(factor / first.scale).clipped(width, height) for b in self.detector.detect(det_image)]
         subject = _alpha_bbox(first)
         plans, flags = self.plan((width, height), faces, subject)
         for p in plans:
@@ -266,9 +282,10 @@ class CropStep:
             flags.append("padded")
         if first.exif_rotated:
             flags.append("exif_rotated")
-        writable = plans if o.upscale else [p for p in plans if p.scale <= 1.0 + 1e-6]
+        keep = [i for i, p in enumerate(plans) if o.upscale or p.scale <= 1.0 + 1e-6]
+        writable = [plans[i] for i in keep]
         names = self.output_names(item, len(plans))
-        out_names = [n for n, p in zip(names, plans) if p in writable]
+        out_names = [names[i] for i in keep]
 
         outputs: list[str] = []
         if writable and not o.dry_run:
@@ -299,6 +316,7 @@ class CropStep:
         data = {
             "faces": [b.to_list() for b in faces],
             "crop": [list(p.box) for p in writable],
+            "crop_face": [i if faces else None for i in keep],
             "bucket": list(writable[0].bucket) if writable else (list(plans[0].bucket) if plans else None),
             "buckets": [list(p.bucket) for p in writable],
             "share": [round(p.share, 4) if p.share is not None else None for p in writable],
@@ -441,7 +459,11 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
         lines = "".join(json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results)
         atomic_write_text(report.report_path, lines)
         if options.contact_sheet and report.results:
-            report.contact_sheets = write_sheets(report.results, out, background=parse_color(options.background))
+            rows = sorted(report.results, key=lambda r: (r.status == "ok", r.id))  # problems first
+            if len(rows) > SHEET_MAX_ROWS:
+                report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(rows)} images (flagged ones first); crops.jsonl lists all")
+                rows = rows[:SHEET_MAX_ROWS]
+            report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background))
     return report
 
 

@@ -235,3 +235,41 @@ def test_bad_image_fails_alone_and_dry_run_writes_nothing(tmp_path: Path, photos
     assert all(o.endswith(".jpg") for r in report.results for o in r.outputs)
     with pytest.raises(ValueError, match="must differ"):
         crop_folder(photos, photos, photo_opts(yunet_model))
+
+
+def test_contact_sheets_paginate(tmp_path: Path, astronaut: Image.Image) -> None:
+    from prep.crop import write_sheets
+    from prep.executor import Result
+
+    src = tmp_path / "a.png"
+    astronaut.save(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    astronaut.resize((448, 576)).save(out / "a_crop.png")
+    results = [
+        Result(id=f"a{i}", status="ok", source=str(src), outputs=["a_crop.png"], data={"faces": [[178, 63, 269, 176, 0.9]], "crop": [[100, 0, 400, 400]]})
+        for i in range(5)
+    ]
+    (out / "contact_sheet_009.jpg").write_bytes(b"old")
+    pages = write_sheets(results, out, rows_per_page=2)
+    assert [p.name for p in pages] == ["contact_sheet.jpg", "contact_sheet_002.jpg", "contact_sheet_003.jpg"]
+    assert not (out / "contact_sheet_009.jpg").exists()
+    with Image.open(pages[0]) as sheet:
+        px = np.asarray(sheet.convert("RGB")).reshape(-1, 3).astype(int)
+    # the face box is drawn in red, the crop box in green
+    assert ((px[:, 0] > 200) & (px[:, 1] < 90) & (px[:, 2] < 90)).any()
+    assert ((px[:, 1] > 180) & (px[:, 0] < 90) & (px[:, 2] < 90)).any()
+
+
+def test_redo_removes_crops_no_longer_produced(tmp_path: Path, astronaut: Image.Image, yunet_model: Path) -> None:
+    src = tmp_path / "raw"
+    src.mkdir()
+    group = Image.new("RGB", (1400, 800), (40, 40, 40))
+    group.paste(astronaut.resize((600, 600)), (20, 100))
+    group.paste(astronaut.resize((500, 500)), (820, 150))
+    group.save(src / "group.jpg", quality=92)
+    out = tmp_path / "out"
+    crop_folder(src, out, photo_opts(yunet_model, framing="face", all_faces=True, upscale=True))
+    assert (out / "group_f02.png").exists()
+    crop_folder(src, out, photo_opts(yunet_model, framing="face", upscale=True))
+    assert (out / "group.png").exists() and not (out / "group_f01.png").exists() and not (out / "group_f02.png").exists()
