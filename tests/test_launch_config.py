@@ -85,9 +85,9 @@ def test_one_shot_config_and_launch(tmp_path: Path) -> None:
     r = run_cli(["launch", "anima", str(ds), *model_args, "--trigger", "ohwx", "--preset", "12gb", "-o", str(run), "--dry-run", *common], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "would write" in r.stderr and not run.exists()
-    r = run_cli(["launch", "anima", str(ds), *model_args, "--trigger", "ohwx", "--preset", "12gb", "-o", str(run), *common], tmp_path)
+    r = run_cli(["launch", "anima", str(ds), *model_args, "--trigger", "ohwx", "-p", "12gb", "--name", "mylora", "-o", str(run), *common], tmp_path)
     assert r.returncode == 0, r.stderr
     spec = json.loads((run / "run.json").read_text())
-    assert spec["preset"] == "12gb" and (Path(spec["output_dir"]) / f"{spec['output_name']}.safetensors").exists()
+    assert spec["preset"] == "12gb" and spec["output_name"] == "mylora" and (Path(spec["output_dir"]) / f"{spec['output_name']}.safetensors").exists()
     r = run_cli(["launch", "anima", str(ds), "--dit", str(models["dit"]), "--bogus", "1", "-o", str(run), *common], tmp_path)
     assert r.returncode == 2 and "unknown option --bogus" in r.stderr

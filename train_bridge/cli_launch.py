@@ -125,7 +125,7 @@ def _print_result(res: LaunchResult) -> None:
         console.print(f"continue later with: [bold]{_quote(res.resume_command)}[/bold]" if res.status == "interrupted" else f"log: {res.log_path}")
 
 
-_ONE_SHOT_HELP = "--<model> PATH (per architecture, e.g. --dit --qwen3 --vae), --preset, --set KEY=VALUE, --trigger, --output-name, --repeats, -o/--out RUN_DIR"
+_ONE_SHOT_HELP = "the options of `train_bridge config`: --<model> PATH (e.g. --dit --qwen3 --vae), -p/--preset, -s/--set KEY=VALUE, --trigger, --name, --repeats, -o/--out RUN_DIR"
 
 
 def _parse_one_shot(arch: str, extra: list[str]) -> dict[str, Any]:
@@ -150,12 +150,16 @@ def _parse_one_shot(arch: str, extra: list[str]) -> dict[str, Any]:
         i += 1
         if name in model_names:
             out["models"][name] = Path(val)
-        elif name == "set":
+        elif name in ("set", "s"):
             out["overrides"].append(val)
         elif name in ("o", "out", "output"):
             out["run_dir"] = Path(val)
-        elif name in ("preset", "trigger", "output_name"):
-            out[name] = val
+        elif name in ("preset", "p"):
+            out["preset"] = val
+        elif name in ("name", "output_name"):
+            out["output_name"] = val
+        elif name == "trigger":
+            out["trigger"] = val
         elif name == "repeats":
             out["repeats"] = int(val)
         else:
