@@ -358,6 +358,9 @@ class CropStep:
 # --- the folder-level driver ----------------------------------------------------------------
 
 
+_RESERVED_STEMS = {"contact_sheet", "crops", "manifest"}
+
+
 def output_stems(items: Sequence[ImageItem]) -> dict[str, str]:
     """Output path (without extension) per item: same relative stem, disambiguated on collisions.
 
@@ -373,6 +376,8 @@ def output_stems(items: Sequence[ImageItem]) -> dict[str, str]:
             p = Path(it.id)
             parts = [safe_component(x) for x in p.parent.parts]
             name = safe_component(p.stem if len(group) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}")
+            if not parts and (name.lower() in _RESERVED_STEMS or name.lower().startswith("contact_sheet_")):
+                name += "_img"  # never overwrite our own reports
             out[it.id] = "/".join([*parts, name])
     return out
 

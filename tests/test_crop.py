@@ -273,3 +273,20 @@ def test_redo_removes_crops_no_longer_produced(tmp_path: Path, astronaut: Image.
     assert (out / "group_f02.png").exists()
     crop_folder(src, out, photo_opts(yunet_model, framing="face", upscale=True))
     assert (out / "group.png").exists() and not (out / "group_f01.png").exists() and not (out / "group_f02.png").exists()
+
+
+def test_names_never_collide_and_subfolders_are_mirrored(tmp_path: Path, yunet_model: Path, digest) -> None:
+    src = tmp_path / "raw"
+    (src / "set b").mkdir(parents=True)
+    for name in ("a.jpg", "a.png", "contact_sheet.png", "set b/c.png"):
+        Image.new("RGB", (640, 640), (90, 90, 90)).save(src / name)
+    (src / "set b" / "c.txt").write_text("caption c", encoding="utf-8")
+    before = digest(src)
+    out = tmp_path / "out"
+    report = crop_folder(src, out, photo_opts(yunet_model, recursive=True, format="jpg"))
+    outs = sorted(o for r in report.results for o in r.outputs)
+    assert outs == ["a_jpg.jpg", "a_png.jpg", "contact_sheet_img.jpg", "set b/c.jpg"]
+    assert (out / "set b" / "c.txt").read_text(encoding="utf-8") == "caption c"
+    with Image.open(out / "contact_sheet.jpg") as sheet:  # the sheet itself, not the image named like it
+        assert sheet.height > 640
+    assert digest(src) == before

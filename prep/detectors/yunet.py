@@ -10,6 +10,7 @@ The image is letterboxed into the top-left corner and boxes are mapped back.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class YuNetDetector:
     def resolve(self) -> Path:
         """The model file (raises ModelNotAvailable with the fix)."""
         path = resolve_model_file(YUNET_REF, self.model_path)
-        if not self.model_path and not (YUNET_REF.env_var and _env_set(YUNET_REF.env_var)):
+        if not self.model_path and not (YUNET_REF.env_var and os.environ.get(YUNET_REF.env_var)):
             digest = _file_sha256(path)
             if digest != YUNET_SHA256:
                 raise ModelNotAvailable(
@@ -114,8 +115,10 @@ def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_thr
     """Boxes (x0 y0 x1 y1, model-input pixels) and scores above `score_threshold`."""
     all_boxes, all_scores = [], []
     for s in STRIDES:
-        cols, rows = width // s, height // s
+        cols = width // s
         cls = np.clip(outs[f"cls_{s}"].reshape(-1), 0.0, 1.0)
+        if cls.size != cols * (height // s):
+            raise ValueError(f"YuNet output cls_{s} has {cls.size} anchors, expected {cols * (height // s)}: not the 2023mar model?")
         obj = np.clip(outs[f"obj_{s}"].reshape(-1), 0.0, 1.0)
         score = np.sqrt(cls * obj)
         idx = np.nonzero(score >= score_threshold)[0]
@@ -130,13 +133,6 @@ def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_thr
         h = np.exp(bbox[:, 3]) * s
         all_boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
         all_scores.append(score[idx])
-        del rows
     if not all_boxes:
         return np.zeros((0, 4)), np.zeros((0,))
     return np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64)
-
-
-def _env_set(var: str) -> bool:
-    import os
-
-    return bool(os.environ.get(var))
