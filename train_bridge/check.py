@@ -107,7 +107,7 @@ def check_model(spec: ArchSpec, name: str, value: str, report: CheckReport, *, m
         return
     if m.expect and not h.matches(m.expect):
         sample = ", ".join(list(h.tensors)[:3])
-        report.add("error", "models", f"{name}: {p.name} does not look like a {m.help} (tensors: {sample}, ...); wrong file for --{name.replace('_', '-')}?")
+        report.add("error", "models", f"{name}: {p.name} is not the expected {m.help} (tensors: {sample}, ...); wrong file for --{name.replace('_', '-')}?")
         return
     report.add("ok", "models", f"{name}: {p.name} ({len(h.tensors)} tensors)")
     if spec.trainer == "musubi-tuner" and name in ("dit", "dit_high") and mixed_precision:
