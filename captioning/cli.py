@@ -95,6 +95,7 @@ def run(
     rpm: Optional[float] = typer.Option(None, "--rpm", help="Requests per minute cap (remote backends)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Override the backend's prompt preset (sentence backends)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Length limit of generated sentences."),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="wd14: reference (model authors', default) | sd-scripts (its resize, for tag-for-tag parity)."),
     set_: list[str] = typer.Option([], "--set", help="Backend-specific KEY=VALUE (repeat), e.g. --set threads=2 --set draft=false."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Re-caption images a previous run already finished."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count images and estimate time and cost; write nothing."),
@@ -132,6 +133,10 @@ def run(
             device=device, batch_size=batch_size, workers=workers, prompt=prompt, max_new_tokens=max_new_tokens,
             concurrency=concurrency, rpm=rpm, extra=parse_set(set_),
         )
+        if preprocess is not None:
+            if preprocess not in ("reference", "sd-scripts"):
+                raise ValueError(f"--preprocess {preprocess!r}: use reference or sd-scripts")
+            options.extra["preprocess"] = preprocess
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
 
@@ -142,7 +147,7 @@ def run(
             prune_identity_tags=prune_identity, identity=IdentityRules(groups=groups, keep=tuple(split_tags(keep_tag))),
             prune_core=prune_core, recursive=recursive, resume=not no_resume, dry_run=dry_run, progress=progress,
         )
-    except UnknownBackend as exc:
+    except (UnknownBackend, ValueError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except (ModelNotAvailable, NotADirectoryError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None

@@ -199,3 +199,43 @@ def test_csv_header_checked(tmp_path):
         csv.writer(fh).writerows([["id", "tag"], [1, "x"]])
     with pytest.raises(ModelNotAvailable, match="tag_id,name,category"):
         Labels.read(p)
+
+
+def sd_scripts_style(path: Path, size: int = 448) -> np.ndarray:
+    """sd-scripts' tagger preprocessing written out independently (BGR, np.pad 255, AREA / LANCZOS)."""
+    import cv2
+
+    img = np.array(Image.open(path).convert("RGB"))[:, :, ::-1]
+    m = max(img.shape[:2])
+    py, px = m - img.shape[0], m - img.shape[1]
+    img = np.pad(img, ((py // 2, py - py // 2), (px // 2, px - px // 2), (0, 0)), mode="constant", constant_values=255)
+    if m >= size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        rgb = Image.fromarray(np.ascontiguousarray(img[:, :, ::-1])).resize((size, size), Image.LANCZOS)
+        img = np.asarray(rgb)[:, :, ::-1]
+    return img.astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [(1000, 700), (300, 200)])
+def test_sd_scripts_preprocess_is_bit_identical(tmp_path, size):
+    from captioning.backends.wd14 import prepare_sd_scripts
+
+    p = tmp_path / "x.jpg"
+    _photo(*size, seed=5).save(p, quality=90)
+    assert np.array_equal(prepare_sd_scripts(p, 448), sd_scripts_style(p))
+
+
+def test_preprocess_option_switches_path(models, tmp_path):
+    p = tmp_path / "d"
+    p.mkdir()
+    _photo(900, 500, seed=2).save(p / "a.jpg", quality=90)
+    items = discover(p)
+    ref = WD14Backend().caption_batch(items, CaptionOptions(model=str(models["dynamic"])))[0]
+    sd = WD14Backend().caption_batch(items, CaptionOptions(model=str(models["dynamic"]), extra={"preprocess": "sd-scripts"}))[0]
+    s_ref = {t.name: t.score for t in ref.tags}
+    s_sd = {t.name: t.score for t in sd.tags}
+    assert s_ref.keys() == s_sd.keys()
+    assert max(abs(s_ref[k] - s_sd[k]) for k in s_ref) > 0  # really a different resize
+    with pytest.raises(ValueError, match="reference or sd-scripts"):
+        WD14Backend().caption_batch(items, CaptionOptions(model=str(models["dynamic"]), extra={"preprocess": "nope"}))

@@ -169,6 +169,34 @@ def prepare(path: Path, size: int, *, draft: bool = True) -> np.ndarray:
     return pad_resize(loaded.image, size)
 
 
+def prepare_sd_scripts(path: Path, size: int) -> np.ndarray:
+    """sd-scripts' preprocessing, for tag-for-tag parity with its tagger (`preprocess=sd-scripts`).
+
+    Full-resolution decode, BGR, pad to a white square (left/top get the smaller half), then
+    cv2 INTER_AREA when shrinking, PIL LANCZOS when enlarging. Slower than the reference path
+    (no draft decode) and not the model authors' procedure; use it to reproduce sd-scripts'
+    tags exactly. Unlike sd-scripts, EXIF orientation is still applied (it tags sideways photos).
+    """
+    import cv2
+
+    rgb = np.asarray(load_image(path, background=WHITE).image)
+    h, w = rgb.shape[:2]
+    m = max(h, w)
+    # Padding and resizing act per channel, so they run on RGB and only the small result is
+    # flipped to BGR (flipping the 12 MP array costs more than the resize).
+    py, px = m - h, m - w
+    if py or px:
+        rgb = cv2.copyMakeBorder(rgb, py // 2, py - py // 2, px // 2, px - px // 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    if m >= size:
+        out = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        out = np.asarray(Image.fromarray(rgb).resize((size, size), Image.LANCZOS))
+    return out[:, :, ::-1].astype(np.float32)
+
+
+PREPROCESS = {"reference": "reference", "sd-scripts": "sd-scripts", "sd_scripts": "sd-scripts"}
+
+
 class WD14Backend:
     """`--backend wd14`: local WD tagger; returns thresholded tags, the pipeline writes them."""
 
@@ -203,6 +231,9 @@ class WD14Backend:
         model = self.model(options)
         thresholds = Thresholds.from_extra(options.extra)
         draft = options.extra.get("draft", True) not in (False, "false", "0", "no", 0)
+        mode = PREPROCESS.get(str(options.extra.get("preprocess", "reference")))
+        if mode is None:
+            raise ValueError(f"preprocess={options.extra.get('preprocess')!r}: use reference or sd-scripts")
         bs = model.fixed_batch or max(1, options.batch_size)
         workers = options.workers or min(4, max(1, os.cpu_count() or 1))
         ahead = max(bs * 2, workers * 2)
@@ -218,7 +249,11 @@ class WD14Backend:
                     nxt = next(it, None)
                     if nxt is None:
                         return
-                    queue.append((nxt, pool.submit(prepare, nxt.path, model.size, draft=draft)))
+                    if mode == "sd-scripts":
+                        fut = pool.submit(prepare_sd_scripts, nxt.path, model.size)
+                    else:
+                        fut = pool.submit(prepare, nxt.path, model.size, draft=draft)
+                    queue.append((nxt, fut))
 
             try:
                 fill()

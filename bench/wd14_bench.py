@@ -1,0 +1,281 @@
+"""Benchmark: `caption --backend wd14` vs sd-scripts' `finetune/tag_images_by_wd14_tagger.py`.
+
+Both run as whole processes (startup, model load, decode, inference, writing) on the same
+model folder and the same 12 MP JPEGs; we report the wall-time ratio and whether the written
+tags are identical.
+
+The model is a random-weight convolutional net with the real WD contract (NHWC 448x448 BGR
+0..255 in, 10,861 sigmoid outputs, a v3-sized selected_tags.csv with a quoted name and
+kaomoji), calibrated so that ~40 general tags pass 0.35 per image. It costs about 1 GMAC per
+image, far less than swinv2 (~15 GMAC): with a real v3 model on CPU inference dominates both
+tools equally and the ratio shrinks (see docs/benchmarks/wd14.md).
+
+sd-scripts is not part of this repository: fetch a checkout yourself and give it its own venv
+(it imports torch, torchvision, transformers, diffusers, accelerate, ... at start-up):
+
+    python bench/wd14_bench.py --sd-scripts /path/to/sd-scripts --sd-python /path/to/venv/bin/python \
+        --images 24 --reps 2 --work /tmp/wd14bench/run
+
+The thresholds are general 0.35 and character 1.01 (character disabled) because current
+sd-scripts crashes with UnboundLocalError as soon as a character tag passes; `--crash-demo`
+shows that crash on 2 images with sd-scripts' default thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+K_RATING, K_GENERAL, K_CHARACTER = 4, 8106, 2751  # the v3 CSV's blocks
+SIZE = 448
+
+
+def write_tags_csv(path: Path) -> list[str]:
+    names = ["general", "sensitive", "questionable", "explicit"]
+    specials = ['don\'t_say_"lazy"', "^_^", ">_<", "o_o", "long_hair", "1girl", "solo"]
+    general = specials + [f"general_tag_{i:04d}" for i in range(K_GENERAL - len(specials))]
+    chars = [f"character_{i:04d}_(series)" for i in range(K_CHARACTER)]
+    rows = [(9999999 - i, n, 9, 100) for i, n in enumerate(names)]
+    rows += [(i + 1, n, 0, 100) for i, n in enumerate(general)]
+    rows += [(20000 + i, n, 4, 100) for i, n in enumerate(chars)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["tag_id", "name", "category", "count"])
+        w.writerows(rows)
+    return [r[1] for r in rows]
+
+
+def build_model(folder: Path, seed: int = 0) -> Path:
+    """Random conv net with the WD contract (NHWC BGR 0..255 in, sigmoid probabilities out)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    k = K_RATING + K_GENERAL + K_CHARACTER
+    write_tags_csv(folder / "selected_tags.csv")
+    rng = np.random.default_rng(seed)
+    chans = [3, 64, 128, 256, 512, 1024]
+    inits, nodes = [], []
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZE, SIZE, 3])
+    inits.append(numpy_helper.from_array(np.array(1 / 255.0, np.float32), "scale"))
+    nodes.append(helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]))
+    nodes.append(helper.make_node("Mul", ["nchw", "scale"], ["x0"]))
+    x = "x0"
+    for i in range(5):
+        cin, cout = chans[i], chans[i + 1]
+        ks, stride, pad = (4, 4, 0) if i == 0 else (3, 2, 1)
+        w = rng.normal(0, np.sqrt(2.0 / (cin * ks * ks)), size=(cout, cin, ks, ks)).astype(np.float32)
+        b = rng.normal(0, 0.05, size=(cout,)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[ks, ks],
+                                      strides=[stride, stride], pads=[pad] * 4))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["feat"], axis=1))
+
+    # Head: random projection, then standardised per image over all tags, so every image gets
+    # a similar number of tags (~0.4% of 10,861 above 0.35: about 40), like a real tagger.
+    head = rng.normal(0, 1.0, size=(chans[-1], k)).astype(np.float32)
+    a = np.full((k,), 2.2, np.float32)
+    bias = np.full((k,), -6.0, np.float32)
+    a[:K_RATING] = 0.0
+    bias[:K_RATING] = np.array([2.0, -1.0, -3.0, -4.0], np.float32)
+    inits += [numpy_helper.from_array(head, "head"), numpy_helper.from_array(a, "ha"), numpy_helper.from_array(bias, "hb"),
+              numpy_helper.from_array(np.array(1e-6, np.float32), "eps")]
+    nodes += [
+        helper.make_node("MatMul", ["feat", "head"], ["z"]),
+        helper.make_node("ReduceMean", ["z"], ["mu"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["z", "mu"], ["zc"]),
+        helper.make_node("Mul", ["zc", "zc"], ["zsq"]),
+        helper.make_node("ReduceMean", ["zsq"], ["var"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["var", "eps"], ["var_e"]),
+        helper.make_node("Sqrt", ["var_e"], ["sd"]),
+        helper.make_node("Div", ["zc", "sd"], ["zn"]),
+        helper.make_node("Mul", ["zn", "ha"], ["lg0"]),
+        helper.make_node("Add", ["lg0", "hb"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["output"]),
+    ]
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", k])
+    graph = helper.make_graph(nodes, "bench_wd", [inp], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="loraprep-bench")
+    model.ir_version = 9
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder
+
+
+def make_images(folder: Path, n: int, seed: int = 1) -> list[Path]:
+    """n distinct 4032x3024 JPEGs (quality 92) from scikit-image's sample photos, varied per index."""
+    from PIL import Image, ImageFilter
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(), data.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        src = Image.fromarray(sources[i % len(sources)])
+        w, h = src.size
+        x0, y0 = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
+        crop = src.crop((x0, y0, x0 + w * 3 // 4, y0 + h * 3 // 4))
+        if i % 2:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        big = crop.resize((4032, 3024) if i % 5 else (3024, 4032), Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
+        arr = np.asarray(big, dtype=np.int16) + rng.integers(-12, 13, (big.height, big.width, 3))
+        p = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(p, quality=92)
+        paths.append(p)
+    return paths
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for p in sorted(src.glob("*.jpg")):
+        os.link(p, dst / p.name)
+
+
+CPU_SECONDS: list[float] = []
+"""CPU time (user + sys) of each `run`, children included: less sensitive to a busy machine than wall time."""
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
+    return wall, proc
+
+
+def read_tags(folder: Path) -> dict[str, list[str]]:
+    return {p.stem: [t.strip() for t in p.read_text(encoding="utf-8").split(",") if t.strip()] for p in sorted(folder.glob("*.txt"))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sd-scripts", type=Path, required=True, help="sd-scripts checkout (not vendored here)")
+    ap.add_argument("--sd-python", type=Path, required=True, help="python of a venv with sd-scripts' requirements")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wd14bench/run"))
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--ours-extra", nargs="*", default=[], help="extra args for caption")
+    ap.add_argument("--crash-demo", action="store_true")
+    ap.add_argument("--json", type=Path, help="write results here")
+    args = ap.parse_args()
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    model_root = work / "models"
+    model_dir = model_root / "SmilingWolf_wd-bench-tagger"  # sd-scripts looks for <model_dir>/<ns>_<repo>
+    images = work / "images"
+    if not (images / f"img_{args.images - 1:03d}.jpg").exists():
+        make_images(images, args.images)
+    if not (model_dir / "model.onnx").exists():
+        build_model(model_dir)
+    for p in images.glob("*.jpg"):
+        p.read_bytes()  # warm the page cache for both tools alike
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORAPREP_NO_PROGRESS": "1", "PYTHONPATH": str(args.sd_scripts)}
+    sd_cmd = [str(args.sd_python), "finetune/tag_images_by_wd14_tagger.py", None, "--onnx", "--batch_size", "8",
+              "--max_data_loader_n_workers", "2", "--repo_id", "SmilingWolf/wd-bench-tagger", "--model_dir", str(model_root),
+              "--general_threshold", "0.35", "--character_threshold", "1.01"]
+    ours_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    caption = shutil.which("caption") or "caption"
+
+    variants = {
+        "loraprep": [],  # reference preprocessing (model authors' procedure), draft JPEG decode
+        "loraprep --preprocess sd-scripts": ["--preprocess", "sd-scripts"],  # sd-scripts' resize, for parity
+    }
+    results: dict[str, list[float]] = {"sd-scripts": [], **{v: [] for v in variants}}
+    cpu: dict[str, list[float]] = {k: [] for k in results}
+    sd_dir = work / "sd_imgs"
+    our_dir = work / "our_imgs"
+    for rep in range(args.reps):
+        link_tree(images, sd_dir)
+        link_tree(images, our_dir)
+        cmd = list(sd_cmd)
+        cmd[2] = str(sd_dir)
+        t_sd, p_sd = run(cmd, env, cwd=args.sd_scripts)
+        if p_sd.returncode != 0:
+            print(p_sd.stderr[-3000:], file=sys.stderr)
+            raise SystemExit("sd-scripts failed")
+        results["sd-scripts"].append(t_sd)
+        cpu["sd-scripts"].append(CPU_SECONDS[-1])
+        line = f"rep {rep}: sd-scripts {t_sd:.2f} s (cpu {CPU_SECONDS[-1]:.1f})"
+        for i, (name, extra) in enumerate(variants.items()):
+            out = work / f"our_out_{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            ours = [caption, str(our_dir), "--backend", "wd14", "--model", str(model_dir), "-o", str(out), "--mode", "overwrite",
+                    "--no-resume", "--order", "category", "--keep-underscores", "--general-threshold", "0.35",
+                    "--character-threshold", "1.01", "--batch-size", "8", *extra, *args.ours_extra]
+            t_us, p_us = run(ours, ours_env)
+            if p_us.returncode != 0:
+                print(p_us.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"caption failed: {name}")
+            results[name].append(t_us)
+            cpu[name].append(CPU_SECONDS[-1])
+            line += f" | {name} {t_us:.2f} s ({t_sd / t_us:.2f}x, cpu {CPU_SECONDS[-1]:.1f})"
+        print(line, flush=True)
+
+    sd_tags = read_tags(sd_dir)
+    total_tags = sum(len(v) for v in sd_tags.values())
+    summary: dict[str, object] = {
+        "images": len(sd_tags),
+        "cpu_count": os.cpu_count(),
+        "tags_per_image_sd_scripts": round(total_tags / max(1, len(sd_tags)), 1),
+        "load_average_at_end": os.getloadavg(),
+        "seconds": results,
+        "cpu_seconds": cpu,
+        "variants": {},
+    }
+    sd_med = statistics.median(results["sd-scripts"])
+    for i, name in enumerate(variants):
+        our_tags = read_tags(work / f"our_out_{i}")
+        summary["variants"][name] = {  # type: ignore[index]
+            "speedup_median": round(sd_med / statistics.median(results[name]), 2),
+            "cpu_ratio_median": round(statistics.median(cpu["sd-scripts"]) / statistics.median(cpu[name]), 2),
+            "identical_files": sum(sd_tags[k] == our_tags.get(k) for k in sd_tags),
+            "identical_tag_sets": sum(set(sd_tags[k]) == set(our_tags.get(k, [])) for k in sd_tags),
+            "tags_differing": sum(len(set(sd_tags[k]) ^ set(our_tags.get(k, []))) for k in sd_tags),
+            "tags_total": total_tags,
+        }
+    if args.crash_demo:
+        crash_dir = work / "crash_imgs"
+        link_tree(images, crash_dir)
+        for p in sorted(crash_dir.glob("*.jpg"))[2:]:
+            p.unlink()
+        cmd = [str(args.sd_python), "finetune/tag_images_by_wd14_tagger.py", str(crash_dir), "--onnx", "--batch_size", "8",
+               "--repo_id", "SmilingWolf/wd-bench-tagger", "--model_dir", str(model_root)]
+        _, p = run(cmd, env, cwd=args.sd_scripts)
+        tail = [ln for ln in p.stderr.splitlines() if "Error" in ln][-1:] or ["(no error)"]
+        demo: dict[str, object] = {"returncode": p.returncode, "error": tail[0]}
+        summary["crash_demo"] = demo
+        shutil.rmtree(work / "our_crash", ignore_errors=True)
+        ours = [caption, str(crash_dir), "--model", str(model_dir), "-o", str(work / "our_crash"), "--character-threshold", "0.35", "--json"]
+        _, p2 = run(ours, ours_env)
+        rep = json.loads(p2.stdout) if p2.returncode == 0 else {}
+        chars = [t for t in rep.get("tag_frequency", {}) if t.startswith("character ")]
+        demo["loraprep_returncode"] = p2.returncode
+        demo["loraprep_character_tags"] = len(chars)
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
