@@ -380,7 +380,8 @@ def trainer_python(checkout: Path, python: str | None = None) -> str:
     """The trainer's interpreter: explicit, else a venv inside the checkout, else ours."""
     if python:
         return python
-    for cand in ("venv/bin/python", ".venv/bin/python", "venv/Scripts/python.exe", ".venv/Scripts/python.exe"):
+    # .venv-loraprep is what `train_bridge setup` creates inside the checkout
+    for cand in (".venv-loraprep/bin/python", "venv/bin/python", ".venv/bin/python", ".venv-loraprep/Scripts/python.exe", "venv/Scripts/python.exe", ".venv/Scripts/python.exe"):
         if (checkout / cand).is_file():
             return str(checkout / cand)
     return sys.executable

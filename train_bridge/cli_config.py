@@ -111,7 +111,7 @@ def check(
     target: Path = typer.Argument(..., exists=True, help="Run folder, or a training TOML (with --arch)."),
     sd_scripts: Path = typer.Option(None, "--sd-scripts", exists=True, file_okay=False, help="sd-scripts checkout: also run its parser and dataset validator."),
     musubi: Path = typer.Option(None, "--musubi", exists=True, file_okay=False, help="musubi-tuner checkout: also run its parser and dataset validator."),
-    python: str = typer.Option(None, "--python", help="The trainer's Python (default: venv/.venv in the checkout, else this one)."),
+    python: str = typer.Option(None, "--python", help="The trainer's Python (default: .venv-loraprep, venv or .venv in the checkout, else this one)."),
     arch: str = typer.Option(None, "--arch", help="Architecture, when TARGET is a TOML file."),
     dataset_config: Path = typer.Option(None, "--dataset-config", help="Dataset TOML, when TARGET is a training TOML."),
     as_json: bool = typer.Option(False, "--json", help="JSON report on stdout."),
