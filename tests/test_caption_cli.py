@@ -104,3 +104,13 @@ def test_lint_subcommand_routes_and_strict(model, data):
     strict = runner.invoke(app, ["lint", str(data), "--trigger", "sage_character", "--trainer", "anima", "--strict"])
     assert strict.exit_code == 1
     assert runner.invoke(app, ["lint", str(data), "--trainer", "nope"]).exit_code == 2
+
+
+def test_gpu_device_without_provider_is_a_clear_error(model, data):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    res = invoke(data, "--model", model, "--device", "cuda")
+    assert res.exit_code == 1 and "onnxruntime-gpu" in res.output
+    assert not list(data.glob("*.txt"))

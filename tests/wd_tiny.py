@@ -8,7 +8,7 @@ only on the image's mean colour and are exactly predictable: a pure red, green o
 lights up known tags (see `EXPECTED`). `score(tag, rgb)` gives the probability for any mean
 colour, so tests can place a score just above or below a threshold.
 
-    from tests.wd_tiny import build_tiny_wd14
+    from wd_tiny import build_tiny_wd14          # tests/ is on sys.path under pytest
     model_dir = build_tiny_wd14(tmp_path / "wd", batch=None)   # dynamic batch
     model_dir = build_tiny_wd14(tmp_path / "wd", batch=4)      # fixed batch 4
 """
