@@ -19,6 +19,7 @@ class StubServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # header and body go out as separate writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *a: Any) -> None:
                 pass
@@ -27,7 +28,10 @@ class StubServer:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
                 try:
-                    code, obj, hdrs = stub.handle(self.command, self.path, dict(self.headers), raw)
+                    if self.path == "/_stub/state":  # for a stub running in another process (benchmarks)
+                        code, obj, hdrs = 200, stub.export(), []
+                    else:
+                        code, obj, hdrs = stub.handle(self.command, self.path, dict(self.headers), raw)
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 except Exception as exc:  # a stub bug answers 500 instead of killing the connection
@@ -64,6 +68,10 @@ class StubServer:
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int | None, Any, list[tuple[str, str]]]:
         raise NotImplementedError
 
+    def export(self) -> dict[str, Any]:
+        """What a test or benchmark in another process may read back (GET /_stub/state)."""
+        return {}
+
     def start(self) -> StubServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -78,3 +86,11 @@ class StubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_in_process(factory: Any, kwargs: dict[str, Any], conn: Any) -> None:
+    """Target for a separate process: build the stub, send its URL, serve until killed.
+    Used by the benchmark so the stand-in does not share the client's GIL."""
+    stub = factory(**kwargs)
+    conn.send(stub.url)
+    stub.httpd.serve_forever(poll_interval=0.05)

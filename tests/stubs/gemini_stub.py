@@ -52,6 +52,9 @@ class GeminiStub(StubServer):
         self.rng = random.Random(seed)
         self._mu = threading.Lock()
 
+    def export(self) -> dict[str, Any]:
+        return {"requests": [{k: v for k, v in r.items() if k in ("path", "model", "image_sha", "answer", "time")} for r in self.requests]}
+
     # --- helpers for tests
     def answered(self, code: int = 200) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["answer"] == code]

@@ -141,5 +141,8 @@ class ReplicateStub(StubServer):
             return 200, data, [("Content-Type", ctype)]
         return 404, {"title": "not found", "status": 404}, []
 
+    def export(self) -> dict[str, Any]:
+        return {"log": self.log, "creates": self.creates}
+
     def create_count(self) -> int:
         return sum(self.creates.values())
