@@ -128,12 +128,14 @@ def test_retired_model_names_flag_and_stops_requesting(folder, tmp_path, env):
     assert len(stub.requests) == 1  # a 404 is neither retried nor repeated for every image
 
 
-def test_no_key_fails_without_requests(folder, tmp_path, env, monkeypatch):
+def test_no_key_stops_before_any_request(folder, tmp_path, env, monkeypatch):
+    from prep.models import ModelNotAvailable
+
     monkeypatch.delenv("GEMINI_API_KEY")
     with GeminiStub() as stub:
         env(stub)
-        res = GeminiBackend().caption_batch(discover(folder)[:2], opts(tmp_path))
-    assert all(r.status == "failed" and "GEMINI_API_KEY" in r.reason for r in res)
+        with pytest.raises(ModelNotAvailable, match="GEMINI_API_KEY"):
+            GeminiBackend().caption_batch(discover(folder)[:2], opts(tmp_path))
     assert stub.requests == []
 
 

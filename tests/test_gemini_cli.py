@@ -113,6 +113,14 @@ def test_dry_run_estimates_and_sends_nothing(raw, keys, monkeypatch):
         assert stub.requests == [] and not list(raw.glob("*.txt")) and not (raw / "manifest.jsonl").exists()
 
 
+def test_missing_key_is_one_clear_error(raw, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    res = invoke([str(raw), "--backend", "gemini"])
+    assert res.exit_code == 1 and "GEMINI_API_KEY" in res.output
+    assert not (raw / "manifest.jsonl").exists() or "failed" not in (raw / "manifest.jsonl").read_text()
+
+
 def test_chain_wd14_plus_gemini_tags_then_sentence(tmp_path, keys, monkeypatch):
     from wd_tiny import build_tiny_wd14, solid
 

@@ -12,9 +12,10 @@ from typing import Any
 from captioning.backends.base import CaptionOptions, CaptionResult
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError, load_image
+from prep.models import ModelNotAvailable
 
 
-class LocalModelError(RuntimeError):
+class LocalModelError(ModelNotAvailable):
     """The model cannot be loaded; the message says what to install or download."""
 
 

@@ -27,6 +27,7 @@ from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import build_prompt, check_caption, clean_caption
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError
+from prep.models import ModelNotAvailable
 from prep.remote import RemoteError, call_with_retry, classify_status, parse_retry_after
 from prep.trigger import apply_trigger
 
@@ -155,6 +156,8 @@ class GeminiBackend:
     # ---- protocol
     def _worker(self, options: CaptionOptions) -> Any:
         run = self._ensure(options)
+        if self._client is None and run.fatal:  # no key: stop before any image is attempted
+            raise ModelNotAvailable(run.fatal)
         prompt = build_prompt(options.lora_type, options.trigger, options.prompt)
         config = self._config(options, prompt.system) if self._client is not None else None
         return lambda it: self._one(it, options, run, prompt, config)

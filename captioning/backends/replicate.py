@@ -26,6 +26,7 @@ from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import check_caption, clean_caption, flat_prompt
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError
+from prep.models import ModelNotAvailable
 from prep.remote import RemoteError
 from prep.trigger import apply_trigger
 
@@ -151,6 +152,8 @@ class ReplicateBackend:
 
     def _worker(self, options: CaptionOptions) -> Any:
         run = self._ensure(options)
+        if self._client is None and run.fatal:  # no key: stop before any image is attempted
+            raise ModelNotAvailable(run.fatal)
         preset = resolve(options)
         prompt = flat_prompt(options.lora_type, options.trigger, options.prompt) if preset.prompt_key else None
         return lambda it: self._one(it, options, run, preset, prompt)
