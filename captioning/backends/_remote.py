@@ -24,7 +24,7 @@ def retry_policy(options: CaptionOptions) -> RetryPolicy:
     """Retry policy from the options; `--set backoff_base=0.01` keeps tests fast."""
     ex = options.extra
     return RetryPolicy(
-        max_attempts=max(1, int(options.max_attempts)),
+        max_attempts=max(1, int(ex.get("max_attempts", options.max_attempts))),
         base_delay=float(ex.get("backoff_base", 1.0)),
         max_delay=float(ex.get("backoff_max", 60.0)),
         max_total=float(ex.get("retry_total", 600.0)),
