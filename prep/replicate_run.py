@@ -82,6 +82,20 @@ def _capture_headers(response: Any) -> None:
         _tls.retry_after = None
 
 
+def _timeout_hook(timeout: Any) -> Callable[[Any], None]:
+    """httpx request hook: the replicate client sends the create POST with `timeout=None`, which
+    httpx reads as "wait forever"; a hung create would block its worker for good. Give such
+    requests the client's timeout (a timed-out create is then recovered, not re-created)."""
+    default = timeout.as_dict()
+
+    def hook(request: Any) -> None:
+        t = request.extensions.get("timeout")
+        if not t or all(v is None for v in t.values()):
+            request.extensions["timeout"] = dict(default)
+
+    return hook
+
+
 def make_client(api_token: str | None = None, *, base_url: str | None = None, timeout: float = 60.0) -> Any:
     """A `replicate.Client` (token from REPLICATE_API_TOKEN, URL from REPLICATE_BASE_URL) that lets
     `classify_error` see Retry-After headers. Raises RemoteError(kind="auth") without a token."""
@@ -91,11 +105,12 @@ def make_client(api_token: str | None = None, *, base_url: str | None = None, ti
     token = api_token or os.environ.get("REPLICATE_API_TOKEN")
     if not token:
         raise RemoteError("REPLICATE_API_TOKEN is not set: create a token at replicate.com/account/api-tokens and export it", kind="auth")
+    limits = httpx.Timeout(timeout, connect=min(10.0, timeout))
     return replicate.Client(
         api_token=token,
         base_url=base_url or os.environ.get("REPLICATE_BASE_URL") or None,
-        timeout=httpx.Timeout(timeout, connect=10.0),
-        event_hooks={"response": [_capture_headers]},
+        timeout=limits,
+        event_hooks={"request": [_timeout_hook(limits)], "response": [_capture_headers]},
     )
 
 
@@ -182,14 +197,38 @@ def _create(client: Any, model_ref: str, encoded: dict[str, Any], wait: int | No
     return client.models.predictions.create(model=(owner, name), input=encoded, **params)
 
 
-def _find_lost(client: Any, input_hash: str) -> Any | None:
-    """A prediction whose create response was lost: same exact input, in the first list page."""
+def _created_ts(value: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _find_lost(client: Any, input_hash: str, model_ref: str = "", since: float | None = None, max_gets: int = 10) -> Any | None:
+    """A prediction whose create response was lost: same exact input, among the most recent
+    predictions (first list page). List entries without their input are fetched one by one,
+    only those of the same model created since `since` (at most `max_gets`)."""
     try:
         page = client.predictions.list()
     except Exception:
         return None
+    model = model_ref.split(":")[0]
+    gets = 0
     for p in getattr(page, "results", []) or []:
-        if _input_hash(p.input) == input_hash:
+        inp = getattr(p, "input", None)
+        if inp is None:
+            created = _created_ts(getattr(p, "created_at", None))
+            if gets >= max_gets or (model and getattr(p, "model", model) != model) or (since and created and created < since - 120):
+                continue
+            try:
+                p = client.predictions.get(p.id)
+            except Exception:
+                continue
+            gets += 1
+            inp = p.input
+        if _input_hash(inp) == input_hash:
             return p
     return None
 
@@ -250,7 +289,7 @@ def run_prediction(
     else:
         if st.get("phase") == "creating" and st.get("input_hash"):
             # A previous create may have reached Replicate with its response lost: find it first.
-            pred = _find_lost(client, st["input_hash"])
+            pred = _find_lost(client, st["input_hash"], model_ref, st.get("time"))
             if pred is not None:
                 resumed = True
                 state.put(key, {"fingerprint": fp, "prediction_id": pred.id, "status": pred.status, "model": model_ref, "recovered": True})
@@ -260,10 +299,11 @@ def run_prediction(
             state.put(key, {"fingerprint": fp, "phase": "creating", "input_hash": ih, "time": time.time(), "model": model_ref, "previous": st.get("prediction_id")})
 
             ambiguous = False
+            started = time.time()
 
             def create() -> Any:
                 if ambiguous:  # the last create may have gone through: look before paying again
-                    lost = _find_lost(client, ih)
+                    lost = _find_lost(client, ih, model_ref, started)
                     if lost is not None:
                         return lost
                 return _create(client, model_ref, encoded, wait)

@@ -109,6 +109,7 @@ def test_lost_create_response_does_not_bill_twice(folder, tmp_path, env):
         res = ReplicateBackend().caption_batch(discover(folder)[:2], opts(tmp_path, concurrency=1, extra={"timeout": 0.4}))
     assert [r.status for r in res] == ["ok", "ok"]
     assert stub.create_count() == 2, "the timed-out create must be found again, not re-created"
+    assert any(r["method"] == "GET" and r["path"] == "/v1/predictions" for r in stub.log)
 
 
 def test_failed_prediction_is_reported_and_model_404_names_flag(folder, tmp_path, env):

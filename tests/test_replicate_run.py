@@ -60,6 +60,7 @@ def test_lost_create_response_is_recovered_not_recreated(tmp_path):
         res = _run(stub, StateStore(tmp_path / "s.jsonl"), timeout_s=0.5)
         assert res.ok
         assert stub.create_count() == 1, stub.log
+        assert any(r["method"] == "GET" and r["path"] == "/v1/predictions" for r in stub.log)  # it looked before paying again
 
 
 def test_model_failure_is_a_result_and_rerun_recreates(tmp_path):
@@ -101,3 +102,20 @@ def test_make_client_without_token(monkeypatch):
     with pytest.raises(RemoteError) as ei:
         make_client()
     assert ei.value.kind == "auth" and "REPLICATE_API_TOKEN" in str(ei.value)
+
+
+def test_lost_create_found_when_list_omits_inputs(tmp_path):
+    # the real list endpoint may return predictions without their input: fetch candidates
+    with ReplicateStub(fail_plan={"POST /v1/models/": ["hang"]}, hang_seconds=1.2) as stub:
+        orig = stub.handle
+
+        def handle(method, path, headers, raw):
+            code, obj, hdrs = orig(method, path, headers, raw)
+            if method == "GET" and path.split("?")[0] == "/v1/predictions":
+                obj = {**obj, "results": [{k: v for k, v in r.items() if k != "input"} for r in obj["results"]]}
+            return code, obj, hdrs
+
+        stub.handle = handle
+        res = _run(stub, StateStore(tmp_path / "s.jsonl"), timeout_s=0.4)
+        assert res.ok and stub.create_count() == 1
+        assert sum(1 for r in stub.log if r["method"] == "POST" and "predictions" in r["path"]) == 1

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +107,7 @@ class ReplicateStub(StubServer):
             sha = hashlib.sha256(img).hexdigest()
             pid = uuid.uuid4().hex[:16]
             p = {"id": pid, "model": model, "version": body.get("version", "v-latest"), "status": "starting", "input": body.get("input"),
-                 "output": None, "logs": "", "error": None, "metrics": {}, "created_at": "2026-01-01T00:00:00Z", "started_at": None,
+                 "output": None, "logs": "", "error": None, "metrics": {}, "created_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"), "started_at": None,
                  "completed_at": None, "urls": {"get": f"{base}/v1/predictions/{pid}", "cancel": f"{base}/v1/predictions/{pid}/cancel"},
                  "_polls": 0, "_img": img, "_sha": sha}
             with self._mu:
