@@ -72,6 +72,9 @@ def test_joycaption_llava_batched_equals_single(tiny, folder):
     assert [r.text for r in batched] == [r.text for r in single]  # left padding keeps batched = one-by-one
     assert batched[-1].status == "failed"
     assert type(b._processor.image_processor).__name__.endswith("Pil")
+    ids = b.encode(b._prompt_text("hi"), [Image.new("RGB", (40, 40))])["input_ids"][0].tolist()
+    bos = b._processor.tokenizer.bos_token_id
+    assert ids[0] == bos and ids[1] != bos  # exactly one <bos>
 
 
 def test_joycaption_instructions_per_lora_type():

@@ -97,9 +97,16 @@ class JoyCaptionBackend:
         if token not in text:  # templates that do not place the image themselves
             text = text.replace(instruction, f"{token}\n{instruction}", 1)
         bos = getattr(proc.tokenizer, "bos_token", None)
-        if bos and text.startswith(bos + bos):  # the model card warns about a doubled <bos>
+        while bos and text.startswith(bos + bos):
             text = text[len(bos):]
         return text
+
+    def encode(self, prompt: str, images: list[Any]) -> Any:
+        """Processor inputs; the template already starts with <bos>, so the tokenizer must not
+        add another (the model card warns that a doubled <bos> degrades captions)."""
+        bos = getattr(self._processor.tokenizer, "bos_token", None)
+        extra = {"add_special_tokens": False} if bos and prompt.startswith(bos) else {}
+        return self._processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True, **extra)
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
         import torch
@@ -118,7 +125,7 @@ class JoyCaptionBackend:
 
         def generate(batch: list[tuple[ImageItem, Any]]) -> list[str]:
             images = [im for _, im in batch]
-            inputs = proc(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True)
+            inputs = self.encode(prompt, images)
             inputs = {k: (v.to(self._device, model.dtype) if v.is_floating_point() else v.to(self._device)) for k, v in inputs.items()}
             with torch.inference_mode():
                 ids = model.generate(**inputs, **gen)
