@@ -21,13 +21,16 @@ Size = tuple[int, int]
 # Bucket step each sd-scripts / musubi script accepts (`verify_bucket_reso_steps`); the
 # first entry is our default, the rest are the other legal choices.
 ARCH_BUCKET_STEPS: dict[str, tuple[int, ...]] = {
-    "anima": (64, 16, 32),
+    "anima": (64, 16, 32, 48),
     "flux": (64, 32),
     "sdxl": (64, 32),
     "sd3": (64, 32),
     "sd15": (64,),
-    "wan": (16, 32, 64),
+    "wan": (16,),
 }
+# Which bucketing algorithm a trainer uses: sd-scripts' BucketManager or musubi-tuner's
+# BucketSelector (Wan). They give different bucket lists for the same resolution.
+ARCH_BUCKET_FAMILY: dict[str, str] = {"wan": "musubi"}
 
 
 def make_bucket_resolutions(max_reso: Size, min_size: int = 256, max_size: int = 1024, divisible: int = 64) -> list[Size]:
@@ -45,6 +48,20 @@ def make_bucket_resolutions(max_reso: Size, min_size: int = 256, max_size: int =
             resos.add((height, width))
         width += divisible
     return sorted(resos)
+
+
+def musubi_bucket_resolutions(resolution: Size, steps: int = 16) -> list[Size]:
+    """musubi-tuner's `BucketSelector` list: same area, sides from sqrt(area)/2 to sqrt(area)."""
+    area = resolution[0] * resolution[1]
+    sqrt_size = int(math.sqrt(area))
+    min_size = (sqrt_size // 2) - (sqrt_size // 2) % steps
+    out: set[Size] = set()
+    for w in range(min_size, sqrt_size + steps, steps):
+        h = area // w
+        h -= h % steps
+        out.add((w, h))
+        out.add((h, w))
+    return sorted(out)
 
 
 def adjust_min_max(min_reso: int, max_reso: int, steps: int) -> tuple[int, int]:
@@ -80,15 +97,33 @@ class BucketSpec:
     steps: int = 64  # bucket_reso_steps
     no_upscale: bool = False  # bucket_no_upscale
     enabled: bool = True  # enable_bucket
+    family: str = "sd-scripts"  # or "musubi" (musubi-tuner's BucketSelector, Wan)
 
     @classmethod
     def square(cls, resolution: int, **kw: object) -> BucketSpec:
-        """sd-scripts defaults (min 256, max 1024), widened to admit `resolution` itself."""
-        kw.setdefault("max_reso", max(resolution, 1024))  # type: ignore[arg-type]
-        kw.setdefault("min_reso", min(256, resolution))  # type: ignore[arg-type]
-        return cls(resolution=(resolution, resolution), **kw)  # type: ignore[arg-type]
+        """The default bucket range for a `resolution` x `resolution` run (see `training_default`)."""
+        return cls.training_default((resolution, resolution), **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def training_default(cls, resolution: Size, *, steps: int = 64, **kw: object) -> BucketSpec:
+        """The bucket range loraprep writes into dataset configs, and crops for.
+
+        min 256 (or less for tiny runs), max twice the larger side (at least 1024), both
+        multiples of `steps`. `prep crop`, `prep check` and `train_bridge config` all use this,
+        so a crop is always a fixed point of the buckets the trainer is configured with.
+        """
+        lo = min(256, min(resolution) - min(resolution) % steps)
+        hi = max(max(resolution) * 2, 1024)
+        hi += (-hi) % steps
+        kw.setdefault("min_reso", lo)
+        kw.setdefault("max_reso", hi)
+        return cls(resolution=tuple(resolution), steps=steps, **kw)  # type: ignore[arg-type]
 
     def validate(self) -> None:
+        if self.family not in ("sd-scripts", "musubi"):
+            raise ValueError(f"unknown bucket family {self.family!r}")
+        if self.family == "musubi":
+            return
         if self.steps <= 0 or self.steps % 8:
             raise ValueError(f"bucket step {self.steps} must be a positive multiple of 8")
         lo, hi = adjust_min_max(self.min_reso, self.max_reso, self.steps)
@@ -101,6 +136,8 @@ class BucketSpec:
     def buckets(self) -> list[Size]:
         if not self.enabled:
             return [self.resolution]
+        if self.family == "musubi":
+            return musubi_bucket_resolutions(self.resolution, self.steps)
         lo, hi = adjust_min_max(self.min_reso, self.max_reso, self.steps)
         return make_bucket_resolutions(self.resolution, lo, hi, self.steps)
 
@@ -126,6 +163,14 @@ class BucketSpec:
             scale = max(bw / width, bh / height)
             resized = (int(width * scale + 0.5), int(height * scale + 0.5))
             return BucketChoice((bw, bh), resized, bw / bh - ar)
+        if self.family == "musubi":
+            if self.no_upscale and width * height <= self.max_area:
+                reso = (width - width % self.steps, height - height % self.steps)
+                return BucketChoice(reso, (width, height), reso[0] / reso[1] - ar)
+            reso = self.nearest_bucket(ar)
+            scale = max(reso[0] / width, reso[1] / height)
+            resized = (int(width * scale + 0.5), int(height * scale + 0.5))
+            return BucketChoice(reso, resized, reso[0] / reso[1] - ar)
         if not self.no_upscale:
             if (width, height) in set(self.buckets):
                 reso = (width, height)

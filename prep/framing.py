@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from prep.buckets import ARCH_BUCKET_STEPS, BucketSpec, Size
+from prep.buckets import ARCH_BUCKET_FAMILY, ARCH_BUCKET_STEPS, BucketSpec, Size
 
 Rect = tuple[float, float, float, float]
 
@@ -75,11 +75,13 @@ def bucket_spec(resolution: int, *, trainer: str | None = None, step: int | None
     chosen = step or (allowed[0] if allowed else 64)
     if allowed and chosen not in allowed:
         raise ValueError(f"bucket step {chosen} is not accepted by {trainer}: use one of {', '.join(map(str, allowed))}")
-    kw: dict[str, int] = {"steps": chosen}
+    kw: dict[str, object] = {"steps": chosen}
     if min_reso is not None:
         kw["min_reso"] = min_reso
     if max_reso is not None:
         kw["max_reso"] = max_reso
+    if ARCH_BUCKET_FAMILY.get(trainer or "") == "musubi":
+        kw = {"steps": chosen, "family": "musubi"}
     spec = BucketSpec.square(resolution, **kw)  # type: ignore[arg-type]
     spec.validate()
     return spec

@@ -36,10 +36,12 @@ def sd_scripts_select(buckets: set[tuple[int, int]], w: int, h: int) -> tuple[tu
     return reso, (int(w * scale + 0.5), int(h * scale + 0.5))
 
 
-@pytest.mark.parametrize("reso,count", [(512, 17), (768, 19), (1024, 25)])
-def test_buckets_follow_sd_scripts_rules(reso: int, count: int) -> None:
+@pytest.mark.parametrize("reso,max_size,count", [(512, 1024, 17), (768, 1536, 29), (1024, 2048, 41)])
+def test_buckets_follow_sd_scripts_rules(reso: int, max_size: int, count: int) -> None:
+    # the range `train_bridge config` writes into dataset.toml: min 256, max max(2 x res, 1024)
     spec = bucket_spec(reso)
-    assert set(spec.buckets) == sd_scripts_buckets(reso)
+    assert (spec.min_reso, spec.max_reso) == (256, max_size)
+    assert set(spec.buckets) == sd_scripts_buckets(reso, max_size=max_size)
     assert len(spec.buckets) == count
     for b in spec.buckets:
         assert b[0] % 64 == 0 and b[1] % 64 == 0
@@ -119,7 +121,7 @@ def test_full_framing_holds_the_whole_subject() -> None:
     plan = plan_full_crop((400, 1000), subject, spec)
     x0, y0, x1, y1 = plan.box
     assert x0 <= 100 and y0 <= 50 and x1 >= 300 and y1 >= 990
-    assert plan.bucket == (256, 1024)
+    assert plan.bucket == (448, 2048)  # nearest aspect ratio at max_bucket_reso 2048
 
 
 def test_no_face_fallback_is_the_largest_centred_bucket_crop() -> None:

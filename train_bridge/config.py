@@ -378,8 +378,7 @@ def _sd_dataset_toml(ds: DatasetInfo, preset: _presets.Preset, general_o: dict[s
     res = general_o.pop("resolution", preset.resolution)
     batch = general_o.pop("batch_size", preset.batch_size)
     steps = general_o.get("bucket_reso_steps", spec.bucket_steps[0])
-    top = max(max(res) * 2, 1024)
-    top += (-top) % steps
+    default = BucketSpec.training_default(res, steps=steps)  # the range `prep crop` crops for
     general: dict[str, Any] = {
         "caption_extension": ".txt",
         "shuffle_caption": False,
@@ -387,8 +386,8 @@ def _sd_dataset_toml(ds: DatasetInfo, preset: _presets.Preset, general_o: dict[s
         "enable_bucket": True,
         "bucket_no_upscale": False,
         "bucket_reso_steps": steps,
-        "min_bucket_reso": min(256, min(res) - min(res) % steps),
-        "max_bucket_reso": top,
+        "min_bucket_reso": default.min_reso,
+        "max_bucket_reso": default.max_reso,
     }
     for k, v in general_o.items():
         general[k] = v

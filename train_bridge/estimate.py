@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prep.buckets import BucketSpec
+from prep.buckets import BucketSpec, musubi_bucket_resolutions
 from prep.images import ImageLoadError, stored_size
 from train_bridge.trainers import ArchSpec, get_arch
 
@@ -186,17 +186,8 @@ def _sd_dataset_batches(ds: dict[str, Any], general: dict[str, Any], subsets_out
 
 
 def musubi_buckets(resolution: tuple[int, int], steps: int = 16) -> list[tuple[int, int]]:
-    """musubi-tuner's `BucketSelector` bucket list (same area, sides from sqrt/2 to sqrt)."""
-    area = resolution[0] * resolution[1]
-    sqrt_size = int(math.sqrt(area))
-    min_size = (sqrt_size // 2) - (sqrt_size // 2) % steps
-    out: set[tuple[int, int]] = set()
-    for w in range(min_size, sqrt_size + steps, steps):
-        h = area // w
-        h -= h % steps
-        out.add((w, h))
-        out.add((h, w))
-    return sorted(out)
+    """musubi-tuner's `BucketSelector` bucket list (the rule lives in `prep.buckets`)."""
+    return musubi_bucket_resolutions(resolution, steps)
 
 
 def musubi_select(size: tuple[int, int], resolution: tuple[int, int], buckets: list[tuple[int, int]], *, no_upscale: bool = False, enabled: bool = True, steps: int = 16) -> tuple[int, int]:
