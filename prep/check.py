@@ -15,7 +15,7 @@ from typing import Any
 
 from prep.buckets import BucketSpec, bucket_label
 from prep.dataset import ImageItem, discover, orphan_captions, read_caption
-from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, group_duplicates, phash_pair
+from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, phash_pair
 from prep.executor import Result, run_step
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
@@ -232,7 +232,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
             )
         )
         hashed.append(HashedImage(r.id, item.path, size, d["file_size"], d["hash"], d["mirror"]))
-    report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold)]
+    report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold, verify=PixelVerifier())]
     report.orphan_captions = [p.relative_to(folder).as_posix() for p in orphan_captions(folder, items, recursive=opts.recursive)]
     stems: dict[str, list[str]] = {}
     for it in items:

@@ -7,6 +7,7 @@ be a row in a distributed engine later.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from prep.images import is_image_path
 CAPTION_EXTENSION = ".txt"
 _SKIP_DIRS = {"__MACOSX", ".git", ".loraprep", "__pycache__"}
 _SKIP_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+REPORT_IMAGE = re.compile(r"^contact_sheet(?:[_-]\d+)?\.jpe?g$", re.IGNORECASE)
+"""Contact sheets loraprep writes into its output folders: reports, never training images."""
 
 
 @dataclass
@@ -79,7 +82,7 @@ def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Pat
     excluded = [Path(e).resolve() for e in exclude]
     items: list[ImageItem] = []
     for p in _walk(root, recursive):
-        if not is_image_path(p):
+        if not is_image_path(p) or REPORT_IMAGE.match(p.name):
             continue
         if excluded and any(_is_within(p.resolve(), e) for e in excluded):
             continue

@@ -161,3 +161,11 @@ def test_json_manifest_is_valid_jsonl(tmp_path):
     m.append(Record("x", "é.png", "ok", data={"faces": [[1, 2, 3, 4, 0.9]]}))
     rec = json.loads(m.path.read_text(encoding="utf-8").splitlines()[0])
     assert rec["faces"] == [[1, 2, 3, 4, 0.9]] and rec["id"] == "é.png"
+
+
+def test_discovery_skips_contact_sheets_and_mac_litter(tmp_path):
+    from prep.dataset import discover
+
+    for n in ("a.png", "contact_sheet.jpg", "contact_sheet_002.jpg", "._a.png", "my_contact_sheet.jpg"):
+        (tmp_path / n).write_bytes(b"x")
+    assert [i.id for i in discover(tmp_path)] == ["a.png", "my_contact_sheet.jpg"]

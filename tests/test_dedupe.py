@@ -51,3 +51,27 @@ def test_no_mirror_option(tmp_path, astronaut):
     ImageOps.mirror(astronaut).save(d / "b.png")
     assert len(dedupe_folder(d).groups) == 1
     assert dedupe_folder(d, mirror=False).groups == []
+
+
+def test_expression_variants_are_not_duplicates(tmp_path, anime_dir):
+    """Sprites that differ only in facial expression hash identically but are kept apart."""
+    import shutil
+
+    from prep.dedupe import HashedImage, PixelVerifier
+
+    d = tmp_path / "sprites"
+    d.mkdir()
+    for name in ("sylvie_blue_normal.png", "sylvie_blue_smile.png", "sylvie_blue_surprised.png"):
+        shutil.copy(anime_dir / name, d / name)
+    from prep.images import load_image
+
+    src = load_image(d / "sylvie_blue_normal.png").image
+    src.resize((167, 350)).save(d / "normal_small.png")  # a real duplicate of one of them
+    hashes = {p.name: phash_pair(load_image(p).image)[0] for p in d.iterdir()}
+    assert hamming(hashes["sylvie_blue_normal.png"], hashes["sylvie_blue_smile.png"]) <= 2  # the hash cannot tell
+    rep = dedupe_folder(d)
+    assert [(g.keep, g.others) for g in rep.groups] == [("sylvie_blue_normal.png", ["normal_small.png"])]
+    assert len(dedupe_folder(d, verify=False).groups[0].others) == 3  # hash alone lumps them together
+    v = PixelVerifier()
+    h = lambda n: HashedImage(n, d / n, (1, 1), 1, 0, 0)  # noqa: E731
+    assert v.difference(h("sylvie_blue_normal.png"), h("sylvie_blue_smile.png")) > 2 * v.difference(h("sylvie_blue_normal.png"), h("normal_small.png"))

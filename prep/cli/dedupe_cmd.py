@@ -19,6 +19,7 @@ def dedupe(
     move_to: Path = typer.Option(None, "--move-to", help="Move all but the kept image of each group (with captions) here."),
     threshold: int = typer.Option(DEFAULT_THRESHOLD, "--threshold", help="Max differing bits of 64 to count as duplicate."),
     no_mirror: bool = typer.Option(False, "--no-mirror", help="Do not treat mirror images as duplicates."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Trust the hash alone (faster; groups images that differ only in small details, e.g. expressions)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders."),
     workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: all cores)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report moves without moving."),
@@ -34,6 +35,7 @@ def dedupe(
         workers=workers,
         dry_run=dry_run,
         progress=RichProgress(),
+        verify=not no_verify,
     )
     if as_json:
         emit_json(report.to_json())
