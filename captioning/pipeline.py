@@ -202,6 +202,7 @@ def caption_folder(
     dry_run: bool = False,
     backend: CaptionBackend | None = None,
     progress: Progress | None = None,
+    only: set[str] | None = None,
 ) -> CaptionReport:
     """Caption every image under `folder` with `backend_name`; returns what happened per image.
 
@@ -209,7 +210,8 @@ def caption_folder(
     beside the images. `mode` decides about images that already have a caption: skip them,
     overwrite, or append/prepend the new caption. `resume`: images a previous run with the same
     settings finished are not captioned again. `backend` overrides the registry lookup (tests,
-    callers holding a loaded model). Raises `UnknownBackend` / `ModelNotAvailable` before any work.
+    callers holding a loaded model). `only`: restrict to these image ids (e.g. the ones without a
+    caption of the user's). Raises `UnknownBackend` / `ModelNotAvailable` before any work.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -224,6 +226,8 @@ def caption_folder(
 
     exclude = [out_dir] if output and out_dir.resolve() != folder.resolve() else []
     items = discover(folder, recursive=recursive, exclude=exclude)
+    if only is not None:
+        items = [it for it in items if it.id in only]
     manifest = Manifest.in_folder(out_dir)
     config = _config_key(backend_name, options, rules, mode, identity if prune_identity_tags else None, prune_core)
     report = CaptionReport(backend=backend_name, folder=folder, output=out_dir, mode=mode, trigger=trigger, dry_run=dry_run)

@@ -152,8 +152,16 @@ class Project:
     def load(cls, path: Path) -> Project:
         return cls.from_toml(Path(path).read_text(encoding="utf-8"), path=str(path))
 
-    def save(self, path: Path) -> None:
-        atomic_write_text(Path(path), self.to_toml())
+    def save(self, path: Path) -> bool:
+        """Write the file if its content changed; returns whether it wrote."""
+        path, text = Path(path), self.to_toml()
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return False
+        except FileNotFoundError:
+            pass
+        atomic_write_text(path, text)
+        return True
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
