@@ -21,7 +21,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
-EXIT_OOM = 4
+# train_bridge launch/status use 3 for "trainer out of memory" (issue 7; train_bridge.launch.EXIT_OOM):
+# a launch has no partial state, so the code cannot be confused there.
 EXIT_INTERRUPTED = 130
 
 console = Console(stderr=True, highlight=False)
