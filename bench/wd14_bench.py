@@ -8,7 +8,7 @@ The model is a random-weight convolutional net with the real WD contract (NHWC 4
 0..255 in, 10,861 sigmoid outputs, a v3-sized selected_tags.csv with a quoted name and
 kaomoji), calibrated so that ~40 general tags pass 0.35 per image. It costs about 1 GMAC per
 image, far less than swinv2 (~15 GMAC): with a real v3 model on CPU inference dominates both
-tools equally and the ratio shrinks (see docs/benchmarks/wd14.md).
+tools equally and the ratio shrinks (see docs/benchmarks.md, WD tagger).
 
 sd-scripts is not part of this repository: fetch a checkout yourself and give it its own venv
 (it imports torch, torchvision, transformers, diffusers, accelerate, ... at start-up):

@@ -30,7 +30,8 @@ STATE_FILE = ".loraprep/stages.json"
 
 @dataclass
 class ImportSettings:
-    flatten: bool = False
+    flatten: bool = True
+    """One flat folder (zips usually hold a top folder; later stages read one level)."""
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 from loraprep.project import PROJECT_FILE, Project, StageState, fingerprint
 from prep.dataset import discover, read_caption
 from prep.executor import Progress
-from prep.fsutil import atomic_write_text
+from prep.fsutil import atomic_write_text, link_or_copy
 from prep.trigger import apply_trigger
 
 STAGES = ("import", "check", "dedupe", "crop", "caption", "trigger", "lint", "layout", "config", "estimate")
@@ -466,22 +466,13 @@ def _safe_read(path: Path) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link `src` at `dst` (replacing a stale one), copying where links are not possible."""
-    import shutil
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        try:
-            if os.path.samefile(src, dst):
-                return
-        except OSError:
-            pass
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    """Hard link `src` at `dst` unless it is already that file."""
     try:
-        os.link(src, tmp)
+        if os.path.samefile(src, dst):
+            return
     except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        pass
+    link_or_copy(src, dst)
 
 
 def run_project(project: Project, project_dir: Path, **kw: Any) -> RunReport:

@@ -15,7 +15,7 @@ from typing import Any
 
 from prep.buckets import BucketSpec, bucket_label
 from prep.dataset import ImageItem, discover, orphan_captions, read_caption
-from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, phash_pair
+from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, image_hashes
 from prep.executor import Result, run_step
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
@@ -50,7 +50,6 @@ class CheckStep:
             except ImageLoadError as exc:
                 out.append(Result(it.id, "failed", str(it.path), reason=exc.reason))
                 continue
-            h, m = phash_pair(li.image)
             out.append(
                 Result(
                     it.id,
@@ -64,8 +63,7 @@ class CheckStep:
                         "transparent": li.transparent,
                         "exif_orientation": li.exif_orientation,
                         "frames": li.n_frames,
-                        "hash": h,
-                        "mirror": m,
+                        **image_hashes(li.image),
                         "file_size": it.path.stat().st_size,
                     },
                 )
@@ -231,7 +229,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
                 caption=cap,
             )
         )
-        hashed.append(HashedImage(r.id, item.path, size, d["file_size"], d["hash"], d["mirror"]))
+        hashed.append(HashedImage(r.id, item.path, size, d["file_size"], d["hash"], d["mirror"], d["fine"], d["fine_mirror"]))
     report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold, verify=PixelVerifier())]
     report.orphan_captions = [p.relative_to(folder).as_posix() for p in orphan_captions(folder, items, recursive=opts.recursive)]
     stems: dict[str, list[str]] = {}

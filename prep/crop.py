@@ -73,7 +73,7 @@ class CropOptions:
     contact_sheet: bool = True
     decode: str = "draft"
     """draft: detect on a reduced JPEG decode, then decode only as large as the crops need;
-    full: decode once at full size and reduce that for detection (see docs/benchmarks/crop.md)."""
+    full: decode once at full size and reduce that for detection (see docs/benchmarks.md, prep crop)."""
 
     def validate(self) -> None:
         if self.framing not in FRAMINGS:

@@ -53,6 +53,30 @@ def atomic_write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
         writer(fh)
 
 
+def link_or_copy(src: Path, dst: Path, *, link: bool = True) -> str:
+    """Put `src` at `dst` atomically: a hard link where possible (no extra disk), else a copy.
+
+    Returns "hardlink" or "copy". Never moves or modifies `src`.
+    """
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    method = "copy"
+    if link:
+        try:
+            os.link(src, tmp)
+            method = "hardlink"
+        except OSError:
+            pass
+    if method == "copy":
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return method
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prep.dataset import ImageItem, discover, read_caption
-from prep.fsutil import atomic_write_text, safe_component, sha256_file
+from prep.fsutil import atomic_write_text, link_or_copy, safe_component, sha256_file
 from prep.images import ImageLoadError, exif_orientation, load_image, save_image
 from prep.manifest import Manifest, Record
 from prep.trigger import apply_trigger
@@ -111,21 +110,7 @@ def subset_folder_name(repeats: int, name: str, class_token: str | None = None) 
 
 def _place(src: Path, dst: Path, link: str) -> str:
     """Hard link (or copy) `src` to `dst` atomically; returns the method used."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    method = "copy"
-    if link == "auto":
-        try:
-            os.link(src, tmp)
-            method = "hardlink"
-        except OSError:
-            method = "copy"
-    if method == "copy":
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-    return method
+    return link_or_copy(src, dst, link=link == "auto")
 
 
 def _same_file(a: Path, b: Path) -> bool:
