@@ -135,3 +135,24 @@ def test_usage_errors(tmp_path):
     assert res.exit_code == 2
     res = runner.invoke(app, ["run", str(tmp_path), "-o", str(tmp_path / "p"), "--trigger", "x", "--redo", "nope"])
     assert res.exit_code == 2
+
+
+def test_zip_with_a_top_folder(tmp_path, anime_dir, yunet_model):
+    """Zips usually hold a folder: the run flattens it and goes all the way."""
+    import zipfile
+
+    z = tmp_path / "shoot.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(anime_dir.glob("sylvie_green_*.png"))[:2]:
+            zf.write(p, f"My Shoot/{p.name}")
+        zf.writestr("__MACOSX/My Shoot/._x.png", b"junk")
+    wd = build_tiny_wd14(tmp_path / "wd", batch=4)  # a fixed-batch model this time
+    code, rep = _run([
+        str(z), "-o", str(tmp_path / "p"), "--trigger", "Green", "--resolution", "512", "--caption-model", str(wd),
+        "--detector", "photo", "--detector-model", str(yunet_model), "--model", "dit=d.safetensors", "--model", "qwen3=q/x/q.safetensors",
+        "--vae", "v.safetensors", "--repeats", "3", "--class-token", "girl",
+    ])
+    assert code == 0, rep
+    assert sorted(p.name for p in (tmp_path / "p" / "01_raw").glob("*.png")) == ["sylvie_green_giggle.png", "sylvie_green_normal.png"]
+    caps = sorted((tmp_path / "p" / "dataset" / "img" / "3_Green girl").glob("*.txt"))
+    assert len(caps) == 2 and all(c.read_text().startswith("Green") for c in caps)
