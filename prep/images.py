@@ -290,7 +290,9 @@ def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> byt
     elif kind == "WEBP":
         image.save(buf, "WEBP", quality=quality, method=4)
     else:
-        image.save(buf, "PNG", compress_level=4)
+        # level 2: half the encode time of level 4 for ~10 % larger files (a 896x1152 crop:
+        # 175 vs 330 ms); encoding was a third of `prep crop`'s time per image.
+        image.save(buf, "PNG", compress_level=2)
     return buf.getvalue()
 
 
