@@ -86,7 +86,10 @@ class RunReport:
 
 
 def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_names: set[str] = frozenset()) -> str:  # type: ignore[assignment]
-    """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading)."""
+    """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading).
+
+    `exclude_names` leaves out files and folders of those names (reports, training logs).
+    """
     if not folder.exists():
         return "missing"
     if folder.is_file():
@@ -94,7 +97,7 @@ def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_na
         return fingerprint(folder.name, st.st_size, st.st_mtime_ns)
     rows = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in exclude_names)
         for fn in sorted(filenames):
             if fn in exclude_names or fn.startswith("."):
                 continue
@@ -212,7 +215,7 @@ class Pipeline:
         if name == "config":
             return {"trainer": p.trainer, "resolution": p.resolution, **asdict(p.train)}, tree_signature(self.dataset)
         if name == "estimate":
-            return {"max_steps": p.train.max_steps}, tree_signature(self.run_dir, exclude_names={"logs", "output"})
+            return {"max_steps": p.train.max_steps}, tree_signature(self.run_dir, exclude_names={"logs", "output", "status.json"})
         raise KeyError(name)
 
     # stages ---------------------------------------------------------------------------------
@@ -259,6 +262,7 @@ class Pipeline:
 
     def stage_crop(self) -> dict[str, Any]:
         from prep.crop import CropOptions, crop_folder
+        from prep.models import ModelNotAvailable
 
         c = self.p.crop
         if not c.enabled:
@@ -283,12 +287,10 @@ class Pipeline:
         try:
             opts.validate()
             rep = crop_folder(self.raw, self.cropped, opts, progress=self.progress())
+        except ModelNotAvailable as exc:
+            raise StageStop("crop", f"face detector model: {exc}") from None
         except ValueError as exc:
             raise StageStop("crop", f"crop settings: {exc} (edit [crop] in {PROJECT_FILE})") from None
-        except Exception as exc:
-            if type(exc).__name__ == "ModelNotAvailable":
-                raise StageStop("crop", f"face detector model: {exc}") from None
-            raise
         outputs = rep.summary()["outputs"]
         if outputs == 0:
             small = [r.id for r in rep.results if "small_source" in r.data.get("flags", [])]
@@ -435,7 +437,11 @@ class Pipeline:
                 **kw,
             )
         except ConfigError as exc:
-            raise StageStop("config", f"{exc}\nset the model files with --model ROLE=PATH (or [train.models] in {PROJECT_FILE}) and run again") from None
+            raise StageStop(
+                "config",
+                f"{exc}\nfix it on the command line (model files: --dit/--qwen3/--vae or --model ROLE=PATH; options: --set KEY=VALUE) "
+                f"or in [train] of {PROJECT_FILE}, and run again",
+            ) from None
         return {"arch": rc.arch, "files": {k: str(v) for k, v in rc.files.items()}, "preset": rc.run.get("preset"), "warnings": rc.warnings}
 
     def stage_estimate(self) -> dict[str, Any]:

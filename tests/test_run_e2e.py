@@ -86,6 +86,13 @@ def test_whole_job_then_nothing_then_only_what_changed(setup, digest):
     proj = Project.load(project / "loraprep.toml")
     assert proj.trigger == TRIGGER and proj.resolution == 512 and proj.train.models["dit"].endswith("anima.safetensors")
 
+    # training writes into run/: that is not a reason to redo anything
+    (project / "run" / "logs").mkdir(exist_ok=True)
+    (project / "run" / "logs" / "train.log").write_text("steps: 1/800")
+    (project / "run" / "output").mkdir(exist_ok=True)
+    (project / "run" / "output" / "x-state").mkdir()
+    (project / "run" / "status.json").write_text("{}")
+
     # second identical run: no work at all
     stamp = {p: p.stat().st_mtime_ns for p in project.rglob("*") if p.is_file() and "reports" not in p.parts}
     code, rep2 = _run(base)
