@@ -12,7 +12,9 @@ and illustration), `auto` (YuNet first, the anime detector when YuNet is not sur
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -166,3 +168,55 @@ def onnx_session(path: str, device: str = "cpu", threads: int = 0) -> Any:
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=so, providers=onnx_providers(device))
+
+
+class OnnxDetector:
+    """Plumbing the ONNX detectors share: the session is created lazily, once, under a lock
+    (threads share one detector), and dropped when pickled (process workers reload it).
+
+    Subclasses set `name`, implement `resolve()` and `detect()`, and may override `_loaded`
+    to read facts (input size) from a new session."""
+
+    name = ""
+
+    def __init__(self, model_path: str | Path | None, device: str = "cpu", threads: int = 0):
+        self.model_path = model_path
+        self.device = device
+        self.threads = threads
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def resolve(self) -> Path:
+        """The model file (raises ModelNotAvailable with the fix)."""
+        raise NotImplementedError
+
+    def _loaded(self, session: Any) -> None:
+        """Hook: called once with a new session before other threads can use it."""
+
+    def _sess(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    sess = onnx_session(str(self.resolve()), self.device, self.threads)
+                    self._loaded(sess)
+                    self._session = sess
+        return self._session
+
+    def _boxes(self, xyxy: np.ndarray, scores: np.ndarray, lb: Letterbox, image: Image.Image, kind: str) -> list[Box]:
+        """Model-input boxes mapped back to `image`, clipped to it, empty ones dropped, largest first."""
+        mapped = lb.to_image(xyxy)
+        out = [
+            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), kind, self.name).clipped(image.width, image.height)
+            for b, s in zip(mapped, scores)
+        ]
+        return sort_largest_first([b for b in out if b.area > 0])

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import ast
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from prep.detectors import Box, letterbox, nms, onnx_session, sort_largest_first
+from prep.detectors import Box, OnnxDetector, letterbox, nms
 from prep.models import ModelRef, resolve_model_file
 
 ANIME_HEAD_REF = ModelRef(
@@ -40,7 +39,7 @@ ANIME_FACE_REF = ModelRef(
 DEFAULT_SIZE = 640
 
 
-class AnimeDetector:
+class AnimeDetector(OnnxDetector):
     """Heads (default) or faces in anime and illustration; `target="face"` uses the face model."""
 
     name = "anime"
@@ -58,26 +57,12 @@ class AnimeDetector:
     ):
         if target not in ("head", "face"):
             raise ValueError(f"anime detector target {target!r}: use head or face")
-        self.model_path = model_path
-        self.device = device
-        self.threads = threads
+        super().__init__(model_path, device, threads)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.target = target
         self.kind = target
-        self._session: Any = None
         self._size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_session"] = None
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def ref(self) -> ModelRef:
@@ -86,14 +71,8 @@ class AnimeDetector:
     def resolve(self) -> Path:
         return resolve_model_file(self.ref, self.model_path)
 
-    def _sess(self) -> Any:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    sess = onnx_session(str(self.resolve()), self.device, self.threads)
-                    self._size = _input_size(sess)
-                    self._session = sess
-        return self._session
+    def _loaded(self, session: Any) -> None:
+        self._size = _input_size(session)
 
     def detect(self, image: Image.Image) -> list[Box]:
         sess = self._sess()
@@ -102,14 +81,7 @@ class AnimeDetector:
         (raw,) = sess.run([sess.get_outputs()[0].name], {sess.get_inputs()[0].name: blob})
         xyxy, scores = decode_yolo(np.asarray(raw)[0], self.score_threshold)
         keep = nms(xyxy, scores, self.nms_threshold)
-        if not keep:
-            return []
-        boxes = lb.to_image(xyxy[keep])
-        out = [
-            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), self.kind, self.name).clipped(image.width, image.height)
-            for b, s in zip(boxes, scores[keep])
-        ]
-        return sort_largest_first([b for b in out if b.area > 0])
+        return self._boxes(xyxy[keep], scores[keep], lb, image, self.kind) if keep else []
 
 
 def decode_yolo(output: np.ndarray, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:

