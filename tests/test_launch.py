@@ -299,3 +299,64 @@ def test_real_accelerate_launcher_runs_the_script(tmp_path: Path, root: Path) ->
     assert res.exit_code == 0, res.message
     assert res.outcomes[0].argv[1:3] == ["-m", "accelerate.commands.launch"]
     assert res.outcomes[0].progress.step == 4
+
+
+def test_auto_retry_oom_keeps_each_expert_on_its_own_config(tmp_path: Path, root: Path) -> None:
+    # Wan 2.2: train_high and train_low read different TOMLs (their own DiT and output_name).
+    # A retry of the expert that ran out of memory must not point the other one at its config.
+    import tomli_w
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = str(tmp_path / "output")
+    for expert in ("high", "low"):
+        cfg = {"output_dir": out, "output_name": f"lora_{expert}", "max_train_epochs": 1, "save_state": True,
+               "training": {"gradient_checkpointing": False, "train_batch_size": 1}}
+        (run_dir / f"train_{expert}.toml").write_text(tomli_w.dumps(cfg))
+    rec = str(tmp_path / "argv.jsonl")
+    common = ["--dataset_config", str(run_dir / "dataset.toml"), "--record_argv", rec]
+    commands = [
+        {"name": "train_high", "script": "wan_train_network.py", "accelerate": False,
+         "args": ["--config_file", str(run_dir / "train_high.toml"), *common, "--oom_unless", "gradient_checkpointing = true"]},
+        {"name": "train_low", "script": "wan_train_network.py", "accelerate": False,
+         "args": ["--config_file", str(run_dir / "train_low.toml"), *common]},
+    ]
+    run = make_run(tmp_path, trainer="musubi-tuner", commands=commands, preset="custom")
+    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    assert [o.status for o in res.outcomes] == ["oom", "done", "done"], res.message
+    argvs = recorded_argv(tmp_path)
+    low = [a for a in argvs if str(run_dir / "train_low.toml") in a]
+    assert len(low) == 1 and len(argvs) == 3  # train_low ran once, on its own config
+    names = {p.name for p in Path(out).iterdir()}
+    assert "lora_low.safetensors" in names and "lora_high.safetensors" in names
+    spec = json.loads((run / "run.json").read_text())
+    assert str(run_dir / "train_low.toml") in spec["commands"][1]["args"]
+
+
+def test_auto_retry_oom_after_a_saved_state_resumes_only_the_failed_expert(tmp_path: Path, root: Path) -> None:
+    # train_high saved a state and then ran out of memory: the retry resumes train_high, while
+    # train_low (no state yet) starts fresh instead of the launch dying with "nothing to resume".
+    import tomli_w
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = str(tmp_path / "output")
+    for expert in ("high", "low"):
+        cfg = {"output_dir": out, "output_name": f"lora_{expert}", "max_train_epochs": 3, "save_state": True,
+               "training": {"gradient_checkpointing": False, "train_batch_size": 1}}
+        (run_dir / f"train_{expert}.toml").write_text(tomli_w.dumps(cfg))
+    rec = str(tmp_path / "argv.jsonl")
+    common = ["--dataset_config", str(run_dir / "dataset.toml"), "--record_argv", rec, "--steps_per_epoch", "4"]
+    commands = [
+        {"name": "train_high", "script": "wan_train_network.py", "accelerate": False,
+         "args": ["--config_file", str(run_dir / "train_high.toml"), *common, "--oom_unless", "gradient_checkpointing = true", "--fail_at", "6"]},
+        {"name": "train_low", "script": "wan_train_network.py", "accelerate": False,
+         "args": ["--config_file", str(run_dir / "train_low.toml"), *common]},
+    ]
+    run = make_run(tmp_path, trainer="musubi-tuner", commands=commands, preset="custom")
+    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    assert res.exit_code == 0 and [o.status for o in res.outcomes] == ["oom", "done", "done"], res.message
+    assert res.retry is not None and res.retry["resume"] is True
+    argvs = recorded_argv(tmp_path)
+    assert argvs[1][argvs[1].index("--resume") + 1].endswith("lora_high-000001-state")
+    assert "--resume" not in argvs[2]

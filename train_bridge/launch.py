@@ -490,10 +490,11 @@ def _run_queue(
                         retried = True
                         result.retry = retry
                         notify("retry", retry)
-                        remaining = {cmd.name} | {q[0].name for q in queue_}
-                        new_plan = plan_commands(spec, LaunchOptions(resume=retry["resume"], restart=True), env)
-                        # caches rerun only if the retry changed the dataset (their fingerprint changed)
-                        queue_ = [item for item in new_plan if item[0].is_cache or item[0].name in remaining]
+                        # caches rerun only if the retry changed the dataset (their fingerprint changed);
+                        # only this command resumes: a later one (Wan 2.2's other expert) has no state yet
+                        caches = [item for item in plan_commands(spec, LaunchOptions(restart=True), env) if item[0].is_cache]
+                        again = latest_state(spec.output_dir, output_name_of(cmd, spec)) if retry["resume"] else None
+                        queue_ = [*caches, (cmd, "run", again), *queue_]
                         continue
             break
 
@@ -636,7 +637,9 @@ def _prepare_oom_retry(
     new_train, new_ds, applied = oom_mod.write_retry_configs(train_src, ds_src, chosen, spec.run_dir, tag)
     original = [dict(name=c.name, script=c.script, args=list(c.args)) for c in spec.commands]
     for c in spec.commands:
-        if new_train is not None and not c.replace_arg_value("--config_file", str(new_train)) and c.name == cmd.name:
+        # only commands that read the same TOML: Wan 2.2's other expert keeps its own DiT and output_name
+        same_toml = c.name == cmd.name or (c.arg_value("--config_file") is not None and spec.train_toml(c) == train_src)
+        if new_train is not None and same_toml and not c.replace_arg_value("--config_file", str(new_train)):
             c.args += ["--config_file", str(new_train)]
         if new_ds is not None:
             c.replace_arg_value("--dataset_config", str(new_ds))
