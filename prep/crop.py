@@ -492,11 +492,10 @@ def _source_tile(r: Result, background: tuple[int, int, int], cell: int) -> Tile
 
 def _output_tile(out: Path, name: str, cell: int) -> Tile:
     try:
-        with Image.open(out / name) as im:
-            im.draft("RGB", (cell, cell))
-            w, h = im.size
-            im = im.convert("RGB")
-            im.thumbnail((cell, cell))
+        loaded = load_image(out / name, draft_size=(cell, cell))
+        im = loaded.image
+        im.thumbnail((cell, cell))
+        w, h = loaded.size
         return Tile(im, f"{Path(name).name} {w}x{h}")
     except Exception:
         return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), f"{name} missing")
