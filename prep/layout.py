@@ -17,6 +17,7 @@ import json
 import os
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,11 +109,6 @@ def subset_folder_name(repeats: int, name: str, class_token: str | None = None) 
     return safe_component(f"{repeats}_{label}")
 
 
-def _place(src: Path, dst: Path, link: str) -> str:
-    """Hard link (or copy) `src` to `dst` atomically; returns the method used."""
-    return link_or_copy(src, dst, link=link == "auto")
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -141,7 +137,7 @@ def _write_subset(
     items: list[ImageItem],
     folder: Path,
     prefix: str,
-    caption_for: callable,  # type: ignore[valid-type]
+    caption_for: Callable[[ImageItem], str],
     opts: LayoutOptions,
     manifest: Manifest | None,
     report: LayoutReport,
@@ -185,8 +181,8 @@ def _write_subset(
             elif _same_file(it.path, dst):
                 method = "hardlink"
             else:
-                method = _place(it.path, dst, opts.link)
-                if exif_orientation(dst) not in (1,):
+                method = link_or_copy(it.path, dst, link=opts.link == "auto")
+                if exif_orientation(dst) != 1:
                     report.warnings.append(f"{it.id}: EXIF-rotated; trainers ignore EXIF, so it trains sideways (bake it with `prep crop` or `prep import`)")
             atomic_write_text(cap_dst, caption + "\n")
             if manifest:
@@ -225,6 +221,10 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
         raise ValueError("the output folder must differ from the input folder")
     if opts.reg_dir is not None and not opts.class_token:
         raise ValueError("regularisation images need --class-token (the reg folder is named {repeats}_{class})")
+    for what, folder in (("the input folder", src), ("--reg", Path(opts.reg_dir).resolve() if opts.reg_dir else None)):
+        if folder is not None and folder.is_relative_to(out):
+            # layout renames into and cleans the subset folders: its own inputs would be overwritten or deleted
+            raise ValueError(f"{what} {folder} is inside the output folder {out}: point it at the original images, outside {out}")
     trigger = opts.trigger.strip()
     items = discover(src, recursive=opts.recursive, exclude=[out])
     if not items:

@@ -72,6 +72,26 @@ def test_reg_needs_class_token(tmp_path: Path) -> None:
         layout_dataset(src, tmp_path / "ds", LayoutOptions(trigger="x", reg_dir=src))
 
 
+def test_reg_inside_output_is_refused(tmp_path: Path, digest) -> None:
+    """Pointing --reg at an earlier layout's reg folder would rename its files over each other."""
+    src = _src(tmp_path, 1)
+    reg = tmp_path / "regs"
+    reg.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 100, 0, 0)).save(reg / f"r{i}.png")
+    opts = LayoutOptions(trigger="ohwx", class_token="woman", reg_dir=reg)
+    rep = layout_dataset(src, tmp_path / "ds", opts)
+    rfolder = Path(rep.reg_dir or "")
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(rfolder / "added.png")
+    before = digest(rfolder)
+    opts.reg_dir = rfolder
+    with pytest.raises(ValueError, match="inside the output folder"):
+        layout_dataset(src, tmp_path / "ds", opts)
+    with pytest.raises(ValueError, match="inside the output folder"):
+        layout_dataset(Path(rep.image_dir), tmp_path / "ds", LayoutOptions(trigger="ohwx"))
+    assert digest(rfolder) == before
+
+
 def test_names_are_safe_and_unique(tmp_path: Path) -> None:
     assert len(safe_stem("a_b_c_d_e_f").split("_")) == 4
     assert safe_stem("Café Noir") == "Cafe-Noir"
