@@ -34,6 +34,7 @@ from prep.executor import Progress, rel_or_abs
 from prep.fsutil import atomic_write_text, sha256_file
 from prep.manifest import Manifest, Record
 from prep.models import ModelNotAvailable
+from prep.remote import redact
 from prep.trigger import apply_trigger
 
 STEP = "caption"
@@ -248,8 +249,9 @@ def caption_folder(
                 else:
                     outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
-        if mode == "skip" and _read(target):
-            outcome[item.id] = ItemOutcome(item.id, "skipped", caption=_read(target))
+        current = _read(target) if mode == "skip" else ""
+        if current:
+            outcome[item.id] = ItemOutcome(item.id, "skipped", caption=current)
             continue
         todo.append(item)
     report.to_caption = len(todo)
@@ -299,7 +301,8 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     data = {k: v for k, v in res.data.items() if k != "thresholded"}
     if res.status != "ok":
         status = "blocked" if res.status == "blocked" else ("retryable" if res.status == "retryable" else "failed")
-        reason = res.reason or f"{item.path}: the {backend_name} backend gave status {res.status} without a reason"
+        # redact here, where every reason reaches the manifest: no backend can leak a key into it
+        reason = redact(res.reason or f"{item.path}: the {backend_name} backend gave status {res.status} without a reason")
         sha = sha256_file(item.path) if status == "blocked" else None
         manifest.append(Record(STEP, item.id, status, source=source, source_sha256=sha, reason=reason,
                                data={"backend": backend_name, "config": config, **data}))
@@ -328,9 +331,9 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
         return ItemOutcome(item.id, "failed", reason=reason)
 
     target = _target(item, output)
-    existing = _read(target) if target.exists() or output is None else _read(item.caption_path)
-    if mode in ("append", "prepend") and not existing and output is not None:
-        existing = _read(item.caption_path)
+    existing = ""
+    if mode in ("append", "prepend"):  # with -o, start from the caption beside the image when the output has none
+        existing = _read(target) or (_read(item.caption_path) if output is not None else "")
     caption = _merge(existing, text, mode, tag_caption or is_tags)
     if trigger:
         caption = apply_trigger(caption, trigger)

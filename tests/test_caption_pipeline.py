@@ -255,3 +255,14 @@ def test_dry_run_writes_nothing_and_estimates(model, data):
 def test_unknown_mode_is_rejected(data):
     with pytest.raises(ValueError, match="skip"):
         caption_folder(data, "wd14", CaptionOptions(), mode="replace")  # type: ignore[arg-type]
+
+
+def test_a_key_in_a_backend_error_never_reaches_the_manifest(tmp_path, monkeypatch):
+    key = "AIzaFAKE-KEY-0123456789"
+    monkeypatch.setenv("GEMINI_API_KEY", key)
+    d = tmp_path / "k"
+    d.mkdir()
+    solid((4, 5, 6)).save(d / "x.png")
+    rep = caption_folder(d, "scripted", CaptionOptions(), backend=Scripted({"x.png": ("raise", f"400 bad request for key={key}")}))
+    assert rep.count("failed") == 1 and "x.png" in rep.outcomes[0].reason and key not in rep.outcomes[0].reason
+    assert key not in (d / "manifest.jsonl").read_text(encoding="utf-8")
