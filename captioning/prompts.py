@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from prep.trigger import apply_trigger
 
 SYSTEM_PROMPT = (
     "You write training captions for a LoRA image dataset. A caption reads like a prompt a user would type to "
@@ -144,3 +147,13 @@ def check_caption(text: str, lora_type: str) -> list[str]:
         if m:
             found.append(m.group(0))
     return found
+
+
+def finish_caption(text: str, lora_type: str, trigger: str | None, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A sentence backend's last step: note words this LoRA type should not have (`flags` in a
+    copy of `data`, for the manifest), then put the trigger first."""
+    data = dict(data)
+    flags = check_caption(text, lora_type)
+    if flags:
+        data["flags"] = flags
+    return (apply_trigger(text, trigger) if trigger else text), data

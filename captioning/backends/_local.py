@@ -92,8 +92,7 @@ def run_with_oom_fallback(batch: list[tuple[ImageItem, Any]], fn: Callable[[list
 
 def finish(results: list[CaptionResult], failed: list[CaptionResult], items: list[ImageItem], options: CaptionOptions, data: dict[str, Any]) -> list[CaptionResult]:
     """Clean captions, enforce the trigger, and return results in input order."""
-    from captioning.prompts import check_caption, clean_caption
-    from prep.trigger import apply_trigger
+    from captioning.prompts import clean_caption, finish_caption
 
     by_id = {r.id: r for r in [*results, *failed]}
     out = []
@@ -104,10 +103,7 @@ def finish(results: list[CaptionResult], failed: list[CaptionResult], items: lis
             if not text:
                 r = CaptionResult(it.id, "failed", reason=f"{it.path}: the model produced no text; try another --model or caption mode")
             else:
-                d = dict(data)
-                flags = check_caption(text, options.lora_type)
-                if flags:
-                    d["flags"] = flags
-                r = CaptionResult(it.id, "ok", text=apply_trigger(text, options.trigger) if options.trigger else text, data=d)
+                text, d = finish_caption(text, options.lora_type, options.trigger, data)
+                r = CaptionResult(it.id, "ok", text=text, data=d)
         out.append(r)
     return out

@@ -24,12 +24,11 @@ from typing import Any, ClassVar, Literal
 from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
 from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
-from captioning.prompts import build_prompt, check_caption, clean_caption
+from captioning.prompts import build_prompt, clean_caption, finish_caption
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError
 from prep.models import ModelNotAvailable
 from prep.remote import RemoteError, call_with_retry, classify_status, parse_retry_after
-from prep.trigger import apply_trigger
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 SUGGESTED_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-3.5-flash")
@@ -248,14 +247,9 @@ class GeminiBackend:
 
     def _finish(self, item: ImageItem, options: CaptionOptions, status: str, text: str | None, reason: str | None, data: dict[str, Any]) -> CaptionResult:
         if status == "ok" and text:
-            flags = check_caption(text, options.lora_type)
-            if flags:
-                data = {**data, "flags": flags}
-            if options.trigger:
-                fixed = apply_trigger(text, options.trigger)
-                if not re.match(re.escape(options.trigger), text, flags=re.IGNORECASE):
-                    data = {**data, "trigger_added": True}
-                text = fixed
+            if options.trigger and not re.match(re.escape(options.trigger), text, flags=re.IGNORECASE):
+                data = {**data, "trigger_added": True}
+            text, data = finish_caption(text, options.lora_type, options.trigger, data)
         return CaptionResult(item.id, status, text=text, reason=reason, data=data)  # type: ignore[arg-type]
 
     def estimate(self, n_images: int, options: CaptionOptions) -> Estimate:
