@@ -16,19 +16,18 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
 from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
-from captioning.prompts import check_caption, clean_caption, flat_prompt
+from captioning.prompts import clean_caption, finish_caption, flat_prompt
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError
 from prep.models import ModelNotAvailable
 from prep.remote import RemoteError
-from prep.trigger import apply_trigger
 
 HARDWARE_USD_PER_SECOND: dict[str, float] = {
     # replicate.com/pricing as last read (2025/2026); public models bill GPU seconds.
@@ -80,7 +79,7 @@ def resolve(options: CaptionOptions) -> ReplicatePreset:
     if base is None:
         bare = name.split(":")[0]
         match = next((p for p in PRESETS.values() if p.model == bare), None)
-        base = ReplicatePreset(name, prompt_key="prompt") if match is None else ReplicatePreset(name, match.image_key, match.prompt_key, match.input, match.output_key, match.hardware, match.seconds)
+        base = ReplicatePreset(name, prompt_key="prompt") if match is None else replace(match, model=name)
     ex = options.extra
     inputs = dict(base.input)
     if isinstance(ex.get("input"), dict):
@@ -226,11 +225,7 @@ class ReplicateBackend:
         return str(err)
 
     def _finish(self, item: ImageItem, options: CaptionOptions, text: str, data: dict[str, Any]) -> CaptionResult:
-        flags = check_caption(text, options.lora_type)
-        if flags:
-            data = {**data, "flags": flags}
-        if options.trigger:
-            text = apply_trigger(text, options.trigger)
+        text, data = finish_caption(text, options.lora_type, options.trigger, data)
         return CaptionResult(item.id, "ok", text=text, data=data)
 
     def estimate(self, n_images: int, options: CaptionOptions) -> Estimate:
