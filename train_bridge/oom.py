@@ -15,6 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from train_bridge.validate import flatten_like_trainer
+
 # Largest blocks_to_swap per architecture (docs of the trainers; 2 blocks must stay on the GPU).
 MAX_BLOCKS_TO_SWAP = {"anima": 26, "flux": 35, "sd3": 36, "wan21": 39, "wan22": 39, "wan": 39}
 
@@ -88,14 +90,9 @@ def load_toml(path: Path | None) -> dict[str, Any]:
 
 
 def flatten(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One level, later sections win: exactly what sd-scripts' read_config_from_file does."""
-    flat: dict[str, Any] = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            flat.update(v)
-        else:
-            flat[k] = v
-    return flat
+    """One level, later sections win: what sd-scripts' read_config_from_file does (validate's
+    flattening, without its issues)."""
+    return flatten_like_trainer(cfg)[0]
 
 
 def dataset_resolution(ds: dict[str, Any]) -> int | list[int] | None:
