@@ -23,7 +23,7 @@ from PIL import Image
 from prep.contact_sheet import Tile, write_contact_sheet
 from prep.dataset import caption_path_for, discover, read_caption
 from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
-from prep.fsutil import atomic_write_bytes, atomic_write_text, sha256_file
+from prep.fsutil import atomic_write_text, link_or_copy, sha256_file
 from prep.images import ImageLoadError, load_image, save_image
 from prep.manifest import Manifest, Record
 from prep.remote import RemoteError, redact
@@ -231,10 +231,14 @@ def _sources(src: Path, out: Path, options: VariationOptions, report: Variations
             continue
         try:
             caption = read_caption(item.caption_path)
+            sha = sha256_file(item.path)
         except ValueError as exc:
             report.failed.append({"id": item.id, "reason": str(exc)})
             continue
-        found.append((Source(item.id, str(item.path), sha256_file(item.path), caption), item.path))
+        except OSError as exc:
+            report.failed.append({"id": item.id, "reason": f"{item.path}: cannot read ({exc.strerror or exc}); check its permissions"})
+            continue
+        found.append((Source(item.id, str(item.path), sha, caption), item.path))
     return found
 
 
@@ -243,7 +247,7 @@ def _copy_original(src: Source, path: Path, out: Path, options: VariationOptions
     caption = original_caption(src.caption, options.trigger, options.original_tag)
     cap = caption_path_for(dest)
     if not (manifest.is_done(STEP, src.id, src.sha256) and dest.exists() and sha256_file(dest) == src.sha256):
-        atomic_write_bytes(dest, path.read_bytes())  # byte copy: no re-encode of the user's original
+        link_or_copy(path, dest, link=False)  # byte copy, streamed: no re-encode of the user's original
     if read_caption(cap) != caption:
         atomic_write_text(cap, caption + "\n")
     rec = Record(STEP, src.id, "ok", source=str(path), source_sha256=src.sha256, outputs=[src.id, rel_or_abs(cap, out)],
