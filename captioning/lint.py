@@ -23,6 +23,7 @@ from typing import Any, Literal
 from captioning.identity import IdentityRules
 from captioning.tags import normalize, split_caption
 from prep.dataset import discover, read_caption
+from prep.trigger import trigger_pattern
 
 Severity = Literal["error", "warning"]
 
@@ -135,9 +136,7 @@ def token_counter(encoder: str, tokenizer_path: str | None = None) -> tuple[Call
 
 
 def _trigger_issues(item_id: str, text: str, trigger: str) -> list[Issue]:
-    words = [re.escape(p) for p in re.split(r"[ _]+", trigger.strip()) if p]
-    pat = re.compile(r"(?<!\w)" + r"[ _]+".join(words) + r"(?!\w)", re.IGNORECASE)
-    hits = list(pat.finditer(text))
+    hits = list(trigger_pattern(trigger).finditer(text))
     if not hits:
         return [Issue(item_id, "trigger_missing", "error", f"no trigger {trigger!r}: run `prep trigger DIR --trigger {trigger}`")]
     out = []

@@ -179,8 +179,12 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
     keep_alpha: bool = False,
+    data: bytes | None = None,
 ) -> LoadedImage:
     """Open `path` as an upright RGB image.
+
+    `data`: decode these bytes (e.g. a model's output) instead of reading `path`, which then
+    only names them in messages.
 
     `draft_size` asks for a fast reduced decode when only a small version is needed (JPEG DCT
     scaling: a 12 MP photo decodes at 1/2, 1/4 or 1/8 size, never smaller than `draft_size` on
@@ -191,7 +195,7 @@ def load_image(
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # let a raised --max-pixels through Pillow's own guard
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageLoadError(

@@ -23,9 +23,12 @@ class TriggerChange:
         return self.before != self.after
 
 
-def _pattern(trigger: str) -> re.Pattern[str]:
-    # Whole-word, case-insensitive; underscores and spaces in the trigger match each other
-    # (tag rules turn `sage_character` into `sage character`).
+def trigger_pattern(trigger: str) -> re.Pattern[str]:
+    """Whole-word, case-insensitive matcher for `trigger`.
+
+    Underscores and spaces in the trigger match each other (tag rules turn `sage_character`
+    into `sage character`). `caption lint` finds triggers with the same pattern.
+    """
     parts = [re.escape(p) for p in re.split(r"[ _]+", trigger.strip()) if p]
     body = r"[ _]+".join(parts)
     return re.compile(rf"(?<![\w]){body}(?![\w])", re.IGNORECASE)
@@ -44,7 +47,7 @@ def apply_trigger(caption: str, trigger: str, *, separator: str = ", ", refer_as
     if not trig:
         raise ValueError("the trigger word is empty")
     text = caption.replace("\r\n", "\n").strip()
-    pat = _pattern(trig)
+    pat = trigger_pattern(trig)
     text = re.sub(re.escape(PLACEHOLDER), trig, text, flags=re.IGNORECASE)
 
     # Leading occurrence: "trig, ..." or "Trig is a woman ..." → keep one, fix casing.
