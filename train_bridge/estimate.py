@@ -190,17 +190,6 @@ def musubi_buckets(resolution: tuple[int, int], steps: int = 16) -> list[tuple[i
     return musubi_bucket_resolutions(resolution, steps)
 
 
-def musubi_select(size: tuple[int, int], resolution: tuple[int, int], buckets: list[tuple[int, int]], *, no_upscale: bool = False, enabled: bool = True, steps: int = 16) -> tuple[int, int]:
-    if not enabled:
-        return resolution
-    w, h = size
-    if no_upscale and w * h <= resolution[0] * resolution[1]:
-        return (w - w % steps, h - h % steps)
-    ar = w / h
-    errs = [abs(bw / bh - ar) for bw, bh in buckets]
-    return buckets[errs.index(min(errs))]
-
-
 def _musubi_batches(doc: dict[str, Any], subsets_out: list[SubsetCount], buckets_out: Counter[str], warnings: list[str]) -> tuple[int, int]:
     general = doc.get("general", {})
     batches = n_items = 0
@@ -213,7 +202,7 @@ def _musubi_batches(doc: dict[str, Any], subsets_out: list[SubsetCount], buckets
             continue
         res = get("resolution", [960, 544])
         res_t = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
-        buckets = musubi_buckets(res_t) if get("enable_bucket", False) else [res_t]
+        selector = BucketSpec(resolution=res_t, steps=16, no_upscale=get("bucket_no_upscale", False), enabled=get("enable_bucket", False), family="musubi")
         ext = get("caption_extension", None)
         repeats = int(get("num_repeats", 1))
         batch = int(get("batch_size", 1))
@@ -226,7 +215,7 @@ def _musubi_batches(doc: dict[str, Any], subsets_out: list[SubsetCount], buckets
         subsets_out.append(count)
         per: Counter[tuple[int, int]] = Counter()
         for _, size in items:
-            per[musubi_select(size, res_t, buckets, no_upscale=get("bucket_no_upscale", False), enabled=get("enable_bucket", False))] += repeats
+            per[selector.select(*size).bucket] += repeats
         for b, c in per.items():
             buckets_out[f"{b[0]}x{b[1]}"] += c
         batches += sum(math.ceil(c / batch) for c in per.values())
