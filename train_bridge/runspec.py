@@ -73,10 +73,6 @@ class RunSpec:
         return self.run_dir / "run.json"
 
     @property
-    def train_commands(self) -> list[Command]:
-        return [c for c in self.commands if not c.is_cache]
-
-    @property
     def steps_per_epoch(self) -> int | None:
         est = self.raw.get("estimate") or {}
         v = est.get("steps_per_epoch")
