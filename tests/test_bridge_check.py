@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from bridge_helpers import make_dataset, make_models, write_safetensors
 from typer.testing import CliRunner
 
 from train_bridge.check import check_config_files, check_run
 from train_bridge.cli import app
-from train_bridge.config import write_run_config
+from train_bridge.config import load_train_toml, write_run_config
 
 
 @pytest.fixture()
@@ -145,3 +147,16 @@ def test_probe_failure_is_reported(world, tmp_path: Path) -> None:
     rep = check_run(root / "run", sd_scripts=fake)
     assert any(i.area == "trainer" for i in rep.errors)
     shutil.rmtree(fake)
+
+
+def test_run_check_sees_dataset_options_that_clash_with_caching(world) -> None:
+    # `check RUN` must judge the dataset against the run's own train.toml, as `check --config` does
+    root, ds, models = world
+    write_run_config("anima", ds, root / "run", models=models["anima"])
+    flat, _ = load_train_toml(root / "run" / "train.toml")
+    assert flat.get("cache_text_encoder_outputs") or flat.get("cache_text_encoder_outputs_to_disk")
+    ds_toml = root / "run" / "dataset.toml"
+    doc = tomllib.loads(ds_toml.read_text(encoding="utf-8"))
+    doc["datasets"][0]["subsets"][0]["shuffle_caption"] = True
+    ds_toml.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    assert "shuffle_caption cannot be used with cache_text_encoder_outputs" in _msgs(check_run(root / "run"))

@@ -448,16 +448,22 @@ def check_config_files(arch: str, train_toml: Path | str | None = None, dataset_
     except (OSError, tomllib.TOMLDecodeError) as exc:
         report.add("error", "dataset", f"{ds_path}: {exc}")
         return report
+    check_dataset_doc(spec, ddoc, [flat], trigger, report)
+    return report
+
+
+def check_dataset_doc(spec: ArchSpec, ddoc: dict[str, Any], flats: list[dict[str, Any]], trigger: str | None, report: CheckReport) -> None:
+    """The dataset TOML: schema, options that clash with the training TOMLs' caching, media."""
     if spec.trainer == "musubi-tuner":
         check_musubi_dataset_doc(ddoc, report)
     else:
         check_sd_dataset_doc(ddoc, spec, report)
-    if flat.get("cache_latents") or flat.get("cache_latents_to_disk"):
+    if any(f.get("cache_latents") or f.get("cache_latents_to_disk") for f in flats):
         for ds in ddoc.get("datasets", []):
             for s in ds.get("subsets", [ds]):
                 if s.get("color_aug") or s.get("random_crop") or ddoc.get("general", {}).get("color_aug"):
                     report.add("error", "dataset", "color_aug/random_crop cannot be used with cache_latents")
-    te_cache = flat.get("cache_text_encoder_outputs") or flat.get("cache_text_encoder_outputs_to_disk")
+    te_cache = any(f.get("cache_text_encoder_outputs") or f.get("cache_text_encoder_outputs_to_disk") for f in flats)
     if te_cache and spec.trainer == "sd-scripts":
         g = ddoc.get("general", {})
         for ds in ddoc.get("datasets", []):
@@ -471,7 +477,6 @@ def check_config_files(arch: str, train_toml: Path | str | None = None, dataset_
                 if bad:
                     report.add("error", "dataset", f"{s.get('image_dir')}: {', '.join(bad)} cannot be used with cache_text_encoder_outputs")
     check_media(spec, ddoc, trigger, report)
-    return report
 
 
 def check_run(run_dir: Path | str, *, sd_scripts: Path | str | None = None, musubi: Path | str | None = None, python: str | None = None, timeout: int = 900) -> CheckReport:
@@ -497,9 +502,12 @@ def check_run(run_dir: Path | str, *, sd_scripts: Path | str | None = None, musu
     if ds_path is None or not ds_path.is_file():
         report.add("error", "dataset", f"dataset config {ds_path} is missing")
         return report
-    ddoc = tomllib.loads(ds_path.read_text(encoding="utf-8"))
-    sub = check_config_files(spec.name, None, ds_path, trigger=run.get("trigger"))
-    report.items += sub.items
+    try:
+        ddoc = tomllib.loads(ds_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        report.add("error", "dataset", f"{ds_path}: {exc}")
+        return report
+    check_dataset_doc(spec, ddoc, list(flats.values()), run.get("trigger"), report)
 
     # Models: every path a command passes or a config names.
     checked: set[tuple[str, str]] = set()
