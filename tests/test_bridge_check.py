@@ -160,3 +160,10 @@ def test_run_check_sees_dataset_options_that_clash_with_caching(world) -> None:
     doc["datasets"][0]["subsets"][0]["shuffle_caption"] = True
     ds_toml.write_text(tomli_w.dumps(doc), encoding="utf-8")
     assert "shuffle_caption cannot be used with cache_text_encoder_outputs" in _msgs(check_run(root / "run"))
+
+
+def test_check_of_a_broken_run_json_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text("{not json", encoding="utf-8")
+    res = CliRunner().invoke(app, ["check", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "run.json is not valid JSON" in " ".join(res.output.split())

@@ -126,7 +126,7 @@ def check(
             if not arch:
                 raise fail("checking a TOML file needs --arch", EXIT_USAGE)
             report = check_config_files(arch, target, dataset_config)
-    except (FileNotFoundError, KeyError) as exc:
+    except (FileNotFoundError, KeyError, ValueError) as exc:  # ValueError: run.json or a TOML that does not parse
         raise fail(str(exc).strip("'\""), EXIT_USAGE) from None
     if as_json:
         emit_json(report.as_dict())

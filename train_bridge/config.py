@@ -676,7 +676,10 @@ def load_run(run_dir: Path | str) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a run folder (run `train_bridge config` first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); rewrite it with `train_bridge config`") from None
 
 
 def load_train_toml(path: Path | str) -> tuple[dict[str, Any], list[Issue]]:
