@@ -20,7 +20,7 @@ def check(
     resolution: int = typer.Option(1024, "--resolution", help="Trainer resolution for bucket assignment."),
     min_side: int = typer.Option(None, "--min-side", help="Flag images whose short side is below this (default resolution/2)."),
     steps: int = typer.Option(64, "--bucket-steps", help="Bucket step (64 default; Anima also allows 16)."),
-    max_bucket_reso: int = typer.Option(None, "--max-bucket-reso", help="Largest bucket side (default max(1024, resolution))."),
+    max_bucket_reso: int = typer.Option(None, "--max-bucket-reso", help="Largest bucket side (default: twice the resolution, at least 1024, as train_bridge config writes it)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders."),
     workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: all cores)."),
     threshold: int = typer.Option(8, "--dup-threshold", help="Duplicate threshold in bits of 64."),
