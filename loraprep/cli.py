@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from captioning.cli import app as caption_app
@@ -191,25 +192,25 @@ def render(report: RunReport) -> None:
     for s in report.stages:
         color = {"done": "green", "up-to-date": "dim", "stopped": "red"}.get(s.status, "")
         text = s.summary.get("reason", "") if s.status == "stopped" else _fmt(s.summary, _SHOW.get(s.name, ()))
-        t.add_row(s.name, f"[{color}]{s.status}[/{color}]" if color else s.status, text)
+        t.add_row(s.name, f"[{color}]{s.status}[/{color}]" if color else s.status, escape(text))
     console.print(t)
     crop = report.stage("crop")
     if crop and crop.summary.get("contact_sheets"):
-        console.print(f"contact sheets: {', '.join(crop.summary['contact_sheets'])}")
+        console.print(escape(f"contact sheets: {', '.join(crop.summary['contact_sheets'])}"))
     est = report.stage("estimate")
     if est:
         for w in est.summary.get("warnings", []) + est.summary.get("check_warnings", []) + est.summary.get("check_errors", []):
-            console.print(f"[yellow]note:[/yellow] {w}")
+            console.print(f"[yellow]note:[/yellow] {escape(w)}")
         buckets = est.summary.get("buckets") or {}
         if buckets:
             console.print("buckets: " + ", ".join(f"{k}: {v}" for k, v in buckets.items()))
     if report.ok:
         if not report.work_done:
             console.print("everything was up to date: nothing to do.")
-        console.print(f"\nnext: [bold]{' '.join(report.next_command or [])}[/bold]")
+        console.print(f"\nnext: [bold]{escape(' '.join(report.next_command or []))}[/bold]")
     else:
-        console.print(f"\n[red]stopped at {report.stopped_at}[/red]: {report.stop_reason}")
-        console.print(f"fix it, then run the same command again (or: loraprep run --config {report.project_dir / PROJECT_FILE}); finished stages are kept.")
+        console.print(f"\n[red]stopped at {report.stopped_at}[/red]: {escape(report.stop_reason or '')}")
+        console.print(escape(f"fix it, then run the same command again (or: loraprep run --config {report.project_dir / PROJECT_FILE}); finished stages are kept."))
 
 
 def main() -> None:

@@ -432,7 +432,7 @@ class Pipeline:
                 self.run_dir,
                 models=dict(t.models),
                 # the crops were made for this resolution's buckets: train at the same one
-                overrides={**dict(t.set), "resolution": f"{self.p.resolution},{self.p.resolution}"},
+                overrides={**dict(t.set), "dataset.resolution": f"{self.p.resolution},{self.p.resolution}"},
                 trigger=self.p.trigger,
                 **kw,
             )

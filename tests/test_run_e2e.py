@@ -163,3 +163,31 @@ def test_zip_with_a_top_folder(tmp_path, anime_dir, yunet_model):
     assert sorted(p.name for p in (tmp_path / "p" / "01_raw").glob("*.png")) == ["sylvie_green_giggle.png", "sylvie_green_normal.png"]
     caps = sorted((tmp_path / "p" / "dataset" / "img" / "3_Green girl").glob("*.txt"))
     assert len(caps) == 2 and all(c.read_text().startswith("Green") for c in caps)
+
+
+def test_wan_run_crops_to_musubi_buckets(tmp_path, anime_dir, yunet_model):
+    """Wan goes through musubi-tuner: crops are fixed points of its bucket rule, config takes the resolution."""
+    from PIL import Image
+
+    from prep.buckets import BucketSpec
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for p in sorted(anime_dir.glob("sylvie_blue_*.png"))[:2]:
+        shutil.copy(p, raw / p.name)
+    wd = build_tiny_wd14(tmp_path / "wd", batch=None)
+    code, rep = _run([
+        str(raw), "-o", str(tmp_path / "p"), "--trigger", "sylvie", "--trainer", "wan22-t2v", "--resolution", "512",
+        "--caption-model", str(wd), "--detector", "photo", "--detector-model", str(yunet_model),
+        "--dit", "low.safetensors", "--model", "dit_high=high.safetensors", "--vae", "vae.safetensors", "--model", "t5=t5.pth",
+    ])
+    assert code == 0, rep
+    run = tmp_path / "p" / "run"
+    assert (run / "train_high.toml").is_file() and (run / "train_low.toml").is_file()
+    ds = tomllib.loads((run / "dataset.toml").read_text())
+    assert ds["general"]["resolution"] == [512, 512]
+    spec = BucketSpec(resolution=(512, 512), steps=16, family="musubi")
+    sizes = {Image.open(p).size for p in (tmp_path / "p" / "02_cropped").glob("sylvie_*.png")}
+    assert sizes and all(spec.is_fixed_point(s) for s in sizes)
+    est = {s["name"]: s for s in rep["stages"]}["estimate"]["summary"]
+    assert set(est["buckets"]) == {f"{w}x{h}" for w, h in sizes}
