@@ -69,7 +69,11 @@ class CaptionSettings:
     general_threshold: float = 0.35
     character_threshold: float = 0.85
     mcut: bool = False
-    prune_identity: bool = False
+    prune_identity: bool = True
+    """Drop tags of a character's fixed look (hair, eyes, ...) so the trigger learns them.
+
+    On by default here because `lora_type` defaults to character; set false for style LoRAs.
+    """
     prune_core: float | None = None
     exclude: list[str] = field(default_factory=list)
     replace: list[str] = field(default_factory=list)

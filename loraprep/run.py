@@ -345,7 +345,7 @@ class Pipeline:
                 mode="overwrite",
                 output=self.captions,
                 rules=rules,
-                prune_identity_tags=c.prune_identity,
+                prune_identity_tags=c.prune_identity and c.lora_type == "character",
                 prune_core=c.prune_core,
                 only=set(todo),
                 progress=self.progress(),
