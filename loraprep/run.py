@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ class StageStop(Exception):
 @dataclass
 class StageResult:
     name: str
-    status: str  # done | up-to-date | stopped | skipped
+    status: str  # done | up-to-date | stopped
     summary: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -161,8 +162,6 @@ class Pipeline:
 
     # driver ---------------------------------------------------------------------------------
     def run(self) -> RunReport:
-        import time
-
         self.dir.mkdir(parents=True, exist_ok=True)
         self.p.save(self.dir / PROJECT_FILE)
         for name in STAGES:
@@ -265,12 +264,8 @@ class Pipeline:
         from prep.models import ModelNotAvailable
 
         c = self.p.crop
-        if not c.enabled:
-            c_framing = "full"
-        else:
-            c_framing = c.framing
         opts = CropOptions(
-            framing=c_framing,
+            framing=c.framing if c.enabled else "full",  # disabled: whole image, bucket fit only
             resolution=self.p.resolution,
             trainer=self._crop_trainer(),
             detector=c.detector,
