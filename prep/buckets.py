@@ -10,28 +10,16 @@ bucket-sized images.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 Size = tuple[int, int]
-
-# Bucket step each sd-scripts / musubi script accepts (`verify_bucket_reso_steps`); the
-# first entry is our default, the rest are the other legal choices.
-ARCH_BUCKET_STEPS: dict[str, tuple[int, ...]] = {
-    "anima": (64, 16, 32, 48),
-    "flux": (64, 32),
-    "sdxl": (64, 32),
-    "sd3": (64, 32),
-    "sd15": (64,),
-    "wan": (16,),
-}
-# Which bucketing algorithm a trainer uses: sd-scripts' BucketManager or musubi-tuner's
-# BucketSelector (Wan). They give different bucket lists for the same resolution.
-ARCH_BUCKET_FAMILY: dict[str, str] = {"wan": "musubi"}
-
 
 def make_bucket_resolutions(max_reso: Size, min_size: int = 256, max_size: int = 1024, divisible: int = 64) -> list[Size]:
     """The predefined buckets: same area as `max_reso`, sides in [min_size, max_size], multiples of `divisible`."""
@@ -217,3 +205,94 @@ class BucketSpec:
 
 def bucket_label(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
+
+
+# -- what a folder of crops was made for -------------------------------------------------------
+BUCKET_RECORD = "buckets.json"
+"""Written by `prep crop` into its output and carried by `prep layout` into the dataset, so
+`train_bridge config` trains at the buckets the crops are fixed points of (and `check` can
+tell when it would not)."""
+
+
+def bucket_spec_for(
+    arch: str | None,
+    resolution: int | Size,
+    *,
+    step: int | None = None,
+    min_reso: int | None = None,
+    max_reso: int | None = None,
+    no_upscale: bool = False,
+) -> BucketSpec:
+    """The bucket settings `arch`'s trainer uses at `resolution` (loraprep's defaults, the arch's step)."""
+    from prep.archs import get_arch
+
+    spec_arch = get_arch(arch) if arch else None
+    allowed = spec_arch.bucket_steps if spec_arch else None
+    chosen = step or (allowed[0] if allowed else 64)
+    if allowed and chosen not in allowed:
+        raise ValueError(f"bucket step {chosen} is not accepted by {spec_arch.name}: use one of {', '.join(map(str, allowed))}")  # type: ignore[union-attr]
+    res = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    kw: dict[str, Any] = {"steps": chosen, "no_upscale": no_upscale}
+    if spec_arch and spec_arch.bucket_family == "musubi":
+        kw["family"] = "musubi"
+    else:
+        if min_reso is not None:
+            kw["min_reso"] = min_reso
+        if max_reso is not None:
+            kw["max_reso"] = max_reso
+    spec = BucketSpec.training_default(res, **kw)
+    spec.validate()
+    return spec
+
+
+def bucket_record(spec: BucketSpec, *, arch: str | None, written_by: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "arch": arch,
+        "family": spec.family,
+        "resolution": list(spec.resolution),
+        "steps": spec.steps,
+        "min_reso": spec.min_reso,
+        "max_reso": spec.max_reso,
+        "no_upscale": spec.no_upscale,
+        "written_by": written_by,
+    }
+
+
+def write_bucket_record(folder: Path, spec: BucketSpec, *, arch: str | None, written_by: str) -> Path:
+    from prep.fsutil import atomic_write_text
+
+    path = Path(folder) / BUCKET_RECORD
+    atomic_write_text(path, json.dumps(bucket_record(spec, arch=arch, written_by=written_by), indent=2) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class BucketRecord:
+    """A folder's `buckets.json`: the spec its images were made for, and who made them."""
+
+    spec: BucketSpec
+    arch: str | None
+    written_by: str
+    path: Path
+
+
+def read_bucket_record(folder: Path) -> BucketRecord | None:
+    """The record in `folder` (None when there is none); a broken one raises ValueError naming it."""
+    path = Path(folder) / BUCKET_RECORD
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        spec = BucketSpec(
+            resolution=(int(d["resolution"][0]), int(d["resolution"][1])),
+            min_reso=int(d["min_reso"]),
+            max_reso=int(d["max_reso"]),
+            steps=int(d["steps"]),
+            no_upscale=bool(d.get("no_upscale", False)),
+            family=str(d.get("family", "sd-scripts")),
+        )
+        spec.validate()
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a loraprep bucket record ({exc}); delete it or rerun `prep crop`") from None
+    return BucketRecord(spec, d.get("arch"), str(d.get("written_by", "")), path)

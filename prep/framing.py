@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from prep.buckets import ARCH_BUCKET_FAMILY, ARCH_BUCKET_STEPS, BucketSpec, Size
+from prep.buckets import BucketSpec, Size, bucket_spec_for
 
 Rect = tuple[float, float, float, float]
 
@@ -68,23 +68,11 @@ class CropPlan:
 
 
 def bucket_spec(resolution: int, *, trainer: str | None = None, step: int | None = None, min_reso: int | None = None, max_reso: int | None = None) -> BucketSpec:
-    """The bucket settings the trainer will use at `resolution` (sd-scripts defaults, step per trainer)."""
-    allowed = ARCH_BUCKET_STEPS.get(trainer or "", None)
-    if trainer and allowed is None:
-        raise ValueError(f"unknown trainer {trainer!r}: use {', '.join(ARCH_BUCKET_STEPS)}")
-    chosen = step or (allowed[0] if allowed else 64)
-    if allowed and chosen not in allowed:
-        raise ValueError(f"bucket step {chosen} is not accepted by {trainer}: use one of {', '.join(map(str, allowed))}")
-    kw: dict[str, object] = {"steps": chosen}
-    if min_reso is not None:
-        kw["min_reso"] = min_reso
-    if max_reso is not None:
-        kw["max_reso"] = max_reso
-    if ARCH_BUCKET_FAMILY.get(trainer or "") == "musubi":
-        kw = {"steps": chosen, "family": "musubi"}
-    spec = BucketSpec.square(resolution, **kw)  # type: ignore[arg-type]
-    spec.validate()
-    return spec
+    """The bucket settings the trainer will use at `resolution` (see `prep.buckets.bucket_spec_for`)."""
+    try:
+        return bucket_spec_for(trainer, resolution, step=step, min_reso=min_reso, max_reso=max_reso)
+    except KeyError as exc:
+        raise ValueError(str(exc).strip('"')) from None
 
 
 def _candidates(spec: BucketSpec, ar: float) -> list[Size]:

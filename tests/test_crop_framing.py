@@ -81,7 +81,7 @@ def test_step_16_for_anima_gives_finer_aspect_ratios() -> None:
     assert fine.is_fixed_point(plan.bucket)
     with pytest.raises(ValueError, match="not accepted"):
         bucket_spec(1024, trainer="sdxl", step=16)
-    with pytest.raises(ValueError, match="unknown trainer"):
+    with pytest.raises(ValueError, match="unknown architecture"):
         bucket_spec(1024, trainer="nope")
 
 
