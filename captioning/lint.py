@@ -1,9 +1,10 @@
 """`caption lint`: problems in a dataset's captions, before they cost a training run.
 
 Checks: images without a caption, empty captions, the trigger (missing, not first, wrong
-casing, repeated), duplicate tags, the token budget of the trainer's text encoder (CLIP 75 /
-150 / 225 for SD1.5, SDXL and SD3; T5 512 for FLUX and Wan; Qwen3 512 for Anima), identity
-words left in a character LoRA's captions, and boilerplate openers of sentence captions.
+casing, repeated), duplicate tags, the token budget of the trainer's text encoder (which
+encoder an architecture has is read from `prep.archs`; CLIP 75 / 150 / 225 for SDXL and SD3,
+T5 512 for FLUX and Wan, Qwen3 512 for Anima), identity words left in a character LoRA's
+captions, and boilerplate openers of sentence captions.
 
 Token counts use a real tokenizer only when one is available offline (`--tokenizer PATH`, or
 in the Hugging Face cache); otherwise they are a deliberately generous approximation and the
@@ -18,11 +19,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
+from captioning.captionfile import UnreadableCaption, read_user_caption
 from captioning.identity import IdentityRules
 from captioning.tags import normalize, split_caption
-from prep.dataset import discover, read_caption
+from prep.archs import ALIASES, ARCH_NAMES, get_arch
+from prep.dataset import discover
+from prep.executor import Progress
+from prep.options import StageOptions
 from prep.trigger import trigger_pattern
 
 Severity = Literal["error", "warning"]
@@ -41,10 +48,19 @@ ENCODERS = {
     "t5": Encoder("T5", 512, "google/t5-v1_1-xxl"),
     "qwen3": Encoder("Qwen3", 512, "Qwen/Qwen3-0.6B"),
 }
-TRAINERS = {
-    "sd15": "clip", "sdxl": "clip", "sd3": "clip", "flux": "t5", "chroma": "t5", "wan": "t5", "wan21": "t5",
-    "wan22": "t5", "hunyuan": "t5", "anima": "qwen3",
-}
+TRAINERS: dict[str, str] = {name: get_arch(name).text_encoder for name in (*ARCH_NAMES, *ALIASES)}
+"""Architecture (or alias) -> text encoder key: a view of `prep.archs`, which holds the fact."""
+
+
+def encoder_for(trainer: str) -> tuple[str, str]:
+    """(architecture name, encoder key) for `--trainer`; ValueError naming the choices when unknown."""
+    try:
+        spec = get_arch(trainer)
+    except KeyError as exc:
+        raise ValueError(f"--trainer: {exc.args[0]} (or an alias: {', '.join(ALIASES)})") from None
+    if spec.text_encoder not in ENCODERS:
+        raise ValueError(f"--trainer {trainer}: no token budget known for its text encoder {spec.text_encoder!r}")
+    return spec.name, spec.text_encoder
 
 BOILERPLATE = re.compile(
     r"^(this|the) (image|picture|photo|illustration|artwork) (shows|depicts|features|is|presents|captures)\b|^in this (image|picture)\b",
@@ -75,6 +91,11 @@ class LintReport:
     captions: int = 0
     issues: list[Issue] = field(default_factory=list)
     max_tokens: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        """Captions lint could not read (not UTF-8); other issues are findings, not failures."""
+        return sum(1 for i in self.issues if i.code == "unreadable")
 
     def by_code(self) -> Counter[str]:
         return Counter(i.code for i in self.issues)
@@ -187,14 +208,12 @@ def lint_folder(
     recursive: bool = False,
 ) -> LintReport:
     """Lint every image's caption under `folder`; returns the issues (never writes)."""
-    trainer = trainer.lower()
-    if trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {trainer!r}: use one of {', '.join(sorted(TRAINERS))}")
-    enc_key = TRAINERS[trainer]
+    trainer, enc_key = encoder_for(trainer)
     budget = ENCODERS[enc_key].budget
     if max_token_length:
         if enc_key != "clip" or max_token_length not in (75, 150, 225):
-            raise ValueError("--max-token-length is 75, 150 or 225 and applies to CLIP trainers (sd15, sdxl, sd3)")
+            clip = ", ".join(n for n in ARCH_NAMES if get_arch(n).text_encoder == "clip")
+            raise ValueError(f"--max-token-length is 75, 150 or 225 and applies to CLIP trainers ({clip})")
         budget = max_token_length
     count, desc, approx = token_counter(enc_key, tokenizer)
     identity = identity or IdentityRules()
@@ -203,8 +222,8 @@ def lint_folder(
     for item in discover(folder, recursive=recursive):
         rep.images += 1
         try:
-            text = read_caption(item.caption_path)
-        except ValueError as exc:
+            text = read_user_caption(item.caption_path)
+        except UnreadableCaption as exc:
             rep.issues.append(Issue(item.id, "unreadable", "error", str(exc)))
             continue
         if text is None:
@@ -236,3 +255,31 @@ def lint_folder(
                 rep.issues.append(Issue(item.id, "identity_tags", "warning",
                                         f"identity tags in a character set: {', '.join(left)} (caption with --prune-identity, or drop them)"))
     return rep
+
+
+class LintOptions(StageOptions):
+    """The options of `caption lint` and of the lint stage, declared once."""
+
+    trigger: str | None = Field(None, description="The trigger word every caption must start with.",
+                                json_schema_extra={"cli": ("--trigger", "-t")})
+    trainer: str = Field("sdxl", description=f"Whose text encoder budget applies (an architecture of prep.archs): "
+                         f"{', '.join([*ARCH_NAMES, *ALIASES])}.")
+    max_token_length: int | None = Field(None, description="CLIP trainers: 75, 150 or 225 (sd-scripts --max_token_length).")
+    lora_type: Literal["character", "style", "motion", "object", "concept"] = Field(
+        "character", description="character sets are checked for identity tags.")
+    tokenizer: str | None = Field(None, description="A local tokenizer folder for exact counts (default: approximate unless cached).")
+    recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive/--no-recursive", "-r")})
+
+
+class LintStage:
+    """The lint stage (`prep.stage.Stage`); it never writes, so `out` is not used."""
+
+    name: ClassVar[str] = "lint"
+    Options: ClassVar[type[StageOptions]] = LintOptions
+
+    def run(self, src: Path, out: Path, options: LintOptions, *, progress: Progress | None = None) -> LintReport:
+        return lint_folder(src, trigger=options.trigger, trainer=options.trainer, max_token_length=options.max_token_length,
+                           lora_type=options.lora_type, tokenizer=options.tokenizer, recursive=options.recursive)
+
+
+STAGE = LintStage()

@@ -20,27 +20,30 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
 
 from captioning.backends import backend_class
-from captioning.backends.base import CaptionBackend, CaptionOptions, CaptionResult, Estimate
-from captioning.identity import IdentityRules, PruneReport, core_tags, prune_identity
-from captioning.tags import TagRules, normalize, split_caption
+from captioning.backends.base import CaptionBackend, CaptionOptions, CaptionResult, Estimate, LoraType
+from captioning.captionfile import UnreadableCaption, read_user_caption
+from captioning.identity import DEFAULT_GROUPS, GROUPS, IdentityRules, PruneReport, core_tags, prune_identity
+from captioning.merge import MODES, SEPARATOR, Mode, merge_caption
+from captioning.tags import Order, TagRules, Thresholds, normalize, parse_replacements, split_caption, split_tags
 from prep.dataset import ImageItem, discover, read_caption
-from prep.executor import Progress, rel_or_abs
+from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
 from prep.fsutil import atomic_write_text, sha256_file
 from prep.manifest import Manifest, Record
 from prep.models import ModelNotAvailable
+from prep.options import StageOptions
 from prep.remote import redact
 from prep.trigger import apply_trigger
 
 STEP = "caption"
-Mode = Literal["skip", "overwrite", "append", "prepend"]
-MODES = ("skip", "overwrite", "append", "prepend")
-SEPARATOR = ", "
+__all__ = ["MODES", "SEPARATOR", "Mode", "caption_folder", "CaptionReport", "CaptionStageOptions", "STAGE"]
 
 
 @dataclass
@@ -73,6 +76,11 @@ class CaptionReport:
     @property
     def total(self) -> int:
         return len(self.outcomes)
+
+    @property
+    def n_failed(self) -> int:
+        """Images that failed or were blocked (`prep.stage.StageReport`): the stage is not up to date."""
+        return len(self.problems)
 
     @property
     def problems(self) -> list[ItemOutcome]:
@@ -136,55 +144,72 @@ def _target(item: ImageItem, output: Path | None) -> Path:
 
 
 def _read(path: Path) -> str:
+    """A caption we wrote (resumed outcomes); unreadable counts as empty here, never for the user's files."""
     try:
         return read_caption(path) or ""
     except ValueError:
         return ""
 
 
-def _merge(existing: str, new: str, mode: str, tags: bool) -> str:
-    """Combine an existing caption with a new one for append/prepend (tags: no duplicates)."""
-    if mode not in ("append", "prepend") or not existing.strip():
-        return new
-    if tags:
-        old = split_caption(existing)
-        fresh = split_caption(new)
-        keys = {normalize(t) for t in old}
-        if mode == "append":
-            return SEPARATOR.join(old + [t for t in fresh if normalize(t) not in keys])
-        fresh_keys = {normalize(t) for t in fresh}
-        return SEPARATOR.join(fresh + [t for t in old if normalize(t) not in fresh_keys])
-    return f"{existing.strip()} {new}" if mode == "append" else f"{new} {existing.strip()}"
+def _existing(item: ImageItem, target: Path, output: Path | None, mode: str, keep_apart: bool) -> str:
+    """The caption of the user's that the new one is merged with; raises UnreadableCaption when it is not UTF-8.
+
+    keep_apart: the caption beside the image (merged later). In place: the caption file itself.
+    With `-o`: the caption in the output folder, or for append/prepend the one beside the image
+    when the output has none yet.
+    """
+    if keep_apart:
+        return read_user_caption(item.caption_path) or ""
+    current = read_user_caption(target) or ""
+    if not current and output is not None and mode in ("append", "prepend"):
+        current = read_user_caption(item.caption_path) or ""
+    return current
 
 
-def _guarded_batches(backend: CaptionBackend, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
-    """caption_batch in chunks; a chunk that raises is retried per image so one image cannot sink it."""
-    size = max(1, options.batch_size, options.concurrency)
-    for i in range(0, len(items), size):
-        chunk = items[i : i + size]
-        try:
-            yield backend.caption_batch(chunk, options)
-            continue
-        except (KeyboardInterrupt, SystemExit, ModelNotAvailable):
-            raise
-        except Exception:
-            pass
-        out = []
-        for item in chunk:
+class _CaptionStep:
+    """The executor's step: one backend call per batch, each result carried in `Result.data`.
+
+    A missing model is not an image's fault: it is kept (`fatal`) and re-raised by the pipeline
+    instead of being retried image by image.
+    """
+
+    def __init__(self, backend: CaptionBackend, options: CaptionOptions):
+        self.backend = backend
+        self.options = options
+        self.fatal: ModelNotAvailable | None = None
+
+    def __call__(self, batch: list[ImageItem]) -> list[Result]:
+        if self.fatal is None:
             try:
-                out.extend(backend.caption_batch([item], options))
-            except (KeyboardInterrupt, SystemExit, ModelNotAvailable):
-                raise
-            except Exception as exc:
-                out.append(CaptionResult(item.id, "failed", reason=f"{item.path}: {type(exc).__name__}: {exc}"))
-        yield out
+                got = {r.id: r for r in self.backend.caption_batch(batch, self.options)}
+            except ModelNotAvailable as exc:
+                self.fatal = exc
+        if self.fatal is not None:
+            return [Result(it.id, "failed", source=str(it.path), reason=str(self.fatal)) for it in batch]
+        out = []
+        for it in batch:
+            r = got.get(it.id)
+            if r is None:
+                out.append(Result(it.id, "failed", source=str(it.path), reason=f"{it.path}: the backend returned no result for it"))
+            else:
+                out.append(Result(it.id, "ok" if r.status == "ok" else "failed", source=str(it.path), reason=r.reason, data={"caption": r}))
+        return out
 
 
-def _results(backend: CaptionBackend, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
-    stream = getattr(backend, "caption_stream", None)
-    if callable(stream):
-        return stream(items, options)
-    return _guarded_batches(backend, items, options)
+def _as_caption_result(r: Result) -> CaptionResult:
+    res = r.data.get("caption")
+    if isinstance(res, CaptionResult):
+        return res
+    return CaptionResult(r.id, "failed", reason=r.reason or f"{r.source}: captioning failed")
+
+
+def executor_for(backend: CaptionBackend, options: CaptionOptions) -> LocalExecutor:
+    """How prep's executor drives `backend`: remote backends (`parallel`) get one image per call on
+    `concurrency` threads, results as they finish (one image waiting out a Retry-After holds up
+    no other); local ones get batches of `batch_size` in order, one call at a time."""
+    if getattr(backend, "parallel", False):
+        return LocalExecutor(workers=max(1, options.concurrency), kind="thread", batch_size=1)
+    return LocalExecutor(workers=1, kind="serial", batch_size=max(1, options.batch_size))
 
 
 def caption_folder(
@@ -204,20 +229,28 @@ def caption_folder(
     backend: CaptionBackend | None = None,
     progress: Progress | None = None,
     only: set[str] | None = None,
+    keep_apart: bool = False,
 ) -> CaptionReport:
     """Caption every image under `folder` with `backend_name`; returns what happened per image.
 
     `output`: folder for the `.txt` files (mirrors the image tree) and the manifest; default:
     beside the images. `mode` decides about images that already have a caption: skip them,
-    overwrite, or append/prepend the new caption. `resume`: images a previous run with the same
-    settings finished are not captioned again. `backend` overrides the registry lookup (tests,
-    callers holding a loaded model). `only`: restrict to these image ids (e.g. the ones without a
-    caption of the user's). Raises `UnknownBackend` / `ModelNotAvailable` before any work.
+    overwrite, or append/prepend the new caption (`captioning.merge.merge_caption`). A caption
+    file that is not UTF-8 is never touched: its image is reported failed, with the fix.
+    `keep_apart` (needs `output`): write only the generated captions into `output` and leave
+    the merge with the users' captions (beside the images) to a later step, as `loraprep run`
+    does; `mode` then only decides whether images with a user's caption are captioned (not in
+    skip mode), so changing append/prepend/overwrite later re-captions nothing.
+    `resume`: images a previous run with the same settings finished are not captioned again.
+    `backend` overrides the registry lookup (tests, callers holding a loaded model). `only`:
+    restrict to these image ids. Raises `UnknownBackend` / `ModelNotAvailable` before any work.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     folder = Path(folder)
     out_dir = Path(output) if output else folder
+    if keep_apart and out_dir.resolve() == folder.resolve():
+        raise ValueError("keep_apart needs an output folder other than the images' folder")
     options = options or CaptionOptions()
     rules = rules or TagRules()
     identity = identity or IdentityRules()
@@ -230,7 +263,8 @@ def caption_folder(
     if only is not None:
         items = [it for it in items if it.id in only]
     manifest = Manifest.in_folder(out_dir)
-    config = _config_key(backend_name, options, rules, mode, identity if prune_identity_tags else None, prune_core)
+    write_mode = "generated" if keep_apart else mode  # what decides the written text
+    config = _config_key(backend_name, options, rules, write_mode, identity if prune_identity_tags else None, prune_core)
     report = CaptionReport(backend=backend_name, folder=folder, output=out_dir, mode=mode, trigger=trigger, dry_run=dry_run)
     if trigger:
         report.keep_tokens = 1 + len(rules.always_first) + (1 if rules.include_rating and not rules.rating_last else 0)
@@ -239,6 +273,15 @@ def caption_folder(
     todo: list[ImageItem] = []
     for item in items:
         target = _target(item, output and out_dir)
+        try:
+            current = _existing(item, target, output and out_dir, mode, keep_apart)
+        except UnreadableCaption as exc:
+            # never overwritten, never merged away: the user fixes the file and runs again
+            outcome[item.id] = ItemOutcome(item.id, "failed", reason=str(exc))
+            if not dry_run:
+                manifest.append(Record(STEP, item.id, "failed", source=str(item.path), reason=str(exc),
+                                       data={"backend": backend_name, "unreadable_caption": str(exc.path), "encoding": exc.encoding}))
+            continue
         rec = manifest.get(STEP, item.id) if resume else None
         if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
             # Finished earlier with the same settings on the same bytes. Blocked stays blocked
@@ -249,8 +292,7 @@ def caption_folder(
                 else:
                     outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
-        current = _read(target) if mode == "skip" else ""
-        if current:
+        if mode == "skip" and current:
             outcome[item.id] = ItemOutcome(item.id, "skipped", caption=current)
             continue
         todo.append(item)
@@ -264,25 +306,20 @@ def caption_folder(
     run_opts = replace(options, state_dir=out_dir, extra={**options.extra, **rules.thresholds.to_extra()})
     by_id = {i.id: i for i in todo}
     is_tags = getattr(backend, "kind", "text") == "tags"
-    if progress:
-        progress.start(len(todo), f"captioning ({backend_name})")
-    try:
-        for chunk in _results(backend, todo, run_opts) if todo else ():
-            for res in chunk:
-                item = by_id.get(res.id)
-                if item is None:
-                    continue
-                outcome[item.id] = _finish(item, res, output and out_dir, manifest, config, backend_name, mode, trigger,
-                                           rules, is_tags, prune_identity_tags, identity, report.pruned)
-                if progress:
-                    progress.advance()
-        for item in todo:  # a backend that silently dropped an image
-            if item.id not in outcome:
-                outcome[item.id] = ItemOutcome(item.id, "failed", reason=f"{item.path}: the backend returned no result for it")
-                manifest.append(Record(STEP, item.id, "failed", source=str(item.path), reason=outcome[item.id].reason))
-    finally:
-        if progress:
-            progress.stop()
+    step = _CaptionStep(backend, run_opts)
+    executor = executor_for(backend, run_opts)
+    # A backend may decode ahead of its calls (wd14 overlaps decoding with inference).
+    prefetch = getattr(backend, "prefetch", None)
+    ahead = prefetch(todo, run_opts) if callable(prefetch) and todo else nullcontext()
+    with ahead:
+        for r in executor.run(step, todo, progress=progress, description=f"captioning ({backend_name})") if todo else ():
+            if step.fatal is not None:
+                raise step.fatal
+            item = by_id.get(r.id)
+            if item is None:
+                continue
+            outcome[item.id] = _finish(item, _as_caption_result(r), output and out_dir, manifest, config, backend_name, mode,
+                                       trigger, rules, is_tags, prune_identity_tags, identity, report.pruned, keep_apart)
 
     report.outcomes = [outcome[i.id] for i in items]
     if prune_core and is_tags:
@@ -295,7 +332,7 @@ def caption_folder(
 
 def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: Manifest, config: str, backend_name: str,
             mode: str, trigger: str | None, rules: TagRules, is_tags: bool, prune: bool, identity: IdentityRules,
-            pruned: PruneReport) -> ItemOutcome:
+            pruned: PruneReport, keep_apart: bool = False) -> ItemOutcome:
     """Turn one backend result into a written caption and a manifest record."""
     source = str(item.path)
     data = {k: v for k, v in res.data.items() if k != "thresholded"}
@@ -331,10 +368,12 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
         return ItemOutcome(item.id, "failed", reason=reason)
 
     target = _target(item, output)
-    existing = ""
-    if mode in ("append", "prepend"):  # with -o, start from the caption beside the image when the output has none
-        existing = _read(target) or (_read(item.caption_path) if output is not None else "")
-    caption = _merge(existing, text, mode, tag_caption or is_tags)
+    try:
+        existing = "" if keep_apart else _existing(item, target, output, mode, keep_apart)
+    except UnreadableCaption as exc:  # became unreadable while we captioned: still never overwritten
+        manifest.append(Record(STEP, item.id, "failed", source=source, reason=str(exc), data={"backend": backend_name}))
+        return ItemOutcome(item.id, "failed", reason=str(exc))
+    caption = merge_caption(existing, text, "overwrite" if keep_apart else mode, tags=tag_caption or is_tags) or ""
     if trigger:
         caption = apply_trigger(caption, trigger)
     atomic_write_text(target, caption + "\n")
@@ -372,3 +411,158 @@ def _prune_core(report: CaptionReport, items: list[ImageItem], output: Path | No
         if len(kept) != len(tags):
             o.caption = SEPARATOR.join(kept)
             atomic_write_text(paths[oid], o.caption + "\n")
+
+
+# -- the caption stage: options declared once, for `caption`, loraprep.toml and `loraprep run` ----
+
+_LOCAL = "wd14, florence2, joycaption"
+
+
+class CaptionStageOptions(StageOptions):
+    """Every option of the caption stage: the `caption` command's flags are generated from these
+    fields (`prep.options.options_command`) and `loraprep.toml`'s [caption] table is validated by
+    them. Defaults are the tool's choices, documented in docs/captioning.md."""
+
+    backend: str = Field("wd14", description="wd14 (local tagger), gemini, replicate, florence2, joycaption, or a chain like wd14+gemini.",
+                         json_schema_extra={"cli": ("--backend", "-b")})
+    model: str | None = Field(None, description="Model: Hub repo id or local folder (wd14: folder holding model.onnx + selected_tags.csv).",
+                              json_schema_extra={"cli": ("--model", "-m")})
+    revision: str | None = Field(None, description="Hub revision (commit or tag) to pin the model.")
+    trigger: str | None = Field(None, description="Trigger word: put first, exactly once, exact casing.",
+                                json_schema_extra={"cli": ("--trigger", "-t")})
+    lora_type: LoraType = Field("character", description="Prompt preset of sentence backends; character sets may prune identity tags.")
+    mode: Mode = Field("skip", description="Images that already have a caption: skip them, overwrite, append or prepend the new one.")
+    recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive/--no-recursive", "-r")})
+    general_threshold: float = Field(0.35, ge=0.0, description="Tag tagger: minimum score of general tags.")
+    character_threshold: float = Field(0.85, ge=0.0, description="Tag tagger: minimum score of character tags.")
+    mcut: bool = Field(False, description="Thresholds by MCut per image instead (character floor 0.15).")
+    rating: bool = Field(False, description="Add the most likely rating tag (general/sensitive/questionable/explicit).")
+    rating_last: bool = Field(False, description="Put the rating tag last instead of first.")
+    order: Order = Field("confidence", description="Tag order: confidence (highest first) or category (model order).")
+    character_first: bool = Field(True, description="Put character tags before general tags.",
+                                  json_schema_extra={"cli": ("--character-first/--no-character-first",)})
+    keep_underscores: bool = Field(False, description="Write long_hair, not long hair.")
+    escape_parens: bool = Field(False, description="Write \\( \\) for A1111 prompt syntax.")
+    exclude: list[str] = Field(default_factory=list, description="Tags to drop (repeat or comma-separate; either long_hair or long hair).",
+                               json_schema_extra={"cli": ("--exclude", "-x")})
+    replace: list[str] = Field(default_factory=list, description="OLD=NEW tag replacement (repeat); OLD= drops it.")
+    always_first: list[str] = Field(default_factory=list, description="Tags moved to the front when present, in the order given.")
+    max_tags: int | None = Field(None, ge=1, description="Keep at most N tags (after ordering).")
+    prune_identity: bool = Field(False, description="Drop tags of the character's fixed look (hair, eyes, skin, ears, tail, wings ...).")
+    identity_groups: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUPS),
+                                       description=f"Groups pruned by --prune-identity (comma-separated or repeated): {', '.join(GROUPS)}.")
+    keep_tag: list[str] = Field(default_factory=list, description="Never prune these tags (e.g. a hairstyle that changes).")
+    prune_core: float | None = Field(None, gt=0.0, le=1.0, description="Drop tags present in at least this share of the captions (e.g. 0.6).")
+    device: str = Field("auto", description=f"auto | cpu | cuda | tensorrt | coreml | dml (local backends: {_LOCAL}).")
+    batch_size: int = Field(8, ge=1, description="Images per inference batch (local backends).")
+    workers: int | None = Field(None, ge=1, description="Image decode threads (local backends).")
+    concurrency: int = Field(4, ge=1, description="Requests in flight (remote backends).")
+    rpm: float | None = Field(None, gt=0, description="Requests per minute cap (remote backends).")
+    prompt: str | None = Field(None, description="Override the backend's prompt preset (sentence backends).")
+    max_new_tokens: int = Field(256, ge=1, description="Length limit of generated sentences.")
+    preprocess: Literal["reference", "sd-scripts"] | None = Field(
+        None, description="wd14: reference (model authors', default) or sd-scripts (its resize, for tag-for-tag parity).")
+    settings: list[str] = Field(default_factory=list, description="Backend-specific KEY=VALUE (repeat), e.g. --set threads=2 --set draft=false.",
+                                json_schema_extra={"cli": ("--set",)})
+    resume: bool = Field(True, description="Skip images a previous run with the same settings already finished (--no-resume re-captions them).")
+    keep_apart: bool = Field(False, description="Write only generated captions into the output folder and leave merging with the "
+                             "users' captions to a later step (loraprep run's layout).", json_schema_extra={"cli": None})
+
+    @field_validator("replace")
+    @classmethod
+    def _check_replace(cls, v: list[str]) -> list[str]:
+        parse_replacements(v)  # raises naming the bad entry
+        return v
+
+    @field_validator("settings")
+    @classmethod
+    def _check_settings(cls, v: list[str]) -> list[str]:
+        parse_set(v)
+        return v
+
+    @field_validator("identity_groups")
+    @classmethod
+    def _check_groups(cls, v: list[str]) -> list[str]:
+        groups = split_tags(v)
+        unknown = [g for g in groups if g not in GROUPS]
+        if unknown:
+            raise ValueError(f"unknown identity group(s) {', '.join(unknown)}; use {', '.join(GROUPS)}")
+        return groups
+
+    # -- views for the library ----------------------------------------------------------------
+    def caption_options(self) -> CaptionOptions:
+        extra = parse_set(self.settings)
+        if self.preprocess is not None:
+            extra["preprocess"] = self.preprocess
+        return CaptionOptions(
+            trigger=self.trigger, lora_type=self.lora_type, model=self.model, revision=self.revision, device=self.device,
+            batch_size=self.batch_size, workers=self.workers, prompt=self.prompt, max_new_tokens=self.max_new_tokens,
+            concurrency=self.concurrency, rpm=self.rpm, extra=extra,
+        )
+
+    def tag_rules(self) -> TagRules:
+        return TagRules(
+            thresholds=Thresholds(general=self.general_threshold, character=self.character_threshold, mcut=self.mcut),
+            include_rating=self.rating or self.rating_last,
+            rating_last=self.rating_last,
+            character_first=self.character_first,
+            order=self.order,
+            underscores=self.keep_underscores,
+            escape_parens=self.escape_parens,
+            exclude=tuple(split_tags(self.exclude)),
+            replace=parse_replacements(self.replace),
+            always_first=tuple(split_tags(self.always_first)),
+            max_tags=self.max_tags,
+        )
+
+    def identity_rules(self) -> IdentityRules:
+        return IdentityRules(groups=tuple(self.identity_groups), keep=tuple(split_tags(self.keep_tag)))
+
+
+def _parse_value(v: str) -> Any:
+    low = v.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs to a dict (numbers, booleans and JSON parsed)."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"--set {p!r}: write it as KEY=VALUE")
+        k, v = p.split("=", 1)
+        out[k.strip().replace("-", "_")] = _parse_value(v)
+    return out
+
+
+class CaptionStage:
+    """The caption stage (`prep.stage.Stage`): `caption` and `loraprep run` both call `run`."""
+
+    name: ClassVar[str] = "caption"
+    Options: ClassVar[type[StageOptions]] = CaptionStageOptions
+
+    def run(self, src: Path, out: Path, options: CaptionStageOptions, *, progress: Progress | None = None,
+            dry_run: bool = False, backend: CaptionBackend | None = None) -> CaptionReport:
+        """Caption the images in `src`, writing captions (and the manifest) to `out` (`out == src`: beside them).
+
+        With `options.keep_apart`, `out` holds only generated captions and the users' captions
+        beside the images are merged later (`captioning.merge.merge_caption`).
+        """
+        src, out = Path(src), Path(out)
+        same = out.resolve() == src.resolve()
+        return caption_folder(
+            src, options.backend, options.caption_options(), mode=options.mode, output=None if same else out,
+            rules=options.tag_rules(), prune_identity_tags=options.prune_identity, identity=options.identity_rules(),
+            prune_core=options.prune_core, recursive=options.recursive, resume=options.resume, dry_run=dry_run,
+            backend=backend, progress=progress, keep_apart=options.keep_apart,
+        )
+
+
+STAGE = CaptionStage()

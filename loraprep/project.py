@@ -1,157 +1,244 @@
-"""The project file `loraprep.toml`: every decision of a `loraprep run`, reproducible.
+"""The project file `loraprep.toml`: every decision of a `loraprep run`, typed and reproducible.
 
 `loraprep run raw/ --trigger x ...` writes it; `loraprep run --config project/loraprep.toml`
-reads it back; editing it is how a user changes a step. Each stage records a fingerprint of
-its own settings chained to the fingerprint of the stage before it, so a changed setting
-redoes that stage and the ones after it, and nothing else.
+reads it back; editing it is how a user changes a step. It is a view of the stages' own
+options classes: `[crop]` is `prep.crop.CropOptions`, `[caption]` is
+`captioning.pipeline.CaptionStageOptions`, and so on, minus the settings that are the
+project's (`[project]`: source, trigger, trainer, resolution, workers), which every stage that
+has such an option receives from the top. So each option is declared once, in its stage, and
+`upscale = 'no'` or `resolution = 'big'` is refused naming the key, the section and the file.
+
+Each stage records a fingerprint of its own options chained to the fingerprint of the stage
+before it, so a changed setting redoes that stage and the ones after it, and nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from prep.fsutil import atomic_write_text
+from prep.options import OptionsError, StageOptions, describe_error
+from prep.project import PROJECT_FILE, ProjectDirs
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROJECT_FILE = "loraprep.toml"
-STATE_FILE = ".loraprep/stages.json"
+STATE_FILE = "stages.json"
+"""Under `ProjectDirs.state`."""
+
+PROJECT_KEYS = ("source", "trigger", "trainer", "resolution", "workers")
+"""Settings of the whole project: `[project]`, handed to every stage whose options have them."""
+RUN_KEYS = ("dry_run",)
+"""Decided per invocation by `loraprep run`, never stored."""
 
 
-@dataclass
-class ImportSettings:
-    flatten: bool = True
-    """One flat folder (zips usually hold a top folder; later stages read one level)."""
+class TrainSettings(StageOptions):
+    """`[train]`: what `train_bridge config` gets beyond the dataset (loraprep's own glue)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
-@dataclass
-class CheckSettings:
-    min_side: int | None = None
-    """Images whose short side is below this are reported (default: half the resolution)."""
-
-
-@dataclass
-class DedupeSettings:
-    enabled: bool = True
-    threshold: int = 8
-    mirror: bool = True
-
-
-@dataclass
-class CropSettings:
-    enabled: bool = True
-    framing: str = "bust"
-    detector: str = "auto"
-    detector_model: str | None = None
-    anime_model: str | None = None
-    no_face: str = "center"
-    all_faces: bool = False
-    upscale: bool = False
-    pad: bool = False
-    background: str = "white"
-    format: str = "png"
-
-
-@dataclass
-class CaptionSettings:
-    backend: str = "wd14"
-    model: str | None = None
-    general_threshold: float = 0.35
-    character_threshold: float = 0.85
-    mcut: bool = False
-    prune_identity: bool = True
-    """Drop tags of a character's fixed look (hair, eyes, ...) so the trigger learns them.
-
-    On by default here because `lora_type` defaults to character; set false for style LoRAs.
-    """
-    prune_core: float | None = None
-    exclude: list[str] = field(default_factory=list)
-    replace: list[str] = field(default_factory=list)
-    lora_type: str = "character"
-    mode: str = "skip"
-    """What to do with captions a user already has: skip (keep them), overwrite, append, prepend."""
-
-
-@dataclass
-class LayoutSettings:
-    repeats: int = 10
-    class_token: str | None = None
-    reg: str | None = None
-
-
-@dataclass
-class TrainSettings:
     preset: str | None = None
-    models: dict[str, str] = field(default_factory=dict)
-    """Model files by role, e.g. dit, qwen3, vae (Anima); see `train_bridge config -h`."""
-    set: dict[str, Any] = field(default_factory=dict)
+    """VRAM preset (8gb ... 80gb); default: the architecture's default preset."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model files by role, e.g. dit, qwen3, vae (Anima); the roles are prep.archs' ModelArgs."""
+    set: dict[str, Any] = Field(default_factory=dict)
     """Trainer options to override, checked against the trainer's real option list."""
-    max_steps: int | None = None
+    max_steps: int | None = Field(default=None, ge=1)
+    """Warn when the run needs more steps than this (Colab ~1000)."""
 
 
-@dataclass
-class Project:
+@dataclass(frozen=True)
+class Section:
+    """One `[table]` of loraprep.toml: the options class of a stage, seen from the project."""
+
+    name: str
+    options: str
+    """`module:Class` of the stage's options (imported here, declared there)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Where loraprep run's default differs from the per-command CLI's (see docs/loraprep-run.md)."""
+    extra: dict[str, tuple[Any, Any, str]] = field(default_factory=dict)
+    """loraprep-only keys: name -> (type, default, description)."""
+    hidden: tuple[str, ...] = ()
+    """Fields loraprep sets itself (the stage's folders), besides PROJECT_KEYS and RUN_KEYS."""
+
+    def options_class(self) -> type[Any]:
+        mod, _, cls = self.options.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+SECTIONS: tuple[Section, ...] = (
+    # zips usually hold a top folder, and later stages read one level
+    Section("import", "prep.importer:ImportOptions", defaults={"flatten": True}),
+    Section("check", "prep.check:CheckOptions"),
+    Section("dedupe", "prep.dedupe:DedupeOptions", extra={"enabled": (bool, True, "Move near-duplicates to dupes/ (false: keep them).")}, hidden=("move_to",)),
+    Section("crop", "prep.crop:CropOptions", extra={"enabled": (bool, True, "false: no face crop, only the bucket fit of the whole image.")}),
+    # lora_type defaults to character, so identity tags are pruned unless lora_type = "style"
+    Section("caption", "captioning.pipeline:CaptionStageOptions", defaults={"prune_identity": True}, hidden=("keep_apart",)),
+    Section("layout", "prep.layout:LayoutOptions", hidden=("buckets_from",)),
+    Section("train", "loraprep.project:TrainSettings"),
+)
+SECTION_NAMES = tuple(s.name for s in SECTIONS)
+
+
+# -- the section models -----------------------------------------------------------------------
+
+
+def _fields(cls: type[Any]) -> dict[str, FieldInfo]:
+    """The declared fields of an options class (a StageOptions)."""
+    return dict(cls.model_fields)
+
+
+def _section_model(sec: Section) -> type[StageOptions]:
+    cls = sec.options_class()
+    if sec.name == "train":
+        return cls
+    skip = set(PROJECT_KEYS) | set(RUN_KEYS) | set(sec.hidden)
+    own = _fields(cls)
+    unknown = set(sec.defaults) - set(own)
+    if unknown:  # a stage renamed an option: fail at import, in every test
+        raise RuntimeError(f"loraprep.project: [{sec.name}] defaults for unknown options {sorted(unknown)} of {sec.options}")
+    spec: dict[str, Any] = {}
+    for name, f in own.items():
+        if name in skip:
+            continue
+        if name in sec.defaults:
+            f = FieldInfo.merge_field_infos(f, default=sec.defaults[name])
+        elif f.is_required():
+            continue  # required options are the project's (trigger ...) or loraprep's
+        spec[name] = (f.annotation, f)
+    for name, (typ, default, doc) in sec.extra.items():
+        spec[name] = (typ, Field(default=default, description=doc))
+    return create_model(f"{sec.name.title()}Section", __base__=StageOptions, __doc__=f"[{sec.name}] of loraprep.toml ({sec.options}).", **spec)
+
+
+_MODELS = {s.name: _section_model(s) for s in SECTIONS}
+ImportSection, CheckSection, DedupeSection, CropSection, CaptionSection, LayoutSection, _ = _MODELS.values()
+
+
+class Project(StageOptions):
+    """Everything a `loraprep run` decides. Top-level fields are `[project]`; the rest are sections."""
+
+    model_config = ConfigDict(populate_by_name=True, use_attribute_docstrings=True)
+
     source: str
-    trigger: str
+    """Folder or .zip of raw images."""
+    trigger: str = Field(min_length=1)
+    """Trigger word, exact casing."""
     trainer: str = "anima"
-    resolution: int = 1024
-    workers: int | None = None
-    import_: ImportSettings = field(default_factory=ImportSettings)
-    check: CheckSettings = field(default_factory=CheckSettings)
-    dedupe: DedupeSettings = field(default_factory=DedupeSettings)
-    crop: CropSettings = field(default_factory=CropSettings)
-    caption: CaptionSettings = field(default_factory=CaptionSettings)
-    layout: LayoutSettings = field(default_factory=LayoutSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    """Architecture (prep.archs): anima, flux, sdxl, sd3, wan21-t2v, ..."""
+    resolution: int = Field(default=1024, ge=64, le=8192)
+    """Training resolution; crops are made for its buckets and the config trains at it."""
+    workers: int | None = Field(default=None, ge=1)
+    """Parallel workers (default: all cores)."""
+    import_: ImportSection = Field(default_factory=ImportSection, alias="import")  # type: ignore[valid-type]
+    check: CheckSection = Field(default_factory=CheckSection)  # type: ignore[valid-type]
+    dedupe: DedupeSection = Field(default_factory=DedupeSection)  # type: ignore[valid-type]
+    crop: CropSection = Field(default_factory=CropSection)  # type: ignore[valid-type]
+    caption: CaptionSection = Field(default_factory=CaptionSection)  # type: ignore[valid-type]
+    layout: LayoutSection = Field(default_factory=LayoutSection)  # type: ignore[valid-type]
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
-    SECTIONS = ("import_", "check", "dedupe", "crop", "caption", "layout", "train")
+    @field_validator("trainer")
+    @classmethod
+    def _known_trainer(cls, v: str) -> str:
+        from prep.archs import get_arch
+
+        try:
+            return get_arch(v).name
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0]) if exc.args else f"unknown trainer {v!r}") from None
+
+    def section(self, name: str) -> StageOptions:
+        return getattr(self, "import_" if name == "import" else name)
+
+    def stage_options(self, name: str, cls: type[Any] | None = None, **given: Any) -> Any:
+        """The options of stage `name` as its own class: its section, plus the project's settings it has.
+
+        `given` are values loraprep decides (the stage's folders, dry_run). Raises OptionsError
+        naming the section when the stage's own checks refuse the combination.
+        """
+        sec = next(s for s in SECTIONS if s.name == name)
+        cls = cls or sec.options_class()
+        own = _fields(cls)
+        data = {k: v for k, v in self.section(name).model_dump().items() if k in own}
+        for k in PROJECT_KEYS:
+            if k in own and getattr(self, k) is not None:
+                data[k] = getattr(self, k)
+        data.update(given)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise OptionsError(f"{PROJECT_FILE} [{name}]", [describe_error(e) for e in exc.errors()]) from None
 
     # -- TOML ---------------------------------------------------------------------------
+    def to_doc(self) -> dict[str, Any]:
+        dump = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc: dict[str, Any] = {"project": {k: dump[k] for k in PROJECT_KEYS if k in dump}}
+        for s in SECTION_NAMES:
+            doc[s] = dump[s]
+        return doc
+
     def to_toml(self) -> str:
-        top = {k: v for k, v in asdict(self).items() if k not in self.SECTIONS}
-        doc: dict[str, Any] = {"project": _drop_none(top)}
-        for s in self.SECTIONS:
-            doc[s.rstrip("_")] = _drop_none(asdict(getattr(self, s)))
-        return "# loraprep project: `loraprep run --config THIS_FILE` reproduces the run.\n" + tomli_w.dumps(doc)
+        return "# loraprep project: `loraprep run --config THIS_FILE` reproduces the run.\n" + tomli_w.dumps(self.to_doc())
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], *, path: str = PROJECT_FILE) -> Project:
+        """Validate a parsed loraprep.toml; every problem is named by file, section and key."""
+        problems: list[tuple[str, str]] = []
+        top = doc.get("project", {})
+        if not isinstance(top, dict):
+            raise OptionsError(path, [("[project]", "must be a table")])
+        for key in ("source", "trigger"):
+            if key not in top:
+                problems.append((f"[project] {key}", "missing (it says what to train on and the trigger word)"))
+        unknown = set(doc) - {"project", *SECTION_NAMES}
+        for name in sorted(unknown):
+            problems.append((f"[{name}]", f"unknown section (known: project, {', '.join(SECTION_NAMES)})"))
+        data: dict[str, Any] = dict(top)
+        for name in SECTION_NAMES:
+            if name in doc:
+                data[name] = doc[name]
+        if problems:
+            raise OptionsError(path, problems)
+        try:
+            project = cls.model_validate(data)
+        except ValidationError as exc:
+            raise OptionsError(path, _located(exc)) from None
+        project.check_stages(where=path)
+        return project
+
+    def check_stages(self, *, where: str = PROJECT_FILE) -> None:
+        """Build every stage's options once, so the stages' own checks speak at load time."""
+        problems: list[tuple[str, str]] = []
+        for s in SECTIONS:
+            if s.name == "train":
+                continue
+            try:
+                self.stage_options(s.name, **_required_stand_ins(s, self))
+            except OptionsError as exc:
+                problems += [(f"[{s.name}] {k}", m) for k, m in exc.problems]
+        if problems:
+            raise OptionsError(where, problems)
 
     @classmethod
     def from_toml(cls, text: str, *, path: str = PROJECT_FILE) -> Project:
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from None
-        top = dict(doc.get("project", {}))
-        for key in ("source", "trigger"):
-            if key not in top:
-                raise ValueError(f"{path}: [project] needs `{key}`")
-        kwargs: dict[str, Any] = {}
-        known_top = {f.name for f in fields(cls)} - set(cls.SECTIONS)
-        for k, v in top.items():
-            if k not in known_top:
-                raise ValueError(f"{path}: unknown key project.{k} (known: {', '.join(sorted(known_top))})")
-            kwargs[k] = v
-        for s in cls.SECTIONS:
-            sec_cls = {f.name: f for f in fields(cls)}[s].default_factory  # type: ignore[misc]
-            data = doc.get(s.rstrip("_"), {})
-            allowed = {f.name for f in fields(sec_cls)}  # type: ignore[arg-type]
-            bad = set(data) - allowed
-            if bad:
-                raise ValueError(f"{path}: unknown key(s) in [{s.rstrip('_')}]: {', '.join(sorted(bad))} (known: {', '.join(sorted(allowed))})")
-            kwargs[s] = sec_cls(**data)  # type: ignore[operator]
-        unknown = set(doc) - {"project", *(s.rstrip("_") for s in cls.SECTIONS)}
-        if unknown:
-            raise ValueError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
-        return cls(**kwargs)
+            raise OptionsError(path, [("(file)", f"not valid TOML ({exc})")]) from None
+        return cls.from_doc(doc, path=path)
 
     @classmethod
     def load(cls, path: Path) -> Project:
@@ -169,9 +256,24 @@ class Project:
         return True
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    """tomli-w cannot write None: leave unset keys out (they take their defaults on reading)."""
-    return {k: (_drop_none(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
+def _required_stand_ins(sec: Section, project: Project) -> dict[str, Any]:
+    """Values for the hidden, required options of a stage (its folders), only to check the rest."""
+    own = _fields(sec.options_class())
+    return {k: "." for k in sec.hidden if k in own and own[k].is_required()}
+
+
+def _located(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        key, msg = describe_error(err)
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] in SECTION_NAMES or (loc and loc[0] == "import_"):
+            sec = "import" if loc[0] == "import_" else loc[0]
+            out.append((f"[{sec}] {'.'.join(loc[1:]) or '(table)'}", msg if msg != "unknown key" else f"unknown key (known: {', '.join(_MODELS[sec].model_fields)})"))
+        else:
+            known = ", ".join(PROJECT_KEYS)
+            out.append((f"[project] {key}", msg if msg != "unknown key" else f"unknown key (known: {known}; stage options go in their own section)"))
+    return out
 
 
 def fingerprint(*parts: Any) -> str:
@@ -182,8 +284,8 @@ def fingerprint(*parts: Any) -> str:
 class StageState:
     """What each stage last finished with: its fingerprint and a summary."""
 
-    def __init__(self, project_dir: Path):
-        self.path = Path(project_dir) / STATE_FILE
+    def __init__(self, dirs: ProjectDirs):
+        self.path = dirs.state / STATE_FILE
         try:
             self.data: dict[str, dict[str, Any]] = json.loads(self.path.read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):

@@ -66,6 +66,15 @@ class ArchSpec:
     """Wan: musubi asserts --mixed_precision equals the DiT's dtype."""
     training_attn_modes_refused: frozenset[str] = frozenset()
     """attn_mode values the trainer accepts for inference only (no backward pass)."""
+    split_attn_modes: frozenset[str] = frozenset()
+    """attn_mode values the trainer needs split_attn for (Anima: xformers)."""
+    bundled_text_encoders: tuple[tuple[str, str], ...] = ()
+    """(model role, tensor-name regex): text encoders a checkpoint may carry instead of files
+    (SD3: sd3_utils.load_clip_l/clip_g/t5xxl look for `text_encoders.<role>.`)."""
+    sample_prompt_options: str = "--w {w} --h {h} --s 30 --l 7.0 --d 42"
+    """Per-prompt options in sample_prompts.txt ({w}/{h}: the training resolution)."""
+    sample_size_step: int = 1
+    """Sample width/height are rounded down to a multiple of this."""
     default_resolution: int = 1024
     task: str | None = None  # musubi --task
     i2v: bool = False
@@ -123,6 +132,9 @@ ANIMA = ArchSpec(
     max_blocks_to_swap=26,  # 28 blocks (reference train_bridge.md §1)
     fp8_ignored=True,
     training_attn_modes_refused=frozenset({"sageattn"}),
+    split_attn_modes=frozenset({"xformers"}),
+    sample_prompt_options="--w {w} --h {h} --s 30 --l 4.0 --d 42",
+    sample_size_step=16,
     description="Anima (2B DiT, Qwen3 text encoder) LoRA with anima_train_network.py",
 )
 
@@ -145,6 +157,7 @@ FLUX = ArchSpec(
     ignored_keys=_FLOW_IGNORED,
     max_blocks_to_swap=35,  # reference train_bridge.md (FLUX docs: <= 35)
     bf16_only=True,
+    sample_prompt_options="--w {w} --h {h} --s 20 --g 3.5 --d 42",
     description="FLUX.1 [dev] LoRA with flux_train_network.py (bf16 only)",
 )
 
@@ -195,6 +208,7 @@ SD3 = ArchSpec(
     # 36 for SD3.5 Large (38 joint blocks), 22 for SD3/3.5 Medium (24).
     max_blocks_to_swap=36,
     bf16_only=True,
+    bundled_text_encoders=(("clip_l", r"^text_encoders\.clip_l\."), ("clip_g", r"^text_encoders\.clip_g\."), ("t5xxl", r"^text_encoders\.t5xxl\.")),
     description="SD3 / SD3.5 LoRA with sd3_train_network.py (bf16 only)",
 )
 
@@ -229,6 +243,8 @@ def _wan(name: str, family: str, task: str, *, i2v: bool, dual: bool, boundary: 
         max_blocks_to_swap=39,  # 40 blocks (14B); 29 for the 30-block 1.3B
         blocks_kept_on_device=1,
         mixed_precision_from_dit=True,
+        sample_prompt_options="--w {w} --h {h} --f 1 --s 20 --d 42",
+        sample_size_step=16,
         task=task,
         i2v=i2v,
         dual_expert=dual,

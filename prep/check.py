@@ -13,27 +13,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prep.buckets import BucketSpec, bucket_label
+from pydantic import Field, field_validator, model_validator
+
+from prep.archs import get_arch
+from prep.buckets import BucketSpec, bucket_label, bucket_spec_for
 from prep.dataset import ImageItem, discover, orphan_captions, read_caption
 from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, image_hashes
 from prep.executor import Result, run_step
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from prep.options import StageOptions
 
 CHECK_DRAFT = (256, 256)
 MP_BINS = [(0, 0.25), (0.25, 0.5), (0.5, 1), (1, 2), (2, 4), (4, 12), (12, float("inf"))]
 
 
-@dataclass
-class CheckOptions:
-    resolution: int = 1024
-    min_side: int | None = None
-    """Smallest acceptable short side; default half the resolution (the trainer upscales 2x)."""
-    recursive: bool = False
-    workers: int | None = None
-    dup_threshold: int = DEFAULT_THRESHOLD
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    bucket_steps: int = 64
-    max_bucket_reso: int | None = None
+class CheckOptions(StageOptions):
+    """The options of `prep check` (its flags and `loraprep.toml`'s [check]), declared once."""
+
+    resolution: int = Field(1024, gt=0, description="Trainer resolution for bucket assignment.")
+    trainer: str | None = Field(None, description="Architecture whose bucket rules the bucket column follows (any prep.archs name or alias; default: sd-scripts rules, step 64).")
+    min_side: int | None = Field(None, description="Flag images whose short side is below this (default resolution/2: the trainer upscales up to 2x).")
+    recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive", "-r")})
+    workers: int | None = Field(None, description="Parallel workers (default: all cores).", json_schema_extra={"cli": ("--workers", "-j")})
+    dup_threshold: int = Field(DEFAULT_THRESHOLD, ge=0, le=64, description="Duplicate threshold in bits of 64.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Refuse images with more pixels than this (decompression-bomb guard).")
+    bucket_steps: int | None = Field(None, description="Bucket step (default: the architecture's, else 64; Anima also allows 16, 32 and 48).")
+    max_bucket_reso: int | None = Field(None, description="Largest bucket side (default: twice the resolution, at least 1024, as train_bridge config writes it).")
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                get_arch(v)
+            except KeyError as exc:
+                raise ValueError(str(exc).strip('"')) from None
+        return v
+
+    @model_validator(mode="after")
+    def _buckets(self) -> CheckOptions:
+        self.spec()
+        return self
+
+    def spec(self) -> BucketSpec:
+        """The buckets the trainer of `trainer` uses at `resolution` (prep.archs via bucket_spec_for)."""
+        return bucket_spec_for(self.trainer, self.resolution, step=self.bucket_steps, max_reso=self.max_bucket_reso)
 
 
 class CheckStep:
@@ -96,6 +120,10 @@ class CheckReport:
     caption_errors: list[dict[str, str]] = field(default_factory=list)
     duplicate_groups: list[dict[str, Any]] = field(default_factory=list)
     stem_clashes: list[list[str]] = field(default_factory=list)
+
+    @property
+    def spec(self) -> BucketSpec:
+        return self.options.spec()
 
     # derived views -------------------------------------------------------------------
     def ids(self, pred: Any) -> list[str]:
@@ -161,6 +189,8 @@ class CheckReport:
         return {
             "folder": self.folder,
             "resolution": self.options.resolution,
+            "trainer": self.options.trainer,
+            "bucket_spec": {"family": self.spec.family, "steps": self.spec.steps, "min_reso": self.spec.min_reso, "max_reso": self.spec.max_reso},
             "min_side": self.min_side,
             "summary": self.summary(),
             "problems": self.problems(),
@@ -183,6 +213,11 @@ class CheckReport:
     def has_errors(self) -> bool:
         return bool(self.errors or self.caption_errors)
 
+    @property
+    def n_failed(self) -> int:
+        """Files that could not be read (each named in `errors`)."""
+        return len(self.errors)
+
 
 def _caption_state(item: ImageItem) -> tuple[str, str | None]:
     try:
@@ -198,7 +233,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
     """Inspect `folder` (read-only) and return a report of facts and problems."""
     opts = options or CheckOptions()
     folder = Path(folder)
-    spec = BucketSpec.square(opts.resolution, steps=opts.bucket_steps, **({"max_reso": opts.max_bucket_reso} if opts.max_bucket_reso else {}))
+    spec = opts.spec()
     items = discover(folder, recursive=opts.recursive)
     results = run_step(CheckStep(opts.max_pixels), items, workers=opts.workers, batch_size=4, progress=progress, description="checking")
     by_id = {it.id: it for it in items}
@@ -237,3 +272,16 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
         stems.setdefault(it.caption_path.as_posix().lower(), []).append(it.id)
     report.stem_clashes = [ids for ids in stems.values() if len(ids) > 1]
     return report
+
+
+class CheckStage:
+    """`prep check` as a stage (it writes nothing, so `out` is unused)."""
+
+    name = "check"
+    Options = CheckOptions
+
+    def run(self, src: Path, out: Path | None, options: CheckOptions, *, progress: Any = None) -> CheckReport:
+        return check_folder(src, options, progress=progress)
+
+
+STAGE = CheckStage()

@@ -3,8 +3,12 @@
 `crop_folder(src, out, options)` discovers images, runs `CropStep` through the executor
 (detection on a reduced decode, crop from a decode just large enough for the bucket), writes
 each crop atomically with its caption, records every image in the manifest (so a rerun skips
-finished images), and writes `crops.jsonl` and the contact sheet(s). It returns a
-`CropReport` and never prints.
+finished images), and writes `crops.jsonl`, the contact sheet(s) and `buckets.json` (the
+bucket spec every crop is a fixed point of, which `prep layout` carries into the dataset and
+`train_bridge config` trains at). A source smaller than its bucket is written at the largest
+bucket it fills without upscaling (the trainer's `bucket_no_upscale` rule; the record then
+says `no_upscale`), unless `upscale` is set. It returns a `CropReport` and never prints;
+`STAGE` is the same as a `prep.stage.Stage`.
 """
 
 from __future__ import annotations
@@ -14,21 +18,24 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import Field, field_validator, model_validator
 
-from prep.buckets import BucketSpec
+from prep.archs import ALIASES, ARCH_NAMES, get_arch
+from prep.buckets import BucketSpec, write_bucket_record
 from prep.contact_sheet import Tile, write_contact_sheet
 from prep.dataset import ImageItem, discover
 from prep.detectors import Box, create_detector
 from prep.executor import LocalExecutor, Progress, Result, default_workers
-from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, parse_aspect, plan_face_crop, plan_full_crop
+from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, fit_without_upscale, parse_aspect, plan_face_crop, plan_full_crop
 from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
 from prep.images import LoadedImage, load_image, parse_color, save_image
 from prep.manifest import Manifest, Record
+from prep.options import StageOptions
 
 STEP = "crop"
 REPORT_NAME = "crops.jsonl"
@@ -42,61 +49,118 @@ SHEET_MAX_ROWS = 1000
 """Contact sheets are for looking at: past 25 pages, nobody does."""
 
 
-@dataclass
-class CropOptions:
-    """Everything that decides what `prep crop` writes (see docs/crop.md)."""
+def _cli(*flags: str) -> dict[str, Any]:
+    return {"cli": flags}
 
-    framing: str = "bust"
-    resolution: int = 1024
-    trainer: str | None = None
-    bucket_step: int | None = None
-    min_bucket_reso: int | None = None
-    max_bucket_reso: int | None = None
-    detector: str = "auto"
-    detector_model: str | None = None
-    anime_model: str | None = None
-    anime_target: str = "head"
-    score_threshold: float | None = None
-    device: str = "cpu"
-    no_face: str = "center"  # center | skip
-    all_faces: bool = False
-    upscale: bool = False
-    pad: bool = False
-    background: str = "white"
-    format: str = "png"
-    quality: int = 95
-    aspect: str | None = None
-    recursive: bool = False
-    overwrite: bool = False
-    dry_run: bool = False
-    workers: int = 0
-    contact_sheet: bool = True
-    decode: str = "draft"
-    """draft: detect on a reduced JPEG decode, then decode only as large as the crops need;
-    full: decode once at full size and reduce that for detection (see docs/benchmarks.md, prep crop)."""
 
-    def validate(self) -> None:
-        if self.framing not in FRAMINGS:
-            raise ValueError(f"unknown framing {self.framing!r}: use {', '.join(FRAMINGS)}")
-        if self.no_face not in ("center", "skip"):
-            raise ValueError(f"--no-face {self.no_face!r}: use center or skip")
-        if self.format.lower() not in ("png", "jpg", "jpeg", "webp"):
-            raise ValueError(f"unknown output format {self.format!r}: use png, jpg or webp")
-        if self.decode not in ("draft", "full"):
-            raise ValueError(f"decode {self.decode!r}: use draft or full")
-        if not 1 <= self.quality <= 100:
-            raise ValueError("--quality must be between 1 and 100")
-        parse_color(self.background)
-        parse_aspect(self.aspect)
-        self.spec()
+class CropOptions(StageOptions):
+    """Everything that decides what `prep crop` writes (see docs/crop.md): the one declaration
+    of each option, read by `prep crop`'s flags, `loraprep.toml`'s [crop] and `loraprep run`."""
 
-    def spec(self) -> BucketSpec:
-        return bucket_spec(self.resolution, trainer=self.trainer, step=self.bucket_step, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso)
+    framing: str = Field("bust", description="face | bust | upper-body | full.", json_schema_extra=_cli("--framing", "-f"))
+    resolution: int = Field(1024, description="Training resolution (buckets of the same area).", gt=0)
+    trainer: str | None = Field(None, description="Architecture whose bucket rules the crops follow: " + ", ".join((*ARCH_NAMES, *ALIASES)) + " (default: sd-scripts rules, step 64).")
+    bucket_step: int | None = Field(None, description="Bucket step (default: the architecture's; Anima also allows 16, 32 and 48).")
+    min_bucket_reso: int | None = Field(None, description="Smallest bucket side (default 256).")
+    max_bucket_reso: int | None = Field(None, description="Largest bucket side (default: twice the resolution, at least 1024).")
+    detector: str = Field("auto", description="auto | photo (YuNet) | anime (YOLO head detector).", json_schema_extra=_cli("--detector", "-d"))
+    detector_model: str | None = Field(None, description="Path to the detector's ONNX file (photo/auto: YuNet; anime: the YOLO model). Env: LORAPREP_YUNET_MODEL / LORAPREP_ANIME_MODEL.")
+    anime_model: str | None = Field(None, description="Path to the anime YOLO ONNX file for --detector auto.")
+    anime_target: str = Field("head", description="head (deepghs/anime_head_detection) or face (deepghs/anime_face_detection).")
+    score_threshold: float | None = Field(None, description="Detector score threshold (photo 0.6, anime 0.4).", json_schema_extra=_cli("--threshold"))
+    device: str = Field("cpu", description="onnxruntime device: cpu | cuda | auto.")
+    no_face: str = Field("center", description="center: bucket crop around the centre; skip: write nothing. Listed in the report either way.")
+    all_faces: bool = Field(False, description="One crop per face (name_f01, name_f02, ...) instead of the largest.", json_schema_extra=_cli("--all-faces"))
+    upscale: bool = Field(False, description="Upscale crops smaller than the bucket to the bucket size (Lanczos). Without it a small source is written at the largest bucket it fills (the trainer's bucket_no_upscale rule) and flagged.", json_schema_extra=_cli("--upscale/--no-upscale"))
+    pad: bool = Field(False, description="Keep the framing at the image edge by padding with --background instead of tightening.", json_schema_extra=_cli("--pad"))
+    background: str = Field("white", description="Colour for transparent areas and padding: white, black, '#RRGGBB' or 'R,G,B'.")
+    format: str = Field("png", description="png | webp | jpg (quality --quality).")
+    quality: int = Field(95, description="JPEG/WebP quality.", ge=1, le=100)
+    aspect: str | None = Field(None, description="Preferred aspect before bucket snapping, e.g. 1:1 or 2:3 (default per framing).")
+    recursive: bool = Field(False, description="Include subfolders (mirrored in the output).", json_schema_extra=_cli("--recursive", "-r"))
+    overwrite: bool = Field(False, description="Redo images a previous run finished.", json_schema_extra=_cli("--overwrite"))
+    dry_run: bool = Field(False, description="Detect and plan, write nothing.", json_schema_extra=_cli("--dry-run"))
+    workers: int = Field(0, description="Parallel workers (0: all cores).", ge=0, json_schema_extra=_cli("--workers", "-j"))
+    contact_sheet: bool = Field(True, description="Write contact_sheet.jpg.", json_schema_extra=_cli("--sheet/--no-sheet"))
+    decode: str = Field(
+        "draft",
+        description="draft: detect on a reduced JPEG decode, then decode only as large as the crops need; full: decode once at full size (see docs/benchmarks.md).",
+    )
+
+    @field_validator("framing")
+    @classmethod
+    def _framing(cls, v: str) -> str:
+        if v not in FRAMINGS:
+            raise ValueError(f"unknown framing {v!r}: use {', '.join(FRAMINGS)}")
+        return v
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                get_arch(v)
+            except KeyError as exc:
+                raise ValueError(str(exc).strip('"')) from None
+        return v
+
+    @field_validator("no_face")
+    @classmethod
+    def _no_face(cls, v: str) -> str:
+        if v not in ("center", "skip"):
+            raise ValueError(f"--no-face {v!r}: use center or skip")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v.lower() not in ("png", "jpg", "jpeg", "webp"):
+            raise ValueError(f"unknown output format {v!r}: use png, jpg or webp")
+        return v
+
+    @field_validator("decode")
+    @classmethod
+    def _decode(cls, v: str) -> str:
+        if v not in ("draft", "full"):
+            raise ValueError(f"decode {v!r}: use draft or full")
+        return v
+
+    @field_validator("detector")
+    @classmethod
+    def _detector(cls, v: str) -> str:
+        if v not in ("auto", "photo", "anime"):
+            raise ValueError(f"unknown detector {v!r}: use auto, photo or anime")
+        return v
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, v: str) -> str:
+        parse_color(v)
+        return v
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect(cls, v: str | None) -> str | None:
+        parse_aspect(v)
+        return v
+
+    @model_validator(mode="after")
+    def _buckets(self) -> CropOptions:
+        self.spec()  # an unknown trainer or an illegal step is refused here, naming the fix
+        return self
+
+    def validate(self) -> None:  # type: ignore[override]
+        """Kept for callers of the dataclass era: a constructed CropOptions is already valid."""
+        type(self).model_validate(self.model_dump())
+
+    def spec(self, *, no_upscale: bool = False) -> BucketSpec:
+        return bucket_spec(self.resolution, trainer=self.trainer, step=self.bucket_step, min_reso=self.min_bucket_reso, max_reso=self.max_bucket_reso, no_upscale=no_upscale)
 
     def key(self) -> str:
         """Fingerprint of the options that change the output; a rerun with other options redoes the image."""
         skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive", "decode"}
-        d = {k: v for k, v in asdict(self).items() if k not in skip}
+        d = {k: v for k, v in self.model_dump().items() if k not in skip}
+        d["_rules"] = 2  # small sources are written at their no-upscale bucket since rules 2
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -115,6 +179,9 @@ class CropReport:
     contact_sheets: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    resolution: int = 1024
+    bucket_record: Path | None = None
+    """`buckets.json` in the output: the bucket spec every crop is a fixed point of."""
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -122,6 +189,32 @@ class CropReport:
     @property
     def n_failed(self) -> int:
         return self.count("failed")
+
+    @property
+    def small_sources(self) -> list[str]:
+        """Images written below their target bucket (no upscaling): they need bucket_no_upscale."""
+        return [r.id for r in self.results if "small_source" in r.data.get("flags", []) and r.outputs]
+
+    @property
+    def no_upscale(self) -> bool:
+        return bool(self.small_sources)
+
+    @property
+    def suggested_resolution(self) -> int | None:
+        """A training resolution most sources fill, when most are smaller than the one asked for.
+
+        The median side (square root of the area) of the no-upscale crops, floored to a multiple
+        of 64 and at least 256 (loraprep's choice: half the images then train at their full
+        size or more; see docs/crop.md).
+        """
+        done = [r for r in self.results if r.status != "failed" and r.data.get("buckets")]
+        small = [r for r in done if r.id in set(self.small_sources)]
+        if not done or len(small) * 2 <= len(done):
+            return None
+        sides = sorted(math.sqrt(b[0] * b[1]) for r in small for b in r.data["buckets"][:1])
+        side = int(sides[len(sides) // 2])
+        suggestion = max(256, side - side % 64)
+        return suggestion if suggestion < self.resolution else None
 
     @property
     def no_face(self) -> list[str]:
@@ -147,6 +240,10 @@ class CropReport:
             "report": str(self.report_path) if self.report_path else None,
             "contact_sheets": [str(p) for p in self.contact_sheets],
             "warnings": self.warnings,
+            "bucket_record": str(self.bucket_record) if self.bucket_record else None,
+            "no_upscale": self.no_upscale,
+            "small_sources": self.small_sources,
+            "suggested_resolution": self.suggested_resolution,
             "images": [report_line(r) for r in self.results],
         }
 
@@ -168,6 +265,7 @@ def report_line(r: Result) -> dict[str, Any]:
         "detector": d.get("detector"),
         "share": d.get("share", []),
         "scale": d.get("scale", []),
+        "target": d.get("target", []),
         "size": d.get("size"),
     }
 
@@ -205,6 +303,7 @@ class CropStep:
         self.names = names
         self.threads = threads
         self.spec = options.spec()
+        self.spec_no_upscale = options.spec(no_upscale=True)
         self.framing = PRESETS.get(options.framing)
         self.aspect = parse_aspect(options.aspect)
         self.background = parse_color(options.background)
@@ -276,15 +375,36 @@ class CropStep:
             if not self.spec.is_fixed_point(p.bucket):  # the whole point of the step
                 raise AssertionError(f"bucket {p.bucket} is not a fixed point of {self.spec}")
         small = [p for p in plans if p.scale > 1.0 + 1e-6]
+        n_planned = len(plans)
+        keep = list(range(n_planned))
+        targets = [p.bucket for p in plans]
+        too_small = 0
         if small:
             flags.append("upscaled" if o.upscale else "small_source")
+        if small and not o.upscale:
+            face_of = faces if o.all_faces else faces[:1]
+            fitted: list[CropPlan] = []
+            keep = []
+            for i, p in enumerate(plans):
+                q: CropPlan | None = p
+                if p.scale > 1.0 + 1e-6:
+                    f = face_of[i] if i < len(face_of) else None
+                    q = fit_without_upscale(p, self.spec_no_upscale, keep=(f.x0, f.y0, f.x1, f.y1) if f is not None else None)
+                    if q is not None and not self.spec_no_upscale.is_fixed_point(q.bucket):
+                        raise AssertionError(f"bucket {q.bucket} is not a fixed point of {self.spec_no_upscale}")
+                if q is None:
+                    too_small += 1
+                    continue
+                fitted.append(q)
+                keep.append(i)
+            targets = [targets[i] for i in keep]
+            plans = fitted
         if any(p.padded for p in plans):
             flags.append("padded")
         if first.exif_rotated:
             flags.append("exif_rotated")
-        keep = [i for i, p in enumerate(plans) if o.upscale or p.scale <= 1.0 + 1e-6]
-        writable = [plans[i] for i in keep]
-        names = self.output_names(item, len(plans))
+        writable = plans
+        names = self.output_names(item, n_planned)
         out_names = [names[i] for i in keep]
 
         outputs: list[str] = []
@@ -306,8 +426,15 @@ class CropStep:
         if "multi_face" in flags:
             reasons.append(f"{len(faces)} faces; the second is at least half the size of the largest: check the identity")
         if "small_source" in flags:
-            worst = max(p.scale for p in small)
-            reasons.append(f"crop smaller than the bucket (needs {worst:.2f}x upscaling): not written; pass --upscale or lower --resolution")
+            shrunk = [(targets[n], p.bucket) for n, p in enumerate(writable) if tuple(p.bucket) != tuple(targets[n])]
+            if shrunk:
+                (tw, th), (bw, bh) = shrunk[0]
+                reasons.append(
+                    f"source smaller than the {tw}x{th} bucket: written at {bw}x{bh}, the largest bucket it fills without upscaling "
+                    "(train with bucket_no_upscale, which train_bridge config reads from buckets.json); pass --upscale for the full size or lower --resolution"
+                )
+            if too_small:
+                reasons.append(f"crop smaller than one bucket step ({self.spec.steps} px): not written; pass --upscale or a smaller --bucket-step")
         elif "upscaled" in flags:
             reasons.append(f"upscaled {max(p.scale for p in small):.2f}x with Lanczos")
         if "padded" in flags:
@@ -321,6 +448,7 @@ class CropStep:
             "buckets": [list(p.bucket) for p in writable],
             "share": [round(p.share, 4) if p.share is not None else None for p in writable],
             "scale": [round(p.scale, 4) for p in writable],
+            "target": [list(t) for t in targets],
             "flags": flags,
             "detector": getattr(faces[0], "detector", None) if faces else self.options.detector,
             "size": [width, height],
@@ -412,7 +540,7 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
     if src.resolve() == out.resolve():
         raise ValueError(f"{out}: the output folder must differ from the source folder (originals are never overwritten)")
     items = discover(src, recursive=options.recursive, exclude=[out])
-    report = CropReport(out=out, dry_run=options.dry_run)
+    report = CropReport(out=out, dry_run=options.dry_run, resolution=options.resolution)
     names = output_stems(items)
     manifest = Manifest.in_folder(out)
     key = options.key()
@@ -469,7 +597,27 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
                 report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(rows)} images (flagged ones first); crops.jsonl lists all")
                 rows = rows[:SHEET_MAX_ROWS]
             report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background))
+        arch = get_arch(options.trainer).name if options.trainer else None
+        report.bucket_record = write_bucket_record(out, options.spec(no_upscale=report.no_upscale), arch=arch, written_by="prep crop")
+    if report.suggested_resolution:
+        report.warnings.append(
+            f"{len(report.small_sources)} of {len(report.results)} sources are smaller than the {options.resolution} px buckets "
+            f"(written without upscaling): consider --resolution {report.suggested_resolution}"
+        )
     return report
+
+
+class CropStage:
+    """`prep crop` as a stage: the CLI command and `loraprep run` both call `run`."""
+
+    name = "crop"
+    Options = CropOptions
+
+    def run(self, src: Path, out: Path, options: CropOptions, *, progress: Progress | None = None) -> CropReport:
+        return crop_folder(src, out, options, progress=progress)
+
+
+STAGE = CropStage()
 
 
 # --- contact sheet --------------------------------------------------------------------------

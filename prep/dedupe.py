@@ -17,24 +17,36 @@ morphological opening (5 px, 3 px below 400 px) must stay under `PIXEL_THRESHOLD
 scikit-image photos and the shared anime sprites: resized and re-encoded copies score 5-21
 (a 300x200 JPEG q50 copy the worst), expression changes 30-124. Every member of a group is
 verified against the kept image itself, never only through another member.
+
+Which copy is kept (`keep_rank`), in this order: a file whose name does not mark it as derived
+(`flip`, `flipped`, `mirror`, `mirrored`, `hflip`, `copy`, a trailing ` (2)`) over one that
+does, so the original beats its mirror when the names say which is which (the pixels cannot:
+each is the other's mirror); then a captioned image over an uncaptioned one; then more pixels,
+then the larger file, then the name. Each group is anchored on its best-ranked image, so the
+images that matched it only mirrored are its mirrors (`mirrored`). When the kept image has no
+caption but a duplicate being moved has one, the caption is copied beside the kept image
+(the duplicate keeps its own copy in the move-to folder): a user's caption is never lost.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from prep.dataset import ImageItem, discover
-from prep.executor import Result, run_step
-from prep.fsutil import unique_path
+from prep.executor import Progress, Result, run_step
+from prep.fsutil import atomic_write_bytes, unique_path
 from prep.images import ImageLoadError, load_image
+from prep.options import StageOptions
 
 DEFAULT_THRESHOLD = 8
 FINE_THRESHOLD = 16
@@ -75,6 +87,14 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+_DERIVED = re.compile(r"(?:^|[^a-z])(?:h?flip(?:ped)?|mirror(?:ed)?|copy)(?:[^a-z]|$)|\(\d+\)$")
+
+
+def is_derived_name(path: Path | str) -> bool:
+    """True when the file name marks a made copy: `x_flipped.png`, `mirror.jpg`, `x copy.png`, `x (2).jpg`."""
+    return bool(_DERIVED.search(Path(path).stem.lower().strip()))
+
+
 @dataclass
 class HashedImage:
     id: str
@@ -85,6 +105,12 @@ class HashedImage:
     mirror: int
     fine: int | None = None
     fine_mirror: int | None = None
+    captioned: bool = False
+
+
+def keep_rank(h: HashedImage) -> tuple[Any, ...]:
+    """Sort key of the copy to keep, best first (see the module docstring)."""
+    return (is_derived_name(h.path), not h.captioned, -h.size[0] * h.size[1], -h.file_size, h.id)
 
 
 @dataclass
@@ -156,18 +182,18 @@ def group_duplicates(
     mirror: bool = True,
     verify: Callable[[HashedImage, HashedImage, bool], bool] | None = None,
 ) -> list[DuplicateGroup]:
-    """Groups of images within `threshold` bits of the group's kept (largest) image.
+    """Groups of images within `threshold` bits of the group's kept image.
 
-    Greedy, largest first: each image not yet grouped keeps the hash matches that are still
-    free, so every member was compared with the kept image itself. `verify(a, b, mirrored)`
-    may reject a hash match (e.g. `PixelVerifier()`).
+    Greedy, best `keep_rank` first (an underived name, a caption, more pixels): each image not
+    yet grouped keeps the hash matches that are still free, so every member was compared with
+    the kept image itself. `verify(a, b, mirrored)` may reject a hash match (e.g. `PixelVerifier()`).
     """
     n = len(hashed)
     if n < 2:
         return []
     h = np.array([x.hash for x in hashed], dtype=np.uint64)
     hm = np.array([x.mirror for x in hashed], dtype=np.uint64)
-    order = sorted(range(n), key=lambda i: (-hashed[i].size[0] * hashed[i].size[1], -hashed[i].file_size, hashed[i].id))
+    order = sorted(range(n), key=lambda i: keep_rank(hashed[i]))
     taken = np.zeros(n, dtype=bool)
     groups = []
     for keep in order:
@@ -214,8 +240,21 @@ def hash_items(items: Iterable[ImageItem], *, workers: int | None = None, progre
             failed.append(r)
             continue
         d = r.data
-        hashed.append(HashedImage(r.id, by_id[r.id].path, tuple(d["size"]), d["file_size"], d["hash"], d["mirror"], d["fine"], d["fine_mirror"]))  # type: ignore[arg-type]
+        it = by_id[r.id]
+        hashed.append(HashedImage(r.id, it.path, tuple(d["size"]), d["file_size"], d["hash"], d["mirror"], d["fine"], d["fine_mirror"], it.has_caption))  # type: ignore[arg-type]
     return hashed, failed
+
+
+class DedupeOptions(StageOptions):
+    """Options of `prep dedupe` and `[dedupe]` of loraprep.toml (declared once, here)."""
+
+    threshold: int = Field(DEFAULT_THRESHOLD, ge=0, le=64, description="Max differing bits of 64 to count as duplicate.")
+    mirror: bool = Field(True, description="Treat mirror images as duplicates (training with flip_aug makes them the same sample).")
+    verify: bool = Field(True, description="Confirm hash matches on pixels (--no-verify: the hash alone; faster, but groups images that differ only in small details such as expressions).")
+    recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive", "-r")})
+    move_to: str | None = Field(None, description="Move all but the kept image of each group (with captions) here; nothing is ever deleted.")
+    workers: int | None = Field(None, ge=1, description="Parallel workers (default: all cores).", json_schema_extra={"cli": ("--workers", "-j")})
+    dry_run: bool = Field(False, description="Report moves without moving.")
 
 
 @dataclass
@@ -226,6 +265,12 @@ class DedupeReport:
     moved: list[tuple[str, str]] = field(default_factory=list)
     threshold: int = DEFAULT_THRESHOLD
     images: int = 0
+    captions_copied: list[tuple[str, str]] = field(default_factory=list)
+    """(duplicate's caption, kept image's new caption) where the kept image had none."""
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,6 +280,7 @@ class DedupeReport:
             "groups": [g.to_json() for g in self.groups],
             "duplicates": sum(len(g.others) for g in self.groups),
             "moved": [{"from": a, "to": b} for a, b in self.moved],
+            "captions_copied": [{"from": a, "to": b} for a, b in self.captions_copied],
             "errors": [{"file": r.source, "reason": r.reason} for r in self.failed],
         }
 
@@ -254,6 +300,7 @@ def dedupe_folder(
     """Find duplicate groups; with `move_to`, move all but the kept image (and captions) there.
 
     Never deletes. Moves keep the relative path and never overwrite (a free name is chosen).
+    A caption that only a moved duplicate has is first copied beside the kept image.
     """
     folder = Path(folder)
     exclude = [Path(move_to)] if move_to else []
@@ -265,7 +312,16 @@ def dedupe_folder(
         return report
     dest_root = Path(move_to)
     by_id = {it.id: it for it in items}
+    rank = {h.id: keep_rank(h) for h in hashed}
     for g in groups:
+        kept = by_id[g.keep]
+        if not kept.caption_path.exists():
+            donors = sorted((o for o in g.others if by_id[o].caption_path.is_file()), key=lambda o: rank[o])
+            if donors:
+                src = by_id[donors[0]].caption_path
+                report.captions_copied.append((str(src), str(kept.caption_path)))
+                if not dry_run:
+                    atomic_write_bytes(kept.caption_path, src.read_bytes())
         for oid in g.others:
             it = by_id[oid]
             for src in (it.path, it.caption_path):
@@ -277,3 +333,32 @@ def dedupe_folder(
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(src), str(dst))
     return report
+
+
+def dedupe_with(src: Path | str, options: DedupeOptions, *, move_to: Path | str | None = None, progress: Any = None) -> DedupeReport:
+    """`dedupe_folder` driven by a `DedupeOptions` (`move_to` overrides `options.move_to`)."""
+    dest = move_to if move_to is not None else options.move_to
+    return dedupe_folder(
+        src,
+        threshold=options.threshold,
+        mirror=options.mirror,
+        move_to=dest,
+        recursive=options.recursive,
+        workers=options.workers,
+        dry_run=options.dry_run,
+        progress=progress,
+        verify=options.verify,
+    )
+
+
+class DedupeStage:
+    """The dedupe stage (prep.stage.Stage): `out` is the folder duplicates move to, or None to only report."""
+
+    name: ClassVar[str] = "dedupe"
+    Options: ClassVar[type[StageOptions]] = DedupeOptions
+
+    def run(self, src: Path, out: Path | None, options: DedupeOptions, *, progress: Progress | None = None) -> DedupeReport:
+        return dedupe_with(src, options, move_to=out, progress=progress)
+
+
+STAGE = DedupeStage()

@@ -67,10 +67,21 @@ class CropPlan:
         return max(self.bucket[0] / self.width, self.bucket[1] / self.height)
 
 
-def bucket_spec(resolution: int, *, trainer: str | None = None, step: int | None = None, min_reso: int | None = None, max_reso: int | None = None) -> BucketSpec:
-    """The bucket settings the trainer will use at `resolution` (see `prep.buckets.bucket_spec_for`)."""
+def bucket_spec(
+    resolution: int,
+    *,
+    trainer: str | None = None,
+    step: int | None = None,
+    min_reso: int | None = None,
+    max_reso: int | None = None,
+    no_upscale: bool = False,
+) -> BucketSpec:
+    """The bucket settings the trainer will use at `resolution` (see `prep.buckets.bucket_spec_for`).
+
+    `trainer` is any `prep.archs` name or alias (anima, flux, sdxl, sd3, wan, wan21-t2v, ...).
+    """
     try:
-        return bucket_spec_for(trainer, resolution, step=step, min_reso=min_reso, max_reso=max_reso)
+        return bucket_spec_for(trainer, resolution, step=step, min_reso=min_reso, max_reso=max_reso, no_upscale=no_upscale)
     except KeyError as exc:
         raise ValueError(str(exc).strip('"')) from None
 
@@ -169,6 +180,41 @@ def plan_full_crop(size: Size, subject: Rect | None, spec: BucketSpec, *, face: 
     padded = box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height
     share = ((face[3] - face[1]) / (box[3] - box[1])) if face else None
     return CropPlan(box, bucket, share, padded)
+
+
+def fit_without_upscale(plan: CropPlan, spec: BucketSpec, *, keep: Rect | None = None) -> CropPlan | None:
+    """`plan` at the largest bucket its box fills without upscaling; None when not one bucket step fits.
+
+    The bucket is the one the trainer gives the box's own pixels under `bucket_no_upscale`
+    (`spec` has `no_upscale=True`): each side floored to a multiple of the step. The box is
+    trimmed to that aspect (at most one step less than a side, at native size): the width
+    evenly, the height from the bottom so the head-room stays, both moved to hold `keep`
+    (the face) where they can. The result is a fixed point of `spec`, and a downscale by
+    less than one step per side.
+    """
+    if not spec.no_upscale:
+        raise ValueError("fit_without_upscale needs a bucket spec with no_upscale=True")
+    w, h = plan.width, plan.height
+    bw, bh = spec.select(w, h).bucket
+    if bw <= 0 or bh <= 0:
+        return None
+    s = max(bw / w, bh / h)
+    cw, ch = max(bw, round(bw / s)), max(bh, round(bh / s))
+    x0, y0, x1, y1 = plan.box
+
+    def place(start: int, length: int, lo: int, hi: int, must: tuple[float, float] | None) -> int:
+        if must is not None:
+            start = max(start, math.ceil(must[1]) - length)
+            start = min(start, math.floor(must[0]))
+        return min(max(start, lo), hi - length)
+
+    kx = (keep[0], keep[2]) if keep else None
+    ky = (keep[1], keep[3]) if keep else None
+    nx = place(x0 + (w - cw) // 2, cw, x0, x1, kx)
+    ny = place(y0, ch, y0, y1, ky)
+    box = (nx, ny, nx + cw, ny + ch)
+    share = plan.share * plan.height / ch if plan.share is not None else None
+    return CropPlan(box, (bw, bh), share, plan.padded)
 
 
 def parse_aspect(value: str | float | None) -> float | None:

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from pydantic import Field
+
 from prep.dataset import CAPTION_EXTENSION
 from prep.fsutil import atomic_open, safe_component, sha256_file
 from prep.images import is_image_path
 from prep.manifest import Manifest, Record
+from prep.options import StageOptions
 
 STEP = "import"
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
@@ -37,15 +40,15 @@ class ImportRefused(Exception):
     """The whole source is refused before anything was written (bomb, not a zip, ...)."""
 
 
-@dataclass
-class ImportOptions:
-    max_members: int = DEFAULT_MAX_MEMBERS
-    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
-    max_ratio: float = DEFAULT_MAX_RATIO
-    flatten: bool = False
-    """Put every file directly in DIR (names made unique) instead of keeping subfolders."""
-    include_captions: bool = True
-    dry_run: bool = False
+class ImportOptions(StageOptions):
+    """The options of `prep import` (its flags and `loraprep.toml`'s [import]), declared once."""
+
+    max_members: int = Field(DEFAULT_MAX_MEMBERS, gt=0, description="Refuse archives with more files than this.", json_schema_extra={"cli": ("--max-files",)})
+    max_total_bytes: int = Field(DEFAULT_MAX_TOTAL_BYTES, gt=0, description="Refuse archives larger than this uncompressed (bytes; on the command line --max-total-size in GiB).", json_schema_extra={"cli": None})
+    max_ratio: float = Field(DEFAULT_MAX_RATIO, gt=1, description="Refuse zip members that expand more than this many times (images barely compress).")
+    flatten: bool = Field(False, description="Put every file directly in the output folder (names made unique) instead of keeping subfolders.", json_schema_extra={"cli": ("--flatten",)})
+    include_captions: bool = Field(True, description="Import the .txt captions beside the images.", json_schema_extra={"cli": ("--captions/--no-captions",)})
+    dry_run: bool = Field(False, description="List what would be imported; write nothing.", json_schema_extra={"cli": ("--dry-run",)})
 
 
 @dataclass
@@ -77,6 +80,10 @@ class ImportReport:
     @property
     def problems(self) -> list[ImportEntry]:
         return [e for e in self.entries if e.status in ("refused", "failed")]
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.problems)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -287,3 +294,15 @@ def import_source(src: Path | str, out: Path | str, options: ImportOptions | Non
         manifest.append(Record(step=STEP, id=rel, status="ok", source=m.name, source_sha256=digest, outputs=[rel], reason=renamed_reason))
     return report
 
+
+class ImportStage:
+    """`prep import` as a stage: the CLI command and `loraprep run` both call `run`."""
+
+    name = "import"
+    Options = ImportOptions
+
+    def run(self, src: Path, out: Path, options: ImportOptions, *, progress: object = None) -> ImportReport:
+        return import_source(src, out, options)
+
+
+STAGE = ImportStage()

@@ -21,10 +21,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from prep.buckets import BUCKET_RECORD, read_bucket_record
 from prep.dataset import ImageItem, discover, read_caption
-from prep.fsutil import atomic_write_text, link_or_copy, safe_component, sha256_file
+from prep.fsutil import atomic_write_bytes, atomic_write_text, link_or_copy, safe_component, sha256_file
 from prep.images import ImageLoadError, exif_orientation, load_image, save_image
 from prep.manifest import Manifest, Record
+from prep.options import StageOptions
 from prep.trigger import apply_trigger
 
 STEP = "layout"
@@ -33,17 +37,38 @@ TRAINER_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 _CACHE_FILES = re.compile(r"(\.npz|^metadata_cache\.json)$")
 
 
-@dataclass
-class LayoutOptions:
-    trigger: str
-    repeats: int = 10
-    class_token: str | None = None
-    reg_dir: Path | None = None
-    reg_repeats: int = 1
-    names: str = "trigger"  # "trigger": {trigger}_{nnnn}; "keep": the original stem, made safe
-    link: str = "auto"  # "auto" (hard link, else copy) | "copy"
-    recursive: bool = False
-    dry_run: bool = False
+class LayoutOptions(StageOptions):
+    """The options of `prep layout` (its flags and `loraprep.toml`'s [layout]), declared once."""
+
+    trigger: str = Field("", description="Trigger word; first in every caption and in the folder name (inside a project: its [project] trigger).", json_schema_extra={"cli": ("--trigger", "-t")})
+    repeats: int = Field(10, ge=1, description="Repeats per epoch for the training images.", json_schema_extra={"cli": ("--repeats", "-n")})
+    class_token: str | None = Field(None, description="Class word (folder '{repeats}_{trigger} {class}'); needed with --reg.", json_schema_extra={"cli": ("--class-token", "-c")})
+    reg_dir: str | None = Field(None, description="Folder of regularisation images (reg/{r}_{class}/).", json_schema_extra={"cli": ("--reg",)})
+    reg_repeats: int = Field(1, ge=1, description="Repeats for regularisation images.")
+    names: str = Field("trigger", description="trigger: {trigger}_{nnnn}.ext; keep: the original names made safe.")
+    link: str = Field("auto", description="auto: hard links where the filesystem allows, else copies; copy: always copy (same as --copy).")
+    recursive: bool = Field(False, description="Include subfolders of SRC.", json_schema_extra={"cli": ("--recursive", "-r")})
+    buckets_from: str | None = Field(None, description="Folder whose buckets.json (written by prep crop) the dataset carries (default: SRC).")
+    dry_run: bool = Field(False, description="Plan only; write and delete nothing.", json_schema_extra={"cli": ("--dry-run",)})
+
+    @field_validator("reg_dir", "buckets_from", mode="before")
+    @classmethod
+    def _path(cls, v: object) -> object:
+        return str(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        if v not in ("trigger", "keep"):
+            raise ValueError(f"--names {v!r}: use trigger or keep")
+        return v
+
+    @field_validator("link")
+    @classmethod
+    def _link(cls, v: str) -> str:
+        if v not in ("auto", "copy"):
+            raise ValueError(f"--link {v!r}: use auto or copy")
+        return v
 
 
 @dataclass
@@ -66,6 +91,8 @@ class LayoutReport:
     removed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    bucket_record: str | None = None
+    """The dataset's `buckets.json` (carried from the crops), which `train_bridge config` reads."""
 
     def count(self, method: str, reg: bool | None = None) -> int:
         return sum(1 for i in self.items if i.method == method and (reg is None or i.reg == reg))
@@ -82,10 +109,17 @@ class LayoutReport:
     def n_reg(self) -> int:
         return sum(1 for i in self.items if i.method != "failed" and i.reg)
 
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update({"n_images": self.n_images, "n_reg": self.n_reg, "n_failed": len(self.failed)})
         return d
+
+    def to_json(self) -> dict:
+        return self.as_dict()
 
 
 def ascii_slug(text: str) -> str:
@@ -214,11 +248,13 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
     src, out = Path(src).resolve(), Path(out).resolve()
     opts = options
     if not opts.trigger or not opts.trigger.strip():
-        raise ValueError("a trigger word is required")
+        raise ValueError("a trigger word is required: pass --trigger/-t WORD (inside a loraprep project: [project] trigger)")
     if opts.repeats < 1 or opts.reg_repeats < 1:
         raise ValueError("repeats must be at least 1")
     if out == src:
         raise ValueError("the output folder must differ from the input folder")
+    if opts.reg_dir is not None and not Path(opts.reg_dir).is_dir():
+        raise ValueError(f"--reg {opts.reg_dir}: not a folder; pass the folder of regularisation images")
     if opts.reg_dir is not None and not opts.class_token:
         raise ValueError("regularisation images need --class-token (the reg folder is named {repeats}_{class})")
     for what, folder in (("the input folder", src), ("--reg", Path(opts.reg_dir).resolve() if opts.reg_dir else None)):
@@ -303,4 +339,36 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
             "images": {i.target: i.source for i in report.items if i.method != "failed"},
         }
         atomic_write_text(out / LAYOUT_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    _carry_bucket_record(Path(opts.buckets_from).resolve() if opts.buckets_from else src, out, report)
     return report
+
+
+def _carry_bucket_record(src: Path, out: Path, report: LayoutReport) -> None:
+    """Copy the crops' `buckets.json` into the dataset root, where `train_bridge config` reads it.
+
+    Without one in `src` an earlier copy in the dataset is removed: it would describe other crops.
+    """
+    record = read_bucket_record(src)  # a broken record raises ValueError naming it
+    dest = out / BUCKET_RECORD
+    if record is None:
+        if dest.is_file():
+            report.warnings.append(f"{src}: no {BUCKET_RECORD}; removed the dataset's earlier one (it described other crops)")
+            if not report.dry_run:
+                dest.unlink()
+        return
+    report.bucket_record = str(dest)
+    if not report.dry_run:
+        atomic_write_bytes(dest, record.path.read_bytes())
+
+
+class LayoutStage:
+    """`prep layout` as a stage: the CLI command and `loraprep run` both call `run`."""
+
+    name = "layout"
+    Options = LayoutOptions
+
+    def run(self, src: Path, out: Path, options: LayoutOptions, *, progress: object = None) -> LayoutReport:
+        return layout_dataset(src, out, options)
+
+
+STAGE = LayoutStage()

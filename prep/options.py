@@ -41,7 +41,8 @@ class OptionsError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: dict[str, Any]) -> tuple[str, str]:
+    """(key, what is wrong) for one pydantic error, worded for a person editing a file or a flag."""
     key = ".".join(str(p) for p in err.get("loc", ())) or "(options)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
@@ -55,7 +56,7 @@ def load_options(cls: type[O], data: dict[str, Any] | None, *, where: str) -> O:
     try:
         return cls.model_validate(dict(data or {}))
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
+        problems = [describe_error(e) for e in exc.errors()]
         known = ", ".join(cls.model_fields)
         if any(m == "unknown key" for _, m in problems):
             problems.append(("known keys", known))
@@ -116,12 +117,15 @@ def options_command(cls: type[O], *, exclude: tuple[str, ...] = (), defaults: di
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.name != "options"]
+        hints = typing.get_type_hints(fn)  # real types, also under `from __future__ import annotations`
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != "options"]
         fields = cli_params(cls, exclude=exclude, defaults=defaults)
         names = {p.name for p in fields}
+        # typer gives the Context to one parameter only: reuse the command's own when it has one
+        ctx_name = next((p.name for p in own if isinstance(p.annotation, type) and issubclass(p.annotation, typer.Context)), None)
 
         def wrapper(**kw: Any) -> Any:
-            ctx = kw.pop("_options_ctx")
+            ctx = kw[ctx_name] if ctx_name else kw.pop("_options_ctx")
             given = {}
             for n in names:
                 v = kw.pop(n)
@@ -139,7 +143,7 @@ def options_command(cls: type[O], *, exclude: tuple[str, ...] = (), defaults: di
             return fn(**kw, options=opts)
 
         ctx_param = inspect.Parameter("_options_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
-        wrapper.__signature__ = sig.replace(parameters=[*own, *fields, ctx_param])  # type: ignore[attr-defined]
+        wrapper.__signature__ = sig.replace(parameters=[*own, *fields, *([] if ctx_name else [ctx_param])])  # type: ignore[attr-defined]
         wrapper.__name__ = fn.__name__
         wrapper.__doc__ = fn.__doc__
         wrapper.__wrapped_options__ = cls  # type: ignore[attr-defined]

@@ -14,6 +14,13 @@ from prep.layout import LayoutOptions, layout_dataset
 SIZES = [(1024, 1024), (832, 1216), (1216, 832), (900, 1400), (2000, 1000), (640, 480), (768, 1344), (1536, 640), (700, 700), (1100, 1650), (1650, 1100)]
 
 
+SD3_TEXT_ENCODER_TENSORS = [
+    "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight",
+    "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight",
+    "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.k.weight",
+]
+
+
 def write_safetensors(path: Path, tensors: dict[str, list[int]], dtype: str = "BF16") -> Path:
     """A valid safetensors file whose tensors are zeros (tiny shapes)."""
     header: dict[str, dict] = {}
@@ -60,7 +67,8 @@ def make_models(root: Path) -> dict[str, dict[str, str]]:
             "ae": sd("ae.safetensors", ["decoder.conv_in.weight", "encoder.conv_in.weight"]),
         },
         "sdxl": {"checkpoint": sd("sdxl.safetensors", ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"])},
-        "sd3": {"checkpoint": sd("sd3.5_medium.safetensors", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"])},
+        # SD3.5 with its text encoders inside (sd3_utils reads text_encoders.<name>.* from it)
+        "sd3": {"checkpoint": sd("sd3.5_medium.safetensors", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", *SD3_TEXT_ENCODER_TENSORS])},
         "wan21-t2v": {"dit": sd("wan2.1_t2v_14B_bf16.safetensors", wan_blocks), "vae": vae, "t5": str(write_pth(m / "models_t5_umt5-xxl-enc-bf16.pth"))},
         "wan21-i2v": {
             "dit": sd("wan2.1_i2v_14B_bf16.safetensors", wan_blocks),

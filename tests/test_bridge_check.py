@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import json
 import shutil
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,8 @@ from typer.testing import CliRunner
 
 from train_bridge.check import check_config_files, check_run
 from train_bridge.cli import app
-from train_bridge.config import load_train_toml, write_run_config
+from train_bridge.config import write_run_config
+from train_bridge.runspec import read_train_toml
 
 
 @pytest.fixture()
@@ -153,7 +159,7 @@ def test_run_check_sees_dataset_options_that_clash_with_caching(world) -> None:
     # `check RUN` must judge the dataset against the run's own train.toml, as `check --config` does
     root, ds, models = world
     write_run_config("anima", ds, root / "run", models=models["anima"])
-    flat, _ = load_train_toml(root / "run" / "train.toml")
+    flat, _ = read_train_toml(root / "run" / "train.toml")
     assert flat.get("cache_text_encoder_outputs") or flat.get("cache_text_encoder_outputs_to_disk")
     ds_toml = root / "run" / "dataset.toml"
     doc = tomllib.loads(ds_toml.read_text(encoding="utf-8"))

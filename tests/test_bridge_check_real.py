@@ -19,9 +19,10 @@ import tomli_w
 from bridge_helpers import make_dataset, make_models
 
 from train_bridge.check import probe_jobs_for_run, run_probes
-from train_bridge.config import load_run, write_run_config
+from train_bridge.config import write_run_config
 from train_bridge.estimate import estimate_from, estimate_run
 from train_bridge.presets import PRESETS
+from train_bridge.runspec import RunSpec
 from train_bridge.trainers import REGISTRY, get_arch
 
 SD = os.environ.get("LORAPREP_SD_SCRIPTS")
@@ -39,7 +40,7 @@ def _matrix(root: Path, trainer: str) -> list[tuple[str, dict, int, int]]:
             run_dir = root / "runs" / f"{arch}_{p}"
             write_run_config(arch, ds, run_dir, models=models[arch], preset=p)
             est = estimate_run(run_dir, budget=None)
-            for job in probe_jobs_for_run(load_run(run_dir)):
+            for job in probe_jobs_for_run(RunSpec.load(run_dir)):
                 job["script"] = Path(spec.train_script).stem
                 out.append((f"{arch}_{p}:{job['name']}", job, est.steps_per_epoch, est.total_steps))
     return out

@@ -8,10 +8,15 @@ configs were accepted by the real sd-scripts 48d368fa / musubi-tuner 30c658c4 pa
 
 from __future__ import annotations
 
+import sys
+
 import datetime as dt
 import json
 import os
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -50,13 +55,27 @@ def test_golden(world, arch: str, preset: str) -> None:
     write_run_config(arch, ds, run, models=models[arch], preset=preset, now=NOW)
     got = _files(run, root)
     path = GOLDEN / f"{arch}_{preset}.json"
-    if os.environ.get("LORAPREP_UPDATE_GOLDEN") or not path.exists():
-        if not os.environ.get("LORAPREP_UPDATE_GOLDEN") and os.environ.get("CI"):
-            pytest.fail(f"missing golden {path}")
+    assert_golden(path, got)
+
+
+def assert_golden(path: Path, got: dict[str, str]) -> None:
+    """Compare with the golden file; only LORAPREP_UPDATE_GOLDEN=1 writes one (a missing one fails)."""
+    if os.environ.get("LORAPREP_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    if not path.exists():
+        pytest.fail(f"missing golden {path}: write it deliberately with LORAPREP_UPDATE_GOLDEN=1 and review the diff")
     want = json.loads(path.read_text(encoding="utf-8"))
     assert got == want
+
+
+def test_a_missing_golden_fails_and_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORAPREP_UPDATE_GOLDEN", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    path = tmp_path / "absent.json"
+    with pytest.raises(pytest.fail.Exception, match="missing golden"):
+        assert_golden(path, {"a": "b"})
+    assert not path.exists()
 
 
 def _run(world, arch: str, name: str, **kw):

@@ -100,13 +100,15 @@ class DiesAfterFirstBatch(WD14Backend):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[str] = []
+        self.calls = 0
 
-    def caption_stream(self, items, options):
-        for n, chunk in enumerate(super().caption_stream(items, options)):
-            if n == 1:
-                raise Killed()
-            self.seen += [r.id for r in chunk]
-            yield chunk
+    def caption_batch(self, items, options):
+        self.calls += 1
+        if self.calls == 2:
+            raise Killed()
+        out = super().caption_batch(items, options)
+        self.seen += [r.id for r in out]
+        return out
 
 
 class Counting(WD14Backend):
@@ -114,9 +116,9 @@ class Counting(WD14Backend):
         super().__init__()
         self.seen: list[str] = []
 
-    def caption_stream(self, items, options):
+    def caption_batch(self, items, options):
         self.seen += [i.id for i in items]
-        yield from super().caption_stream(items, options)
+        return super().caption_batch(items, options)
 
 
 def test_killed_run_resumes_and_captions_only_the_rest(model, tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from prep.crop import REPORT_NAME, CropOptions, crop_folder
 from prep.detectors.yunet import YuNetDetector
+from prep.buckets import read_bucket_record
 from prep.framing import SHARE_RANGES, bucket_spec
 from prep.manifest import Manifest
 
@@ -106,12 +107,17 @@ def test_photos_framed_at_the_share_inside_exact_buckets(tmp_path: Path, photos:
 def test_face_framing_and_the_small_source_policy(tmp_path: Path, photos: Path, yunet_model: Path, digest) -> None:
     before = digest(photos)
     out = tmp_path / "face"
-    crop_folder(photos, out, photo_opts(yunet_model, framing="face", resolution=1024, no_face="skip"))
+    report = crop_folder(photos, out, photo_opts(yunet_model, framing="face", resolution=1024, no_face="skip"))
     lines = read_report(out)
-    # 512 px astronaut at 1024: the crop would need upscaling -> flagged, nothing written
+    # 512 px astronaut at 1024: the crop would need upscaling -> flagged, written at the largest
+    # bucket its pixels fill (the trainer's bucket_no_upscale rule), and the record says so
     astro = lines["astronaut.png"]
-    assert "small_source" in astro["flags"] and astro["outputs"] == [] and "--upscale" in astro["reason"]
-    assert not (out / "astronaut.png").exists()
+    assert "small_source" in astro["flags"] and astro["outputs"] == ["astronaut.png"] and "--upscale" in astro["reason"]
+    nu = bucket_spec(1024, no_upscale=True)
+    with Image.open(out / "astronaut.png") as im:
+        assert list(im.size) == astro["bucket"] and im.size[0] < 1024 and im.size[0] % 64 == 0 and im.size[1] % 64 == 0
+        assert nu.is_fixed_point(im.size) and not bucket_spec(1024).is_fixed_point(im.size)
+    assert read_bucket_record(out).spec.no_upscale is True and report.no_upscale
     # no face with --no-face skip: reported, nothing written
     assert lines["wall.jpg"]["status"] == "skipped" and lines["wall.jpg"]["outputs"] == []
     # a 1024 px phone photo holds the face crop at 1024 without upscaling... or is flagged; the far face is small

@@ -105,6 +105,11 @@ def test_model_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mon
     model = build_yolo_model(tmp_path / "head_detect_v2.0_s" / "model.onnx", [(320, 320, 100, 100, 0.9)])
     monkeypatch.setenv("LORAPREP_ANIME_MODEL", str(tmp_path))
     assert create_detector("anime").resolve() == model
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    bare = build_yolo_model(flat / "model.onnx", [(320, 320, 100, 100, 0.9)])
+    monkeypatch.setenv("LORAPREP_ANIME_MODEL", str(flat))  # a folder holding the bare model.onnx
+    assert create_detector("anime").resolve() == bare
     monkeypatch.setenv("LORAPREP_ANIME_MODEL", str(model))
     det = create_detector("anime")
     assert det.resolve() == model

@@ -81,3 +81,57 @@ def test_explicit_path_that_is_missing_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable, match="face_detection_yunet_2023mar.onnx"):
         YuNetDetector(tmp_path / "nope").resolve()
     assert YUNET_REF.env_var == "LORAPREP_YUNET_MODEL"
+
+
+# -- the shipped model (no download for photos) -------------------------------------------
+
+
+def test_yunet_ships_inside_the_package_with_its_licence() -> None:
+    from prep.detectors.yunet import SHIPPED_YUNET, YUNET_SHA256
+    from prep.fsutil import sha256_file
+
+    assert SHIPPED_YUNET.is_file() and sha256_file(SHIPPED_YUNET) == YUNET_SHA256
+    licence = (SHIPPED_YUNET.parent / "LICENSE-yunet.txt").read_text()
+    assert "MIT License" in licence and "Permission is hereby granted" in licence
+
+
+def test_default_yunet_works_offline_with_an_empty_cache(tmp_path: Path, astronaut: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prep.detectors.yunet import SHIPPED_YUNET
+
+    monkeypatch.delenv("LORAPREP_YUNET_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    det = create_detector("photo")
+    assert det.resolve() == SHIPPED_YUNET
+    (face,) = det.detect(astronaut)
+    assert face.x0 == pytest.approx(178, abs=4) and 0.9 <= face.score <= 1.0
+
+
+def test_a_given_path_or_variable_wins_over_the_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "my_yunet.onnx"
+    mine.write_bytes(b"a user's own copy")  # not checked against the pin: the user chose it
+    monkeypatch.setenv("LORAPREP_YUNET_MODEL", str(mine))
+    assert YuNetDetector().resolve() == mine
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"x")
+    assert YuNetDetector(other).resolve() == other
+
+
+def test_photo_cropping_never_contacts_the_hub(tmp_path: Path) -> None:
+    """Online, empty cache, a Hub that counts connections: the shipped YuNet is used, no connection."""
+    import os
+    import subprocess
+    import sys
+
+    from test_models_hub import ROOT, CountingServer
+
+    srv = CountingServer()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LORAPREP_"))}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{srv.port}", HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "c"), HF_HOME=str(tmp_path / "h"), PYTHONPATH=str(ROOT))
+        code = "from prep.detectors import create_detector\nfrom PIL import Image\nprint(create_detector('photo').detect(Image.new('RGB', (320, 240))))"
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "[]" and srv.connections == 0
+    finally:
+        srv.close()

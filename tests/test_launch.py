@@ -20,6 +20,11 @@ def _opts(root: Path, **kw: object) -> LaunchOptions:
     return LaunchOptions(trainer_dir=root, python=sys.executable, gpu_check=False, **kw)  # type: ignore[arg-type]
 
 
+def _musubi_opts(root: Path, **kw: object) -> LaunchOptions:
+    # these runs stand in for Wan 2.2 steps without its model files: no preflight (tested with Anima below)
+    return _opts(root, preflight=False, **kw)
+
+
 @pytest.fixture()
 def root(tmp_path: Path) -> Path:
     return make_trainer_root(tmp_path)
@@ -221,16 +226,16 @@ def test_musubi_steps_run_in_order_and_made_caches_are_skipped(tmp_path: Path, r
         {"name": "cache_latents", "script": "wan_cache_latents.py", "args": [*cache, "--output_name", "lat"], "accelerate": False},
     ]
     run = make_run(tmp_path, trainer="musubi-tuner", commands=commands)
-    res = launch_run(run, _opts(root))
+    res = launch_run(run, _musubi_opts(root))
     assert res.exit_code == 0
     order = [a[a.index("--output_name") + 1] for a in recorded_argv(tmp_path)]
     assert order == ["lat", "te", "lora"]
-    res = launch_run(run, _opts(root, restart=True))
+    res = launch_run(run, _musubi_opts(root, restart=True))
     assert [o.status for o in res.outcomes] == ["skipped", "skipped", "done"]
     assert len(recorded_argv(tmp_path)) == 4
     # a changed dataset.toml makes the caches stale
     Path(ds).write_text(Path(ds).read_text() + "\n# changed\n")
-    res = launch_run(run, _opts(root, restart=True))
+    res = launch_run(run, _musubi_opts(root, restart=True))
     assert [o.status for o in res.outcomes] == ["done", "done", "done"]
 
 
@@ -322,7 +327,7 @@ def test_auto_retry_oom_keeps_each_expert_on_its_own_config(tmp_path: Path, root
          "args": ["--config_file", str(run_dir / "train_low.toml"), *common]},
     ]
     run = make_run(tmp_path, trainer="musubi-tuner", commands=commands, preset="custom")
-    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    res = launch_run(run, _musubi_opts(root, auto_retry_oom=True))
     assert [o.status for o in res.outcomes] == ["oom", "done", "done"], res.message
     argvs = recorded_argv(tmp_path)
     low = [a for a in argvs if str(run_dir / "train_low.toml") in a]
@@ -354,7 +359,7 @@ def test_auto_retry_oom_after_a_saved_state_resumes_only_the_failed_expert(tmp_p
          "args": ["--config_file", str(run_dir / "train_low.toml"), *common]},
     ]
     run = make_run(tmp_path, trainer="musubi-tuner", commands=commands, preset="custom")
-    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    res = launch_run(run, _musubi_opts(root, auto_retry_oom=True))
     assert res.exit_code == 0 and [o.status for o in res.outcomes] == ["oom", "done", "done"], res.message
     assert res.retry is not None and res.retry["resume"] is True
     argvs = recorded_argv(tmp_path)

@@ -3,7 +3,6 @@ prediction per key, whatever fails in between."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -169,7 +169,7 @@ def test_wan_run_crops_to_musubi_buckets(tmp_path, anime_dir, yunet_model):
     """Wan goes through musubi-tuner: crops are fixed points of its bucket rule, config takes the resolution."""
     from PIL import Image
 
-    from prep.buckets import BucketSpec
+    from prep.buckets import BucketSpec, read_bucket_record
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -186,8 +186,13 @@ def test_wan_run_crops_to_musubi_buckets(tmp_path, anime_dir, yunet_model):
     assert (run / "train_high.toml").is_file() and (run / "train_low.toml").is_file()
     ds = tomllib.loads((run / "dataset.toml").read_text())
     assert ds["general"]["resolution"] == [512, 512]
-    spec = BucketSpec(resolution=(512, 512), steps=16, family="musubi")
+    # the sprites are smaller than the 512 buckets: written at their no-upscale bucket, and the
+    # dataset tells musubi to keep them so (its BucketSelector has the same no_upscale rule)
+    assert read_bucket_record(tmp_path / "p" / "dataset").spec.no_upscale
+    assert ds["general"]["bucket_no_upscale"] is True
+    spec = BucketSpec(resolution=(512, 512), steps=16, family="musubi", no_upscale=True)
     sizes = {Image.open(p).size for p in (tmp_path / "p" / "02_cropped").glob("sylvie_*.png")}
     assert sizes and all(spec.is_fixed_point(s) for s in sizes)
+    assert not all(BucketSpec(resolution=(512, 512), steps=16, family="musubi").is_fixed_point(s) for s in sizes)
     est = {s["name"]: s for s in rep["stages"]}["estimate"]["summary"]
     assert set(est["buckets"]) == {f"{w}x{h}" for w, h in sizes}

@@ -1,10 +1,19 @@
-"""setup against a local git repository standing in for sd-scripts (offline: PIP_NO_INDEX)."""
+"""setup against a local git repository standing in for sd-scripts (offline: PIP_NO_INDEX).
+
+The packages the stand-in's requirements.txt names are wheels the test builds from its own
+environment's installed copies, so setup installs into a fresh venv without a package index
+and without whatever the machine's base Python happens to have.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
+import zipfile
+from importlib.metadata import distribution
 import sys
 from pathlib import Path
 
@@ -26,13 +35,44 @@ def _git(args: list[str], cwd: Path) -> str:
     return r.stdout.strip()
 
 
+FAKE_TRAINER_NEEDS = ("tomli-w", "tqdm")  # what fake_train.py imports besides the stdlib
+
+
+def wheel_from_installed(name: str, dest: Path) -> Path:
+    """Pack an installed pure-Python distribution back into a wheel (its RECORD lists the files)."""
+    dist = distribution(name)
+    files = [f for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in f.parts]
+    info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    whl = dest / f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}-py3-none-any.whl"
+    dest.mkdir(parents=True, exist_ok=True)
+    record = []
+    with zipfile.ZipFile(whl, "w") as z:
+        for f in files:
+            if f.parts[0] == info and f.name in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"):
+                continue
+            data = Path(f.locate()).read_bytes()
+            z.writestr(str(f), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{f},sha256={digest},{len(data)}")
+        z.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("wheels")
+    for name in FAKE_TRAINER_NEEDS:
+        wheel_from_installed(name, dest)
+    return dest
+
+
 @pytest.fixture()
 def upstream(tmp_path: Path) -> tuple[Path, str, str]:
     """A repo with two commits: the pinned one (with the trainer script) and a newer one."""
     repo = tmp_path / "upstream"
     repo.mkdir()
     _git(["init", "-q", "-b", "main"], repo)
-    (repo / "requirements.txt").write_text("tomli-w\n")  # already installed: pip resolves it offline
+    (repo / "requirements.txt").write_text("".join(f"{n}\n" for n in FAKE_TRAINER_NEEDS))  # from the `wheels` folder
     (repo / "anima_train_network.py").write_text((HERE / "fake_trainer" / "fake_train.py").read_text())
     _git(["add", "."], repo)
     _git(["commit", "-q", "-m", "pinned"], repo)
@@ -43,20 +83,21 @@ def upstream(tmp_path: Path) -> tuple[Path, str, str]:
     return repo, pinned, _git(["rev-parse", "HEAD"], repo)
 
 
-def _setup(tmp: Path, url: Path, commit: str, *more: str) -> subprocess.CompletedProcess[str]:
-    args = ["setup", "sd-scripts", "--commit", commit, "--skip-torch", "--system-site-packages", *more]
-    return run_cli(args, tmp, timeout=180, LORAPREP_SD_SCRIPTS_URL=url.as_uri(), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+def _setup(tmp: Path, url: Path, commit: str, *more: str, wheels: Path | None = None) -> subprocess.CompletedProcess[str]:
+    args = ["setup", "sd-scripts", "--commit", commit, "--skip-torch", *more]
+    pip = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": str(wheels or tmp / "no-wheels")}
+    return run_cli(args, tmp, timeout=180, LORAPREP_SD_SCRIPTS_URL=url.as_uri(), **pip)
 
 
-def test_setup_clones_the_pinned_commit_makes_a_venv_and_is_idempotent(tmp_path: Path, upstream: tuple[Path, str, str]) -> None:
+def test_setup_clones_the_pinned_commit_makes_a_venv_and_is_idempotent(tmp_path: Path, upstream: tuple[Path, str, str], wheels: Path) -> None:
     repo, pinned, newer = upstream
-    r = _setup(tmp_path, repo, pinned, "--dry-run")
+    r = _setup(tmp_path, repo, pinned, "--dry-run", wheels=wheels)
     assert r.returncode == 0, r.stderr
     assert "setup will download" in r.stderr and repo.as_uri() in r.stderr and pinned in r.stderr
     home = tmp_path / "home"
     assert not (home / "trainers").exists()  # dry run touched nothing
 
-    r = _setup(tmp_path, repo, pinned)
+    r = _setup(tmp_path, repo, pinned, wheels=wheels)
     assert r.returncode == 0, r.stderr
     checkout = home / "trainers" / f"sd-scripts-{pinned[:12]}"
     assert _git(["rev-parse", "HEAD"], checkout) == pinned and not (checkout / "NEWER").exists()
@@ -64,13 +105,14 @@ def test_setup_clones_the_pinned_commit_makes_a_venv_and_is_idempotent(tmp_path:
     assert marker["commit"] == pinned and marker["torch"] == "skipped"
     py = Path(marker["python"])
     assert py.exists() and py.parent.parent == checkout / ".venv-loraprep"
-    out = subprocess.run([str(py), "-c", "import tomli_w, sys; print(sys.prefix)"], capture_output=True, text=True, check=True)
+    out = subprocess.run([str(py), "-c", "import tomli_w, tqdm, sys; print(sys.prefix, tqdm.__file__)"], capture_output=True, text=True, check=True)
+    assert str(checkout / ".venv-loraprep") in out.stdout.split()[1]  # installed into the new venv, not seen from elsewhere
     assert ".venv-loraprep" in out.stdout
 
     os.environ["LORAPREP_SD_SCRIPTS_URL"] = repo.as_uri()
     os.environ["LORAPREP_HOME"] = str(home)
     try:
-        again = plan_setup("sd-scripts", commit=pinned, skip_torch=True, system_site_packages=True)
+        again = plan_setup("sd-scripts", commit=pinned, skip_torch=True)
     finally:
         del os.environ["LORAPREP_SD_SCRIPTS_URL"], os.environ["LORAPREP_HOME"]
     assert again.up_to_date and again.steps == [] and again.downloads == []

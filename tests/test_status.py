@@ -61,3 +61,16 @@ def test_status_of_a_huge_log_reads_head_and_tail(tmp_path: Path, monkeypatch: p
     st = collect_status(run)
     assert st["progress"]["step"] == 499 and st["progress"]["total"] == 500
     assert st["last_loss"] == pytest.approx(0.499)
+
+
+def test_status_of_a_malformed_run_json_is_one_clear_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    (run / "run.json").write_text('{"version": 1, "trainer": "sd-scripts", "commands": [')
+    r = run_cli(["status", str(run)], tmp_path)
+    assert r.returncode == 2
+    text = " ".join(r.stderr.split())
+    assert "run.json is not valid JSON" in text and "train_bridge config" in text
+    spec = json.loads('{"version": 1, "trainer": "sd-scripts", "commands": [{"name": "train", "script": "x.py", "args": []}]}')
+    (run / "run.json").write_text(json.dumps(spec))  # valid JSON, but no output_dir: RunSpec's own message
+    r = run_cli(["status", str(run)], tmp_path)
+    assert r.returncode == 2 and "output_dir is missing" in " ".join(r.stderr.split())

@@ -40,6 +40,10 @@ def config(
     trigger: str = typer.Option(None, "--trigger", help="Trigger word (default: from the dataset's layout.json)."),
     name: str = typer.Option(None, "--name", help="LoRA output name (default: the trigger)."),
     repeats: int = typer.Option(None, "--repeats", min=1, help="Override the repeats of the training subsets."),
+    ignore_crop_record: bool = typer.Option(
+        False, "--ignore-crop-record",
+        help="Train at the preset's (or --set dataset.resolution=W,H) resolution even though the dataset's buckets.json says its crops were made for another; the trainer then resizes/crops them.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be written; write nothing."),
     as_json: bool = typer.Option(False, "--json", help="run.json content on stdout."),
 ) -> None:
@@ -52,7 +56,10 @@ def config(
     }
     models = {k: v for k, v in models.items() if v is not None}
     try:
-        rc = write_run_config(arch, dataset, out, models=models, preset=preset, overrides=list(set_), trigger=trigger, output_name=name, repeats=repeats, dry_run=dry_run)
+        rc = write_run_config(
+            arch, dataset, out, models=models, preset=preset, overrides=list(set_), trigger=trigger, output_name=name, repeats=repeats,
+            ignore_crop_record=ignore_crop_record, dry_run=dry_run,
+        )
     except (ConfigError, KeyError, ValueError) as exc:
         issues = getattr(exc, "issues", None)
         if issues:
@@ -83,10 +90,11 @@ def estimate(
 ) -> None:
     """Exact steps per epoch and in total (sd-scripts / musubi bucket rules), and rough time per GPU."""
     from train_bridge.estimate import estimate_run
+    from train_bridge.runspec import RunSpecError
 
     try:
         est = estimate_run(run, budget=max_steps or None)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (RunSpecError, ValueError) as exc:  # run.json / a TOML missing or malformed: named in the message
         raise fail(str(exc), EXIT_USAGE) from None
     if as_json:
         emit_json(est.as_dict())

@@ -14,7 +14,6 @@ import typer
 
 from prep.cli.common import console, emit_json
 from train_bridge.launch import (
-    EXIT_DONE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -167,11 +166,57 @@ def _parse_one_shot(arch: str, extra: list[str]) -> dict[str, Any]:
     return out
 
 
-def _config_then_launch(arch: str, dataset: Path, extra: list[str], resume: bool, dry_run: bool) -> Path | None:
-    """The one-shot form: write the run folder with `train_bridge.config`, then launch it."""
+def project_config_args(arch: str, dirs: Any) -> tuple[Path, dict[str, Any]]:
+    """What a project's loraprep.toml says for `train_bridge config`: its dataset folder, run
+    folder, `[train]` models, preset and `set`, `[project]` trigger and resolution (the crops'
+    buckets). Read as plain TOML through prep.project: train_bridge does not import loraprep."""
+    table = dirs.table()
+    project, train = table.get("project") or {}, table.get("train") or {}
+    models = train.get("models") or {}
+    if not isinstance(models, dict):
+        raise ValueError(f"{dirs.file}: [train] models must be a table of role = path (e.g. dit = \"anima.safetensors\")")
+    overrides: dict[str, Any] = dict(train.get("set") or {})
+    if isinstance(project.get("resolution"), int):  # the crops were made for these buckets: train at them
+        overrides.setdefault("dataset.resolution", f"{project['resolution']},{project['resolution']}")
+    kw: dict[str, Any] = {"models": {k: (dirs.root / v if not Path(v).is_absolute() else Path(v)) for k, v in models.items()}, "overrides": overrides}
+    if project.get("trigger"):
+        kw["trigger"] = project["trigger"]
+    if train.get("preset"):
+        kw["preset"] = train["preset"]
+    kw["run_dir"] = dirs.run
+    return dirs.dataset, kw
+
+
+def _no_dataset_message(arch: str) -> str:
+    from prep.project import PROJECT_FILE
+
+    return (
+        f"`train_bridge launch {arch}` needs the dataset folder to train on (kohya layout, images with .txt captions), "
+        f"and there is no loraprep project ({PROJECT_FILE}) here or above {Path.cwd()}. Give it: "
+        f"`train_bridge launch {arch} DATASET --dit ... [-o RUN_DIR]`; make one with `prep layout CROPPED -o DATASET --trigger NAME`, "
+        f"or run the whole pipeline with `loraprep run RAW -o PROJECT --trainer {arch} ...` and launch inside PROJECT."
+    )
+
+
+def _config_then_launch(arch: str, dataset: Path | None, extra: list[str], resume: bool, dry_run: bool) -> Path | None:
+    """The one-shot form: write the run folder with `train_bridge.config`, then launch it.
+
+    Without a dataset, inside a loraprep project: the project's dataset, run folder and models."""
     from train_bridge import config as cfg
 
     kw = _parse_one_shot(arch, extra)
+    if dataset is None:
+        from prep.project import find_project
+
+        dirs = find_project()
+        if dirs is None:
+            raise ValueError(_no_dataset_message(arch))
+        if not dirs.dataset.is_dir():
+            raise ValueError(f"the project {dirs.root} has no dataset folder yet ({dirs.dataset}): run `loraprep run --config {dirs.file}` first.")
+        dataset, base = project_config_args(arch, dirs)
+        given_models = kw.pop("models")
+        kw = {**base, **kw, "models": {**base["models"], **given_models}, "overrides": {**base["overrides"], **_as_dict(kw.pop("overrides", []))}}
+        console.print(f"project {dirs.root}: dataset {dirs.dataset}, run folder {kw['run_dir']}")
     run_dir = kw.pop("run_dir", None) or Path("runs") / f"{arch}-{dataset.resolve().name}"
     if resume and (run_dir / "run.json").is_file():
         console.print(f"resuming the existing run folder {run_dir} (its config is not rewritten)")
@@ -188,13 +233,24 @@ def _config_then_launch(arch: str, dataset: Path, extra: list[str], resume: bool
     return run_dir
 
 
+def _as_dict(sets: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
 def launch_cmd(
     ctx: typer.Context,
     target: Path = typer.Argument(..., help="The run folder written by `train_bridge config` (holds run.json), or an architecture (anima, flux, ...) to write one first."),
-    dataset: Optional[Path] = typer.Argument(None, help="With an architecture: the dataset folder (then " + _ONE_SHOT_HELP + ")."),
+    dataset: Optional[Path] = typer.Argument(None, help="With an architecture: the dataset folder (then " + _ONE_SHOT_HELP + "); inside a loraprep project it defaults to the project's dataset."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest saved state; fails if there is none."),
     restart: bool = typer.Option(False, "--restart", help="Start from step 0 even though saved state exists."),
     no_gpu_check: bool = typer.Option(False, "--no-gpu-check", help="Do not ask nvidia-smi for a GPU and free memory first."),
+    no_preflight: bool = typer.Option(False, "--no-preflight", help="Do not check model files and dataset folders first (the checks of `train_bridge check`)."),
     auto_retry_oom: bool = typer.Option(False, "--auto-retry-oom", help="On out-of-memory, relaunch once with a smaller-memory copy of the config."),
     trainer_dir: Optional[Path] = typer.Option(None, "--trainer-dir", help="Trainer checkout (default: what `setup` installed)."),
     python: Optional[str] = typer.Option(None, "--python", help="Python that runs the trainer (env LORAPREP_TRAINER_PYTHON)."),
@@ -214,12 +270,11 @@ def launch_cmd(
         console.print("[red]error:[/red] --resume and --restart contradict each other; pick one.")
         raise typer.Exit(EXIT_USAGE)
     extra = list(ctx.args)
-    if dataset is not None or extra:
-        try:
-            from train_bridge.trainers import ARCH_NAMES
-        except ImportError:  # pragma: no cover
-            ARCH_NAMES = ()
-        if str(target) not in ARCH_NAMES or dataset is None:
+    from prep.archs import ALIASES, ARCH_NAMES
+
+    is_arch = str(target) in ARCH_NAMES or str(target) in ALIASES
+    if dataset is not None or extra or (is_arch and not (target / "run.json").is_file()):
+        if not is_arch:
             console.print(
                 f"[red]error:[/red] unexpected arguments {_quote([str(dataset)] if dataset else [])} {_quote(extra)}: give a run folder, "
                 f"or an architecture ({', '.join(ARCH_NAMES)}) followed by the dataset folder and its options."
@@ -244,7 +299,7 @@ def launch_cmd(
     opts = LaunchOptions(
         resume=resume, restart=restart, gpu_check=not no_gpu_check, auto_retry_oom=auto_retry_oom,
         trainer_dir=trainer_dir, python=python, accelerate=False if no_accelerate else None, grace_s=grace,
-        recache=recache, dry_run=dry_run,
+        recache=recache, dry_run=dry_run, preflight=not no_preflight,
     )
     from train_bridge.progress_view import LiveView
 
@@ -267,6 +322,8 @@ def launch_cmd(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if res.status == "dry_run":
+        for note in res.notices:
+            console.print(f"[yellow]note:[/yellow] {note}")
         for item in res.plan:
             prefix = "skip " + item["action"][5:] if item["action"].startswith("skip:") else "run"
             console.print(f"[bold]{item['name']}[/bold] ({prefix}): {_quote(item['argv'])}")
@@ -289,9 +346,11 @@ def status_cmd(
     from train_bridge.progress_view import progress_line
     from train_bridge.status import collect_status
 
+    from train_bridge.runspec import RunSpecError
+
     try:
         st = collect_status(run_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RunSpecError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:

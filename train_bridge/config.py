@@ -6,12 +6,17 @@ would silently get wrong is made explicit (reference §8): `num_repeats` and
 `resolution` only in the dataset TOML (as an int or [W, H]), text-encoder caching only with
 `network_train_unet_only`, FLUX/SD3 in bf16, Wan's mixed precision equal to the DiT dtype,
 `save_state` on for resume, and every training key checked against the real option list.
+
+The handoff from `prep` is checked too: the dataset's `buckets.json` (what `prep crop` made the
+images for) sets the resolution and buckets, and a run that would re-bucket the crops is refused
+unless asked for explicitly. What differs per trainer is behind `trainers.trainer_for(spec)`;
+what differs per architecture is data in `prep.archs`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +24,22 @@ from typing import Any
 
 import tomli_w
 
-from prep.buckets import BucketSpec
+from prep.buckets import BucketRecord, read_bucket_record
 from prep.fsutil import atomic_write_text
 from train_bridge import presets as _presets
+from train_bridge.estimate import COLAB_BUDGET, estimate_from
+from train_bridge.model_paths import missing_text_encoders, resolve_model
 from train_bridge.options import OptionList, load_option_list
-from train_bridge.safetensors_header import MIXED_PRECISION_FOR_DTYPE, HeaderError, read_header
-from train_bridge.subsets import DatasetInfo, read_dataset
-from train_bridge.trainers import ArchSpec, get_arch
-from train_bridge.validate import Issue, OptionError, coerce, flatten_like_trainer, parse_set, validate_flat
+from train_bridge.runspec import RUN_FILE, RunSpec, RunSpecError
+from train_bridge.subsets import read_dataset
+from train_bridge.trainers import ArchSpec, CommandContext, Trainer, get_arch, trainer_for
+from train_bridge.trainers.base import dataset_value, safe_name
+from train_bridge.validate import Issue, OptionError, coerce, parse_set, validate_flat
 
-RUN_FILE = "run.json"
 TRAIN_TOML = "train.toml"
 DATASET_TOML = "dataset.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
+IGNORE_CROP_RECORD_FLAG = "--ignore-crop-record"
 
 
 class ConfigError(ValueError):
@@ -42,53 +50,6 @@ class ConfigError(ValueError):
         super().__init__("; ".join(str(i) for i in self.issues))
 
 
-# -- dataset TOML keys a user may set (`--set dataset.KEY=VALUE`) ----------------------------
-# Types follow the trainers' voluptuous schemas (strict isinstance checks, reference §3.2/§6.3).
-SD_DATASET_GENERAL = {
-    "resolution": "resolution",
-    "batch_size": "int",
-    "enable_bucket": "bool",
-    "bucket_no_upscale": "bool",
-    "bucket_reso_steps": "int",
-    "min_bucket_reso": "int",
-    "max_bucket_reso": "int",
-    "validation_split": "float",
-    "network_multiplier": "float",
-}
-SD_DATASET_SUBSET = {
-    "caption_dropout_rate": "float",
-    "caption_dropout_every_n_epochs": "int",
-    "caption_tag_dropout_rate": "float",
-    "shuffle_caption": "bool",
-    "keep_tokens": "int",
-    "keep_tokens_separator": "str",
-    "caption_separator": "str",
-    "secondary_separator": "str",
-    "caption_prefix": "str",
-    "caption_suffix": "str",
-    "flip_aug": "bool",
-    "color_aug": "bool",
-    "random_crop": "bool",
-    "alpha_mask": "bool",
-    "token_warmup_step": "float",
-    "token_warmup_min": "int",
-    "resize_interpolation": "str",
-    "num_repeats": "int",
-}
-MUSUBI_DATASET_GENERAL = {"resolution": "resolution", "batch_size": "int", "enable_bucket": "bool", "bucket_no_upscale": "bool"}
-MUSUBI_DATASET_ITEM = {
-    "num_repeats": "int",
-    "target_frames": "frames",
-    "frame_extraction": "str",
-    "frame_stride": "int",
-    "frame_sample": "int",
-    "max_frames": "int",
-    "source_fps": "float",
-}
-FRAME_EXTRACTION = ("head", "chunk", "slide", "uniform", "full")
-# sd-scripts training options that are really dataset settings: routed into the dataset TOML.
-SD_ROUTED = {"resolution": "resolution", "train_batch_size": "batch_size", **{k: k for k in SD_DATASET_GENERAL if k != "batch_size"}}
-SD_ROUTED.update({k: k for k in SD_DATASET_SUBSET if k in ("caption_dropout_rate", "shuffle_caption", "keep_tokens", "flip_aug", "color_aug", "random_crop", "caption_tag_dropout_rate", "token_warmup_step", "token_warmup_min", "caption_dropout_every_n_epochs", "caption_prefix", "caption_suffix", "keep_tokens_separator", "caption_separator", "secondary_separator", "alpha_mask", "resize_interpolation")})
 FORBIDDEN_TRAIN_KEYS = {
     "caption_extension": "loraprep always uses .txt captions (set in the dataset TOML)",
     "dataset_config": "written by loraprep",
@@ -118,66 +79,6 @@ def _section(key: str) -> str:
     return "training"
 
 
-@dataclass
-class RunConfig:
-    """What `write_run_config` wrote (or would write with `dry_run`)."""
-
-    arch: str
-    run_dir: Path
-    files: dict[str, Path]
-    run: dict[str, Any]
-    train: dict[str, dict[str, Any]]
-    """Flat training options per command config (`train`, or `train_high`/`train_low`)."""
-    dataset: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-
-
-# -- value helpers ----------------------------------------------------------------------------
-
-
-def _parse_resolution(raw: Any) -> tuple[int, int]:
-    if isinstance(raw, (list, tuple)):
-        vals = [int(v) for v in raw]
-    elif isinstance(raw, int):
-        vals = [raw]
-    else:
-        vals = [int(v) for v in re.split(r"[,x\s]+", str(raw).strip()) if v]
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) <= 0:
-        raise ValueError(f"resolution must be N or W,H, got {raw!r}")
-    return vals[0], vals[1]
-
-
-def _dataset_value(kind: str, raw: Any, key: str) -> Any:
-    if kind == "resolution":
-        return _parse_resolution(raw)
-    if kind == "frames":
-        items = raw if isinstance(raw, list) else [v for v in re.split(r"[,\s]+", str(raw).strip("[] ")) if v]
-        frames = [int(v) for v in items]
-        bad = [f for f in frames if f < 1 or (f - 1) % 4]
-        if bad:
-            raise ValueError(f"frame counts must be N*4+1 (1, 5, 9, ... 81), got {bad}")
-        return frames
-    if kind == "bool":
-        return coerce(_FakeOpt("flag"), raw)
-    if kind == "int":
-        return coerce(_FakeOpt("int"), raw)
-    if kind == "float":
-        return coerce(_FakeOpt("float"), raw)
-    return str(raw)
-
-
-@dataclass(frozen=True)
-class _FakeOpt:
-    type: str
-    name: str = ""
-    nargs: Any = None
-    choices: Any = None
-
-    @property
-    def is_list(self) -> bool:
-        return False
 
 
 def _typed(flat: dict[str, Any], options: OptionList) -> dict[str, Any]:
@@ -201,20 +102,40 @@ def _sectioned(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s: out[s] for s in order if s in out}
 
 
-def _safe_name(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
-    return s or "lora"
+def _toml_text(doc: dict[str, Any], header: str) -> str:
+    def drop_none(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: drop_none(v) for k, v in x.items() if v is not None}
+        if isinstance(x, list):
+            return [drop_none(v) for v in x if v is not None]
+        return x
+
+    return header + tomli_w.dumps(drop_none(doc))
+
+
+@dataclass
+class RunConfig:
+    """What `write_run_config` wrote (or would write with `dry_run`)."""
+
+    arch: str
+    run_dir: Path
+    files: dict[str, Path]
+    run: dict[str, Any]
+    train: dict[str, dict[str, Any]]
+    """Flat training options per command config (`train`, or `train_high`/`train_low`)."""
+    dataset: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- overrides ----------------------------------------------------------------------------------
 
 
 def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, options: OptionList) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """`--set` items -> (train options, dataset [general] keys, per-subset keys), all typed.
+    """`--set` items -> (train options, dataset-wide keys, per-subset keys), all typed.
 
-    `dataset.KEY=V` addresses the dataset TOML; for sd-scripts a few training options that
-    are really dataset settings (`resolution`, `train_batch_size`, `flip_aug`, ...) are
-    routed there too, because the dataset TOML is where sd-scripts reads them reliably.
+    `dataset.KEY=V` addresses the dataset TOML; the trainer may route a few training options
+    that are really dataset settings there too (sd-scripts: `resolution`, `train_batch_size`,
+    `flip_aug`, ...), because the dataset TOML is where it reads them reliably.
     """
     if not items:
         return {}, {}, {}
@@ -228,8 +149,8 @@ def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, op
             if not sep:
                 raise ConfigError([Issue("error", it, "expected key=value")])
             pairs.append((k.strip(), v))
-    general_schema = MUSUBI_DATASET_GENERAL if spec.trainer == "musubi-tuner" else SD_DATASET_GENERAL
-    item_schema = MUSUBI_DATASET_ITEM if spec.trainer == "musubi-tuner" else SD_DATASET_SUBSET
+    trainer = trainer_for(spec)
+    general_schema, item_schema = trainer.dataset_general_keys, trainer.dataset_item_keys
     train_items: list[str] = []
     train_typed: dict[str, Any] = {}
     general: dict[str, Any] = {}
@@ -238,22 +159,17 @@ def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, op
     for key, raw in pairs:
         if key.startswith("--"):
             key = key[2:].replace("-", "_")
-        target = None
-        if key.startswith("dataset."):
-            target = key[len("dataset.") :]
-        elif spec.trainer == "sd-scripts" and key in SD_ROUTED:
-            target = SD_ROUTED[key]
+        target = key[len("dataset.") :] if key.startswith("dataset.") else trainer.routed_train_keys.get(key)
         if target is not None:
             try:
                 if target in general_schema:
-                    general[target] = _dataset_value(general_schema[target], raw, target)
+                    general[target] = dataset_value(general_schema[target], raw)
                 elif target in item_schema:
-                    if target == "frame_extraction" and str(raw) not in FRAME_EXTRACTION:
-                        raise ValueError(f"must be one of {', '.join(FRAME_EXTRACTION)}")
-                    subset[target] = _dataset_value(item_schema[target], raw, target)
+                    allowed = trainer.dataset_key_choices.get(target)
+                    if allowed and str(raw) not in allowed:
+                        raise ValueError(f"must be one of {', '.join(allowed)}")
+                    subset[target] = dataset_value(item_schema[target], raw)
                 else:
-                    import difflib
-
                     close = difflib.get_close_matches(target, [*general_schema, *item_schema], n=2)
                     hint = f" (did you mean {', '.join('dataset.' + c for c in close)}?)" if close else ""
                     raise ValueError(f"not a dataset TOML key loraprep can set{hint}")
@@ -286,32 +202,49 @@ def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, op
     return train_typed, general, subset
 
 
-# -- model-derived settings -----------------------------------------------------------------------
+# -- the crops' bucket record -------------------------------------------------------------------
 
 
-def _wan_from_dit(spec: ArchSpec, dit: Path | None, train: dict[str, Any], notes: dict[str, Any]) -> None:
-    """musubi asserts `--mixed_precision` equals the DiT dtype; derive it (and 1.3B vs 14B)."""
-    if dit is None or not dit.is_file() or dit.suffix != ".safetensors":
-        return
+def _res_text(res: tuple[int, int]) -> str:
+    return f"{res[0]}x{res[1]}"
+
+
+def apply_crop_record(spec: ArchSpec, trainer: Trainer, dataset_root: Path, general_o: dict[str, Any], *, ignore: bool) -> tuple[BucketRecord | None, dict[str, str]]:
+    """The dataset's `buckets.json`, checked against the arch and the user's explicit settings.
+
+    Returns (the record to train at, derived notes); sets the record's resolution into
+    `general_o`. Raises ConfigError when the record does not fit the arch or the user asked for
+    different bucket settings, naming the file and the flags that resolve it.
+    """
     try:
-        h = read_header(dit)
-    except (HeaderError, OSError):
-        return
-    dtype = h.main_dtype(r"blocks\.\d+\..*weight$")
-    if dtype in MIXED_PRECISION_FOR_DTYPE and dtype != "F32":
-        train["mixed_precision"] = MIXED_PRECISION_FOR_DTYPE[dtype]
-        notes["mixed_precision"] = f"{train['mixed_precision']}: the DiT's weights are {dtype}"
-    elif dtype and dtype.startswith("F8"):
-        train["fp8_base"] = True
-        train.pop("fp8_scaled", None)
-        notes["fp8"] = f"DiT is {dtype}: fp8_base without fp8_scaled"
-    n_blocks = h.count_indices(r"(?:^|\.)blocks\.(\d+)\.")
-    if spec.family == "wan21" and not spec.i2v and 0 < n_blocks <= 30:
-        train["task"] = "t2v-1.3B"
-        train["network_dim"], train["network_alpha"] = 16, 16.0
-        notes["task"] = f"t2v-1.3B: the DiT has {n_blocks} blocks (lora-gym 1.3B: dim 16/16)"
-        if train.get("blocks_to_swap", 0) > 29:
-            train["blocks_to_swap"] = 29
+        rec = read_bucket_record(dataset_root)
+    except ValueError as exc:
+        raise ConfigError([Issue("error", "buckets.json", str(exc))]) from None
+    if rec is None:
+        return None, {}
+    rs = rec.spec
+    made = f"{_res_text(rs.resolution)} {rs.family} buckets (step {rs.steps})"
+    if ignore:
+        return None, {"crop_record": f"{rec.path} ignored ({IGNORE_CROP_RECORD_FLAG}): the images were made for {made}; the trainer re-buckets them"}
+    fix = (
+        f"re-crop for {spec.name} (`prep crop --trainer {spec.name}`), or pass {IGNORE_CROP_RECORD_FLAG} "
+        f"(with --set dataset.resolution=W,H) to train anyway and let the trainer resize and crop every image"
+    )
+    if rs.family != spec.bucket_family or rs.steps not in spec.bucket_steps:
+        why = f"{spec.name} uses {spec.bucket_family} buckets with step {' or '.join(map(str, spec.bucket_steps))}"
+        raise ConfigError([Issue("error", "buckets.json", f"{rec.path}: the images were made for {made}, which {spec.name} cannot train at ({why}); {fix}")])
+    wanted = {"resolution": ("resolution", rs.resolution), **{k: (k, getattr(rs, attr)) for k, attr in trainer.crop_record_keys.items()}}
+    clashes = []
+    for key, (_, rec_value) in wanted.items():
+        if key in general_o and general_o[key] != rec_value:
+            mine = general_o[key]
+            clashes.append(f"dataset.{key}={_res_text(mine) if key == 'resolution' else mine} (the crops need {_res_text(rec_value) if key == 'resolution' else rec_value})")
+    if clashes:
+        raise ConfigError(
+            [Issue("error", "buckets.json", f"{rec.path}: the images were cropped for {made}, but you asked for {', '.join(clashes)}; drop that --set to train at the crops' buckets, or {fix}")]
+        )
+    general_o["resolution"] = rs.resolution
+    return rec, {"crop_record": f"trains at {made} from {rec.path} ({rec.written_by or 'prep crop'}): every crop is a fixed point of these buckets"}
 
 
 # -- constraints ----------------------------------------------------------------------------------
@@ -319,41 +252,17 @@ def _wan_from_dit(spec: ArchSpec, dit: Path | None, train: dict[str, Any], notes
 
 def _constraints(spec: ArchSpec, train: dict[str, Any], general: dict[str, Any], subset: dict[str, Any], explicit: set[str]) -> tuple[list[Issue], dict[str, str]]:
     """Resolve or reject combinations the trainer asserts on (reference §1.4, §1.6, §8)."""
-    issues: list[Issue] = []
-    notes: dict[str, str] = {}
-    te_cache = bool(train.get("cache_text_encoder_outputs") or train.get("cache_text_encoder_outputs_to_disk"))
-    if spec.trainer == "sd-scripts":
-        if te_cache and train.get("network_train_unet_only") is False:
-            if {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"} & explicit:
-                issues.append(Issue("error", "network_train_unet_only", "text-encoder output caching needs network_train_unet_only = true (the trainer asserts)"))
-            else:
-                train.pop("cache_text_encoder_outputs", None)
-                train.pop("cache_text_encoder_outputs_to_disk", None)
-                te_cache = False
-                notes["cache_text_encoder_outputs"] = "off: the text encoder is trained (network_train_unet_only = false)"
-        if te_cache:
-            train["network_train_unet_only"] = True
-            bad = [k for k in ("shuffle_caption", "caption_tag_dropout_rate", "token_warmup_step") if subset.get(k)]
-            if subset.get("caption_dropout_rate") and not spec.te_cache_allows_caption_dropout:
-                bad.append("caption_dropout_rate")
-            for k in bad:
-                issues.append(Issue("error", k, "incompatible with cache_text_encoder_outputs (set cache_text_encoder_outputs=false and network_train_unet_only=false to use it)"))
-        if train.get("cache_latents") or train.get("cache_latents_to_disk"):
-            for k in ("color_aug", "random_crop"):
-                if subset.get(k):
-                    issues.append(Issue("error", k, "incompatible with cache_latents"))
-        if spec.family in ("flux", "sd3") and (train.get("mixed_precision") == "fp16" or train.get("save_precision") == "fp16" or train.get("full_fp16")):
-            issues.append(Issue("error", "mixed_precision", f"{spec.name} trains to NaN / an empty LoRA in fp16 (sd-scripts#1707, #1407); use bf16"))
-        steps = general.get("bucket_reso_steps")
-        if steps is not None and steps % (16 if spec.family == "anima" else 32):
-            issues.append(Issue("error", "bucket_reso_steps", f"must be divisible by {16 if spec.family == 'anima' else 32} for {spec.name}"))
-        if spec.family == "anima" and train.get("attn_mode") == "xformers" and not train.get("split_attn"):
-            train["split_attn"] = True
-            notes["split_attn"] = "on: attn_mode=xformers needs it"
+    issues, notes = trainer_for(spec).constraints(spec, train, general, subset, explicit)
+    if spec.bf16_only and (train.get("mixed_precision") == "fp16" or train.get("save_precision") == "fp16" or train.get("full_fp16")):
+        issues.append(Issue("error", "mixed_precision", f"{spec.name} trains to NaN / an empty LoRA in fp16 (sd-scripts#1707, #1407); use bf16"))
+    mode = train.get("attn_mode")
+    if mode in spec.training_attn_modes_refused:
+        issues.append(Issue("error", "attn_mode", f"{mode!r} works for {spec.name} inference only (no backward pass in training); use attn_mode=torch (or leave it unset)"))
     swap = train.get("blocks_to_swap")
     if swap:
-        if spec.max_blocks_to_swap is not None and swap > spec.max_blocks_to_swap:
-            issues.append(Issue("error", "blocks_to_swap", f"at most {spec.max_blocks_to_swap} for {spec.name}"))
+        limit = spec.swap_limit()
+        if limit is not None and swap > limit:
+            issues.append(Issue("error", "blocks_to_swap", f"at most {limit} for {spec.name} (the trainer keeps {spec.blocks_kept_on_device} block(s) on the GPU)"))
         for k in ("cpu_offload_checkpointing", "unsloth_offload_checkpointing", "offload_inactive_dit"):
             if train.get(k):
                 if k in explicit and "blocks_to_swap" in explicit:
@@ -362,93 +271,32 @@ def _constraints(spec: ArchSpec, train: dict[str, Any], general: dict[str, Any],
                     train.pop("blocks_to_swap")
                     notes["blocks_to_swap"] = f"off: {k} replaces it"
                     break
-    if spec.trainer == "musubi-tuner":
-        if spec.family == "wan21" and train.get("fp8_scaled"):
-            issues.append(Issue("warning", "fp8_scaled", "reported to corrupt colours on Wan 2.1 (lora-gym)"))
-        lo, hi = train.get("min_timestep"), train.get("max_timestep")
-        if lo is not None and hi is not None and lo >= hi:
-            issues.append(Issue("error", "min_timestep", "must be below max_timestep"))
+    lo, hi = train.get("min_timestep"), train.get("max_timestep")
+    if lo is not None and hi is not None and lo >= hi:
+        issues.append(Issue("error", "min_timestep", "must be below max_timestep"))
     return issues, notes
+
+
+def _keep_alpha_ratio(cfg: dict[str, Any], ref: tuple[Any, Any], explicit: set[str], notes: dict[str, Any], label: str) -> None:
+    """`--set network_dim=N` alone keeps the preset's alpha/dim ratio (the effective learning rate)."""
+    ref_dim, ref_alpha = ref
+    if "network_dim" not in explicit or "network_alpha" in explicit:
+        return
+    if not isinstance(ref_dim, int) or not ref_dim or not isinstance(ref_alpha, (int, float)):
+        return
+    dim = cfg["network_dim"]
+    alpha = round(float(ref_alpha) * dim / ref_dim, 4)
+    cfg["network_alpha"] = alpha
+    notes.setdefault("network_alpha", {})[label] = f"{alpha:g}: keeps the preset's alpha/dim ratio {ref_alpha:g}/{ref_dim} at dim {dim} (set network_alpha to choose)"
 
 
 # -- writers ----------------------------------------------------------------------------------------
 
 
-def _sd_dataset_toml(ds: DatasetInfo, preset: _presets.Preset, general_o: dict[str, Any], subset_o: dict[str, Any], spec: ArchSpec) -> dict[str, Any]:
-    res = general_o.pop("resolution", preset.resolution)
-    batch = general_o.pop("batch_size", preset.batch_size)
-    steps = general_o.get("bucket_reso_steps", spec.bucket_steps[0])
-    default = BucketSpec.training_default(res, steps=steps)  # the range `prep crop` crops for
-    general: dict[str, Any] = {
-        "caption_extension": ".txt",
-        "shuffle_caption": False,
-        "keep_tokens": 0,
-        "enable_bucket": True,
-        "bucket_no_upscale": False,
-        "bucket_reso_steps": steps,
-        "min_bucket_reso": default.min_reso,
-        "max_bucket_reso": default.max_reso,
-    }
-    for k, v in general_o.items():
-        general[k] = v
-    if "shuffle_caption" in subset_o:
-        general["shuffle_caption"] = subset_o.pop("shuffle_caption")
-    if "keep_tokens" in subset_o:
-        general["keep_tokens"] = subset_o.pop("keep_tokens")
-    subsets = []
-    for s in ds.subsets:
-        entry: dict[str, Any] = {"image_dir": str(s.image_dir), "num_repeats": s.num_repeats}
-        if s.class_tokens:
-            entry["class_tokens"] = s.class_tokens
-        if s.is_reg:
-            entry["is_reg"] = True
-        else:
-            entry.update(preset.subset)
-            entry.update(subset_o)
-            if "num_repeats" in subset_o:
-                entry["num_repeats"] = subset_o["num_repeats"]
-        subsets.append(entry)
-    dataset = {"resolution": res[0] if res[0] == res[1] else [res[0], res[1]], "batch_size": batch, "subsets": subsets}
-    return {"general": general, "datasets": [dataset]}
-
-
-def _musubi_dataset_toml(ds: DatasetInfo, preset: _presets.Preset, general_o: dict[str, Any], item_o: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    res = general_o.pop("resolution", preset.resolution)
-    general: dict[str, Any] = {
-        "resolution": [res[0], res[1]],
-        "caption_extension": ".txt",
-        "batch_size": general_o.pop("batch_size", preset.batch_size),
-        "enable_bucket": True,
-        "bucket_no_upscale": False,
-    }
-    general.update(general_o)
-    datasets = []
-    for i, s in enumerate(ds.train_subsets):
-        cache = run_dir / "cache" / f"{i:02d}_{_safe_name(s.image_dir.name)}"
-        if s.n_videos and not s.n_images:
-            entry: dict[str, Any] = {"video_directory": str(s.image_dir), "cache_directory": str(cache), "num_repeats": s.num_repeats}
-            entry["target_frames"] = item_o.get("target_frames", [1, 25, 45])
-            entry["frame_extraction"] = item_o.get("frame_extraction", "head")
-            for k in ("frame_stride", "frame_sample", "max_frames", "source_fps"):
-                if k in item_o:
-                    entry[k] = item_o[k]
-        else:
-            entry = {"image_directory": str(s.image_dir), "cache_directory": str(cache), "num_repeats": item_o.get("num_repeats", s.num_repeats)}
-        datasets.append(entry)
-    return {"general": general, "datasets": datasets}
-
-
 def _sample_prompts(spec: ArchSpec, trigger: str, class_token: str | None, res: tuple[int, int]) -> str:
     subject = f"{trigger}, {class_token}" if class_token else trigger
-    w, h = res
-    if spec.trainer == "musubi-tuner":
-        opts = f"--w {w - w % 16} --h {h - h % 16} --f 1 --s 20 --d 42"
-    elif spec.family == "flux":
-        opts = f"--w {w} --h {h} --s 20 --g 3.5 --d 42"
-    elif spec.family == "anima":
-        opts = f"--w {w - w % 16} --h {h - h % 16} --s 30 --l 4.0 --d 42"
-    else:
-        opts = f"--w {w} --h {h} --s 30 --l 7.0 --d 42"
+    step = spec.sample_size_step
+    opts = spec.sample_prompt_options.format(w=res[0] - res[0] % step, h=res[1] - res[1] % step)
     lines = [
         "# loraprep sample prompts: one per line, options after ' --' (see sd-scripts docs/train_network)",
         f"{subject}, portrait, looking at viewer, simple background {opts}",
@@ -457,20 +305,11 @@ def _sample_prompts(spec: ArchSpec, trigger: str, class_token: str | None, res: 
     return "\n".join(lines) + "\n"
 
 
-def _toml_text(doc: dict[str, Any], header: str) -> str:
-    def drop_none(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: drop_none(v) for k, v in x.items() if v is not None}
-        if isinstance(x, list):
-            return [drop_none(v) for v in x if v is not None]
-        return x
-
-    return header + tomli_w.dumps(drop_none(doc))
-
-
-def _resolve_models(spec: ArchSpec, models: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
+def _resolve_models(spec: ArchSpec, models: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], list[Issue]]:
+    """(role -> path or Hub id, role -> what it was taken for, issues)."""
     issues: list[Issue] = []
     out: dict[str, str] = {}
+    notes: dict[str, str] = {}
     known = {m.name for m in spec.models}
     for name in models:
         if models[name] is not None and name not in known:
@@ -481,10 +320,22 @@ def _resolve_models(spec: ArchSpec, models: dict[str, Any]) -> tuple[dict[str, s
             if m.required:
                 issues.append(Issue("error", m.name, f"missing: {m.help} (--{m.name.replace('_', '-')})"))
             continue
-        p = Path(val).expanduser()
-        hf_id = m.allow_dir and not p.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(val)) is not None
-        out[m.name] = str(val) if hf_id else str(p.resolve())
-    return out, issues
+        ref = resolve_model(m, val)
+        out[m.name] = ref.value
+        notes[m.name] = ref.note if ref.hub_id or Path(str(val)).expanduser().is_absolute() else f"{ref.note}, {val} resolved against {Path.cwd()}"
+    return out, notes, issues
+
+
+def _text_encoder_issues(spec: ArchSpec, model_paths: dict[str, str]) -> tuple[list[Issue], list[str]]:
+    """SD3: every text encoder comes from its own file or from the checkpoint (errors, warnings)."""
+    missing = missing_text_encoders(spec, model_paths)
+    if not missing:
+        return [], []
+    ckpt = model_paths.get(spec.models[0].name, "")
+    flags = " ".join(f"--{r.replace('_', '-')} PATH" for r in missing)
+    if not Path(ckpt).is_file():
+        return [], [f"{spec.models[0].name}: {ckpt} does not exist yet, so loraprep cannot tell whether it holds the {', '.join(missing)} text encoder(s); without them pass {flags}"]
+    return [Issue("error", spec.models[0].name, f"{ckpt} holds no {', '.join(missing)} text encoder(s) (no text_encoders.<name>.* tensors): pass {flags}, or use a checkpoint that includes them")], []
 
 
 def write_run_config(
@@ -498,11 +349,14 @@ def write_run_config(
     trigger: str | None = None,
     output_name: str | None = None,
     repeats: int | None = None,
+    ignore_crop_record: bool = False,
+    budget: int | None = COLAB_BUDGET,
     dry_run: bool = False,
     now: _dt.datetime | None = None,
 ) -> RunConfig:
     """Build and (unless `dry_run`) write the run files; raises ConfigError on any problem."""
     spec = get_arch(arch)
+    trainer = trainer_for(spec)
     preset_name = _presets.normalize_preset(preset)
     pr = _presets.get_preset(spec, preset_name)
     options = load_option_list(spec.options_key)
@@ -514,8 +368,10 @@ def write_run_config(
     trig = trigger or ds.trigger
     if not trig:
         issues.append(Issue("error", "trigger", "unknown: pass --trigger (or lay the dataset out with `prep layout --trigger`)"))
-    model_paths, miss = _resolve_models(spec, models)
+    model_paths, model_notes, miss = _resolve_models(spec, models)
     issues += miss
+    te_issues, warnings = _text_encoder_issues(spec, model_paths)
+    issues += te_issues
     try:
         train_o, general_o, subset_o = split_overrides(spec, overrides, options)
     except ConfigError as exc:
@@ -523,12 +379,17 @@ def write_run_config(
         train_o, general_o, subset_o = {}, {}, {}
     if issues:
         raise ConfigError(issues)
-    warnings: list[str] = []
-    if spec.trainer == "musubi-tuner" and ds.reg_subsets:
-        warnings.append("musubi-tuner has no regularisation subsets; reg/ is left out of the Wan dataset")
+    record, record_notes = apply_crop_record(spec, trainer, ds.root, general_o, ignore=ignore_crop_record)
+    if ds.reg_subsets and not trainer.has_reg_subsets:
+        warnings.append(f"{trainer.name} has no regularisation subsets; reg/ is left out of the {spec.name} dataset")
+    if record is not None and record.spec.resolution[0] * record.spec.resolution[1] > pr.resolution[0] * pr.resolution[1]:
+        warnings.append(
+            f"the crops are for {_res_text(record.spec.resolution)}, larger than preset {preset_name}'s {_res_text(pr.resolution)}: "
+            "it needs more GPU memory than the preset assumes (pick a bigger preset, or re-crop at the preset's resolution)"
+        )
 
-    derived: dict[str, Any] = {"preset_source": pr.source}
-    name = output_name or _safe_name(trig or "lora")
+    derived: dict[str, Any] = {"preset_source": pr.source, "models": model_notes, **record_notes}
+    name = output_name or safe_name(trig or "lora")
     out_dir = run_dir / "output"
     log_dir = run_dir / "logs"
     ds_path = run_dir / DATASET_TOML
@@ -539,12 +400,18 @@ def write_run_config(
         if m.name in model_paths and m.name != "dit_high":
             base[m.key] = model_paths[m.name]
     base.update({"dataset_config": str(ds_path), "output_dir": str(out_dir), "output_name": name, "logging_dir": str(log_dir), "save_state": True})
-    if spec.trainer == "sd-scripts":
-        base.update({"sample_prompts": str(prompts_path), "sample_every_n_epochs": base.get("save_every_n_epochs", 1)})
-    if spec.trainer == "musubi-tuner":
-        _wan_from_dit(spec, Path(model_paths["dit"]) if "dit" in model_paths else None, base, derived)
+    base.update(trainer.run_defaults(spec, run_dir, prompts_path, base))
+    implied_mp = trainer.derive_from_models(spec, model_paths, base, derived)
+    ref_dim_alpha = (base.get("network_dim"), base.get("network_alpha"))
     base.update(train_o)
     explicit = set(train_o)
+    if "mixed_precision" in explicit and spec.mixed_precision_from_dit:
+        for role, mp in implied_mp.items():
+            if train_o["mixed_precision"] != mp:
+                raise ConfigError(
+                    [Issue("error", "mixed_precision", f"{train_o['mixed_precision']!r} contradicts the {role} {model_paths[role]}, whose weights need {mp!r} ({trainer.name} asserts they match); drop --set mixed_precision or use a {train_o['mixed_precision']} DiT")]
+                )
+    _keep_alpha_ratio(base, ref_dim_alpha, explicit, derived, "train")
     cissues, cnotes = _constraints(spec, base, general_o, {**pr.subset, **subset_o}, explicit)
     derived.update(cnotes)
     errors = [i for i in cissues if i.level == "error"]
@@ -559,7 +426,9 @@ def write_run_config(
     if spec.dual_expert:
         for expert in ("high", "low"):
             cfg = dict(base)
-            cfg.update({k: v for k, v in pr.experts[expert].items() if k not in explicit})
+            ex = pr.experts[expert]
+            cfg.update({k: v for k, v in ex.items() if k not in explicit})
+            _keep_alpha_ratio(cfg, (ex.get("network_dim"), ex.get("network_alpha")), explicit, derived, f"train_{expert}")
             cfg["output_name"] = f"{name}_{expert}"
             if expert == "high":
                 cfg["dit"] = model_paths["dit_high"]
@@ -577,42 +446,20 @@ def write_run_config(
         if problems:
             raise ConfigError(problems)
 
-    if spec.trainer == "musubi-tuner":
-        dataset_doc = _musubi_dataset_toml(ds, pr, dict(general_o), dict(subset_o), run_dir)
-        res = tuple(dataset_doc["general"]["resolution"])
-    else:
-        dataset_doc = _sd_dataset_toml(ds, pr, dict(general_o), dict(subset_o), spec)
-        r = dataset_doc["datasets"][0]["resolution"]
-        res = (r, r) if isinstance(r, int) else tuple(r)
-        g = dataset_doc["general"]
+    dataset_doc = trainer.dataset_toml(spec, ds, pr, general_o, subset_o, run_dir, record)
+    res, batch = trainer.dataset_summary(dataset_doc)
+    for bucket_spec, _ in trainer.bucket_plan(spec, dataset_doc):
         try:
-            BucketSpec(resolution=res, min_reso=g["min_bucket_reso"], max_reso=g["max_bucket_reso"], steps=g["bucket_reso_steps"]).validate()
+            bucket_spec.validate()
         except ValueError as exc:
             raise ConfigError([Issue("error", "dataset.resolution", str(exc))]) from None
 
     files = {"dataset": ds_path, "sample_prompts": prompts_path, "run": run_dir / RUN_FILE}
     train_files = {c: run_dir / (TRAIN_TOML if c == "train" else f"train_{c.split('_', 1)[1]}.toml") for c in configs}
     files.update({f"train:{c}": p for c, p in train_files.items()})
-
-    mp = configs[next(iter(configs))].get("mixed_precision", "no")
-    acc_args = ["--num_cpu_threads_per_process", "1", "--mixed_precision", mp]
-    commands: list[dict[str, Any]] = []
-    if spec.trainer == "musubi-tuner":
-        lat = ["--dataset_config", str(ds_path), "--vae", model_paths["vae"]]
-        if base.get("vae_cache_cpu"):
-            lat.append("--vae_cache_cpu")
-        if spec.i2v:
-            lat += ["--clip", model_paths["clip"]] if "clip" in model_paths else ["--i2v"]
-        te = ["--dataset_config", str(ds_path), "--t5", model_paths["t5"], "--batch_size", "16"]
-        if preset_name in ("8gb", "12gb", "16gb"):
-            te.append("--fp8_t5")
-        commands.append({"name": "cache_latents", "script": spec.extra_scripts["cache_latents"], "args": lat, "accelerate": False, "accelerate_args": []})
-        commands.append({"name": "cache_text_encoder", "script": spec.extra_scripts["cache_text_encoder"], "args": te, "accelerate": False, "accelerate_args": []})
-    for c, p in train_files.items():
-        args = ["--config_file", str(p), "--dataset_config", str(ds_path)]
-        commands.append({"name": c, "script": spec.train_script, "args": args, "accelerate": True, "accelerate_args": list(acc_args)})
-
     first = configs[next(iter(configs))]
+    commands = trainer.commands(spec, CommandContext(ds_path, train_files, model_paths, first, preset_name))
+
     asked = {
         "arch": spec.name,
         "dataset": str(ds.root),
@@ -622,17 +469,22 @@ def write_run_config(
         "trigger": trigger,
         "output_name": output_name,
         "repeats": repeats,
+        "ignore_crop_record": ignore_crop_record,
     }
     derived.update(
         {
             "resolution": list(res),
-            "batch_size": dataset_doc["general"].get("batch_size") if spec.trainer == "musubi-tuner" else dataset_doc["datasets"][0]["batch_size"],
+            "batch_size": batch,
             "subsets": [{"image_dir": str(s.image_dir), "num_repeats": s.num_repeats, "is_reg": s.is_reg, "images": s.n_images, "videos": s.n_videos, "class_tokens": s.class_tokens} for s in ds.subsets],
             "trainer_commit": options.commit,
             "option_list": spec.options_key,
         }
     )
-    run: dict[str, Any] = {
+
+    # Exact step estimate from the files we are about to write; the budget warning `estimate` gives.
+    est = estimate_from(spec, dataset_doc, first, budget=budget)
+    warnings += est.warnings
+    raw: dict[str, Any] = {
         "version": 1,
         "trainer": spec.trainer,
         "arch": spec.name,
@@ -647,19 +499,15 @@ def write_run_config(
         "save_state": True,
         "max_train_steps": None if first.get("max_train_epochs") else first.get("max_train_steps", 1600),
         "max_train_epochs": first.get("max_train_epochs"),
-        "estimate": None,
+        "estimate": {"steps_per_epoch": est.steps_per_epoch, "total_steps": est.total_steps},
         "asked": asked,
         "derived": derived,
     }
-    rc = RunConfig(spec.name, run_dir, files, run, configs, dataset_doc, warnings)
-
-    # Exact step estimate from the files we are about to write.
-    from train_bridge.estimate import estimate_from
-
-    est = estimate_from(spec, dataset_doc, first)
-    run["estimate"] = {"steps_per_epoch": est.steps_per_epoch, "total_steps": est.total_steps}
-    rc.warnings += est.warnings
-
+    try:
+        run_spec = RunSpec.from_raw(raw, run_dir)  # never write what the readers reject
+    except RunSpecError as exc:  # pragma: no cover - a bug in this function
+        raise ConfigError([Issue("error", "run.json", str(exc))]) from None
+    rc = RunConfig(spec.name, run_dir, files, raw, configs, dataset_doc, warnings)
     if dry_run:
         return rc
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -668,21 +516,5 @@ def write_run_config(
         atomic_write_text(p, _toml_text(_sectioned(configs[c]), head))
     atomic_write_text(ds_path, _toml_text(dataset_doc, f"# dataset config for {spec.trainer} ({spec.name}), written by loraprep\n"))
     atomic_write_text(prompts_path, _sample_prompts(spec, trig, ds.class_token, res))
-    atomic_write_text(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    run_spec.write()
     return rc
-
-
-def load_run(run_dir: Path | str) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a run folder (run `train_bridge config` first)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); rewrite it with `train_bridge config`") from None
-
-
-def load_train_toml(path: Path | str) -> tuple[dict[str, Any], list[Issue]]:
-    import tomllib
-
-    return flatten_like_trainer(tomllib.loads(Path(path).read_text(encoding="utf-8")))

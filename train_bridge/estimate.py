@@ -15,21 +15,21 @@ batch > 1 because every bucket rounds up on its own.
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prep.buckets import BucketSpec, musubi_bucket_resolutions
-from prep.images import ImageLoadError, stored_size
-from train_bridge.trainers import ArchSpec, get_arch
+from prep.buckets import musubi_bucket_resolutions
+from train_bridge.runspec import RunSpec, RunSpecError, read_dataset_toml
+from train_bridge.trainers import ArchSpec, trainer_for
+from train_bridge.trainers.base import SubsetCount
 
-SD_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP")
-MUSUBI_IMAGE_EXTENSIONS = SD_IMAGE_EXTENSIONS + (".avif", ".AVIF")
 COLAB_BUDGET = 1000
+"""Steps above which `estimate` and `config` warn: ~4 h on a Colab T4 for Anima at 768 px
+(reference: "1000 steps ≈ 4+ h on a T4"). The same budget for every architecture: the T4
+figures below show the others are no cheaper per step. loraprep's choice."""
 
 # Seconds per optimisation step at batch 1 and the preset's resolution. Order-of-magnitude
 # figures from the reference (citron notebook: "1000 steps ≈ 4+ h on a T4" for Anima at 768;
@@ -43,17 +43,6 @@ SECONDS_PER_STEP: dict[str, dict[str, float]] = {
     "wan21": {"L4": 30.0, "A100": 6.0, "H100": 4.0},
     "wan22": {"L4": 30.0, "A100": 6.0, "H100": 4.0},
 }
-
-
-@dataclass
-class SubsetCount:
-    image_dir: str
-    images: int
-    num_repeats: int
-    is_reg: bool
-    used_repeats: int  # images * repeats actually registered (reg: after balancing)
-    skipped_uncaptioned: int = 0
-    unreadable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,152 +80,18 @@ class Estimate:
         }
 
 
-def _glob(directory: str, exts: tuple[str, ...]) -> list[str]:
-    paths: set[str] = set()
-    for ext in exts:
-        paths.update(glob.glob(os.path.join(glob.escape(directory), "*" + ext)))
-    return sorted(paths)
-
-
-def _sizes(paths: list[str], unreadable: list[str]) -> list[tuple[str, tuple[int, int]]]:
-    out = []
-    for p in paths:
-        try:
-            out.append((p, stored_size(p)))
-        except ImageLoadError as exc:
-            unreadable.append(f"{p}: {exc}")
-    return out
-
-
-def _sd_dataset_batches(ds: dict[str, Any], general: dict[str, Any], subsets_out: list[SubsetCount], buckets_out: Counter[str]) -> tuple[int, int, int]:
-    """Batches, train images*repeats, reg images*repeats for one `[[datasets]]` entry."""
-
-    def get(key: str, default: Any) -> Any:
-        return ds.get(key, general.get(key, default))
-
-    res = get("resolution", None)
-    if res is None:
-        raise ValueError("dataset has no resolution")
-    res_t = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
-    spec = BucketSpec(
-        resolution=res_t,
-        min_reso=get("min_bucket_reso", 256),
-        max_reso=get("max_bucket_reso", 1024),
-        steps=get("bucket_reso_steps", 64),
-        no_upscale=get("bucket_no_upscale", False),
-        enabled=get("enable_bucket", False),
-    )
-    batch = int(get("batch_size", 1))
-    # image_key -> [bucket, repeats]; later subsets with the same path overwrite (dict semantics)
-    data: dict[str, list[Any]] = {}
-    reg_infos: list[list[Any]] = []
-    seen_dirs: set[str] = set()
-    n_train = n_reg = 0
-    for sub in ds.get("subsets", []):
-        def sget(key: str, default: Any, sub: dict[str, Any] = sub) -> Any:
-            return sub.get(key, get(key, default))
-
-        repeats = int(sget("num_repeats", 1))
-        image_dir = sub.get("image_dir")
-        is_reg = bool(sub.get("is_reg", False))
-        if repeats < 1 or image_dir is None or image_dir in seen_dirs:
-            continue
-        unreadable: list[str] = []
-        items = _sizes(_glob(image_dir, SD_IMAGE_EXTENSIONS), unreadable)
-        if not items:
-            subsets_out.append(SubsetCount(image_dir, 0, repeats, is_reg, 0, unreadable=unreadable))
-            continue
-        seen_dirs.add(image_dir)
-        count = SubsetCount(image_dir, len(items), repeats, is_reg, 0 if is_reg else len(items) * repeats, unreadable=unreadable)
-        subsets_out.append(count)
-        for path, (w, h) in items:
-            info = [spec.select(w, h).bucket, repeats, count]
-            if is_reg:
-                reg_infos.append(info)
-            else:
-                data[path] = info
-        if is_reg:
-            n_reg += repeats * len(items)
-        else:
-            n_train += repeats * len(items)
-    reg_registered: list[list[Any]] = []
-    if n_reg and reg_infos:
-        n = 0
-        first = True
-        while n < n_train:
-            for info in reg_infos:
-                if first:
-                    reg_registered.append(info)
-                    n += info[1]
-                else:
-                    info[1] += 1
-                    n += 1
-                if n >= n_train:
-                    break
-            first = False
-    per_bucket: Counter[tuple[int, int]] = Counter()
-    for bucket, reps, _ in list(data.values()) + reg_registered:
-        per_bucket[bucket] += reps
-    for bucket, reps, count in reg_registered:
-        count.used_repeats += reps
-    for b, c in per_bucket.items():
-        buckets_out[f"{b[0]}x{b[1]}"] += c
-    batches = sum(math.ceil(c / batch) for c in per_bucket.values())
-    return batches, n_train, sum(r for _, r, _ in reg_registered)
-
-
 def musubi_buckets(resolution: tuple[int, int], steps: int = 16) -> list[tuple[int, int]]:
     """musubi-tuner's `BucketSelector` bucket list (the rule lives in `prep.buckets`)."""
     return musubi_bucket_resolutions(resolution, steps)
 
 
-def _musubi_batches(doc: dict[str, Any], subsets_out: list[SubsetCount], buckets_out: Counter[str], warnings: list[str]) -> tuple[int, int]:
-    general = doc.get("general", {})
-    batches = n_items = 0
-    for ds in doc.get("datasets", []):
-        def get(key: str, default: Any, ds: dict[str, Any] = ds) -> Any:
-            return ds.get(key, general.get(key, default))
-
-        if "image_directory" not in ds:
-            warnings.append(f"{ds.get('video_directory')}: video datasets are not estimated (frame counts need the videos decoded)")
-            continue
-        res = get("resolution", [960, 544])
-        res_t = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
-        selector = BucketSpec(resolution=res_t, steps=16, no_upscale=get("bucket_no_upscale", False), enabled=get("enable_bucket", False), family="musubi")
-        ext = get("caption_extension", None)
-        repeats = int(get("num_repeats", 1))
-        batch = int(get("batch_size", 1))
-        d = ds["image_directory"]
-        paths = _glob(d, MUSUBI_IMAGE_EXTENSIONS)
-        captioned = [p for p in paths if ext is None or os.path.exists(os.path.splitext(p)[0] + ext)]
-        unreadable: list[str] = []
-        items = _sizes(captioned, unreadable)
-        count = SubsetCount(d, len(items), repeats, False, len(items) * repeats, len(paths) - len(captioned), unreadable)
-        subsets_out.append(count)
-        per: Counter[tuple[int, int]] = Counter()
-        for _, size in items:
-            per[selector.select(*size).bucket] += repeats
-        for b, c in per.items():
-            buckets_out[f"{b[0]}x{b[1]}"] += c
-        batches += sum(math.ceil(c / batch) for c in per.values())
-        n_items += len(items) * repeats
-    return batches, n_items
-
-
 def estimate_from(spec: ArchSpec, dataset_doc: dict[str, Any], train: dict[str, Any], *, budget: int | None = None, num_processes: int = 1) -> Estimate:
     """Steps for a dataset TOML document and the (flattened) training options."""
+    trainer = trainer_for(spec)
     subsets: list[SubsetCount] = []
     buckets: Counter[str] = Counter()
     warnings: list[str] = []
-    if spec.trainer == "musubi-tuner":
-        batches, n_train = _musubi_batches(dataset_doc, subsets, buckets, warnings)
-        n_reg = 0
-    else:
-        batches = n_train = n_reg = 0
-        general = dataset_doc.get("general", {})
-        for ds in dataset_doc.get("datasets", []):
-            b, t, r = _sd_dataset_batches(ds, general, subsets, buckets)
-            batches, n_train, n_reg = batches + b, n_train + t, n_reg + r
+    batches, n_train, n_reg = trainer.count_batches(spec, dataset_doc, subsets, buckets, warnings)
     ga = int(train.get("gradient_accumulation_steps", 1) or 1)
     per_epoch = math.ceil(batches / num_processes / ga) if batches else 0
     epochs = train.get("max_train_epochs")
@@ -246,41 +101,43 @@ def estimate_from(spec: ArchSpec, dataset_doc: dict[str, Any], train: dict[str, 
         total = int(train.get("max_train_steps", 1600))
         if per_epoch:
             warnings.append(f"max_train_epochs is not set: the trainer runs max_train_steps={total} steps")
+    exts = " ".join(e for e in trainer.image_extensions if e == e.lower())
     for s in subsets:
         if s.images == 0:
-            warnings.append(f"{s.image_dir}: no images the trainer can read (it takes .png .jpg .jpeg .webp .bmp, exact case)")
+            warnings.append(f"{s.image_dir}: no images the trainer can read (it takes {exts}, exact case)")
         if s.skipped_uncaptioned:
-            warnings.append(f"{s.image_dir}: {s.skipped_uncaptioned} image(s) without a .txt caption are skipped by musubi-tuner")
+            warnings.append(f"{s.image_dir}: {s.skipped_uncaptioned} image(s) without a .txt caption are skipped by {trainer.name}")
         for u in s.unreadable:
             warnings.append(f"unreadable image: {u}")
     table = SECONDS_PER_STEP.get(spec.family, {})
     # a batch of B costs about B times a single step (memory-bound trainers)
-    batch_factor = 1.0
-    if spec.trainer == "musubi-tuner":
-        batch_factor = float(dataset_doc.get("general", {}).get("batch_size", 1))
-    elif dataset_doc.get("datasets"):
-        batch_factor = float(dataset_doc["datasets"][0].get("batch_size", dataset_doc.get("general", {}).get("batch_size", 1)))
+    batch_factor = float(trainer.dataset_summary(dataset_doc)[1]) if dataset_doc.get("datasets") else 1.0
     runs = 2 if spec.dual_expert else 1
     hours = {gpu: round(total * s * batch_factor * ga * runs / 3600.0, 2) for gpu, s in table.items()}
-    if budget is not None and total > budget:
-        spe = max(per_epoch, 1)
-        warnings.append(f"{total} steps is above the budget of {budget}: try max_train_epochs={max(1, budget // spe)}, or fewer repeats")
+    warnings += budget_warnings(total, per_epoch, budget)
     return Estimate(per_epoch, total, int(epochs) if epochs else None, batches, n_train, n_reg, dict(sorted(buckets.items())), subsets, hours, warnings, budget)
 
 
+def budget_warnings(total: int, steps_per_epoch: int, budget: int | None) -> list[str]:
+    """The step-budget warning `estimate` and `config` both give."""
+    if budget is None or total <= budget:
+        return []
+    spe = max(steps_per_epoch, 1)
+    return [f"{total} steps is above the budget of {budget}: try max_train_epochs={max(1, budget // spe)}, or fewer repeats"]
+
+
 def estimate_run(run_dir: Path | str, *, budget: int | None = COLAB_BUDGET) -> Estimate:
-    """Estimate a written run folder (reads run.json, the dataset TOML and the first train TOML)."""
-    import tomllib
+    """Estimate a written run folder (run.json, its dataset TOML and its first train TOML).
 
-    from train_bridge.config import load_run, load_train_toml
-
-    run = load_run(run_dir)
-    spec = get_arch(run["arch"])
-    train_cmd = next(c for c in run["commands"] if c["name"].startswith("train"))
-    args = train_cmd["args"]
-    cfg_path = Path(args[args.index("--config_file") + 1])
-    ds_path = Path(args[args.index("--dataset_config") + 1]) if "--dataset_config" in args else None
-    flat, _ = load_train_toml(cfg_path)
-    ds_path = ds_path or Path(flat["dataset_config"])
-    doc = tomllib.loads(ds_path.read_text(encoding="utf-8"))
-    return estimate_from(spec, doc, flat, budget=budget)
+    Raises RunSpecError (naming the file) for a missing or malformed run.json or TOML.
+    """
+    run = RunSpec.load(Path(run_dir))
+    spec = run.arch_spec()
+    cmd = run.train_commands[0] if run.train_commands else run.commands[0]
+    flat = run.read_train(cmd)
+    ds_path = run.dataset_toml(cmd)
+    if ds_path is None and flat.get("dataset_config"):
+        ds_path = Path(flat["dataset_config"])
+    if ds_path is None:
+        raise RunSpecError(f"{run.path}: command {cmd.name} names no dataset config; rewrite it with `train_bridge config`.")
+    return estimate_from(spec, read_dataset_toml(ds_path), flat, budget=budget)

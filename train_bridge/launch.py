@@ -26,7 +26,17 @@ from prep.fsutil import atomic_write_text
 from train_bridge import oom as oom_mod
 from train_bridge.gpu import check_gpu
 from train_bridge.logparse import Event, LogParser, TrainProgress
-from train_bridge.resume import NoStateError, ResumeCheck, StateDir, find_states, latest_state, verify_resumed
+from train_bridge.resume import (
+    NoStateError,
+    ResumeCheck,
+    StateDir,
+    find_states,
+    latest_state,
+    record_session_states,
+    recorded_config,
+    set_aside,
+    verify_resumed,
+)
 from train_bridge.runspec import Command, RunSpec, RunSpecError
 from train_bridge.setup import SetupError, TrainerEnv, resolve_trainer
 from train_bridge.watch import OutputWatcher, list_outputs
@@ -59,6 +69,7 @@ class LaunchOptions:
     grace_s: float = 60.0
     recache: bool = False
     dry_run: bool = False
+    preflight: bool = True  # the model and dataset checks of `train_bridge check`, before anything runs
 
 
 @dataclass
@@ -84,6 +95,7 @@ class LaunchResult:
     resume_command: list[str] = field(default_factory=list)
     message: str = ""
     plan: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # what launch decided before starting (config changes, set-aside outputs)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,13 +120,16 @@ class LaunchResult:
             "retry": self.retry,
             "resume_command": self.resume_command,
             "plan": self.plan,
+            "notices": self.notices,
         }
 
 
 # --- argv ------------------------------------------------------------------------------------
 
 
-def build_argv(cmd: Command, env: TrainerEnv, accelerate: bool | None = None, resume_from: Path | None = None) -> list[str]:
+def build_argv(
+    cmd: Command, env: TrainerEnv, accelerate: bool | None = None, resume_from: Path | None = None, initial_step: int | None = None
+) -> list[str]:
     """[python, -m, accelerate.commands.launch, <accelerate args>, script, <args>] or [python, script, <args>].
 
     `python -m accelerate.commands.launch` avoids depending on the `accelerate` script being on PATH.
@@ -126,6 +141,8 @@ def build_argv(cmd: Command, env: TrainerEnv, accelerate: bool | None = None, re
     args = list(cmd.args)
     if resume_from is not None:
         args = _without_option(args, "--resume") + ["--resume", str(resume_from)]
+    if initial_step is not None:
+        args = _without_option(args, "--initial_step") + ["--initial_step", str(initial_step)]
     use_acc = cmd.accelerate if accelerate is None else accelerate
     if use_acc:
         return [env.python, "-m", "accelerate.commands.launch", *cmd.accelerate_args, str(script), *args]
@@ -148,12 +165,34 @@ def _without_option(args: list[str], option: str) -> list[str]:
 
 
 def fingerprint(cmd: Command, spec: RunSpec) -> str:
-    """What makes a step's result reusable: its script, args and the dataset.toml it reads."""
-    h = hashlib.sha256(json.dumps([cmd.script, _without_option(cmd.args, "--resume")]).encode())
+    """What makes a step's result reusable: its script, args, the dataset.toml it reads and, for
+    training, its training TOML (more epochs in train.toml make a finished run train on)."""
+    h = hashlib.sha256(json.dumps([cmd.script, _without_option(_without_option(cmd.args, "--resume"), "--initial_step")]).encode())
     ds = spec.dataset_toml(cmd)
     if ds is not None and ds.is_file():
         h.update(ds.read_bytes())
+    train = spec.train_toml(cmd) if not cmd.is_cache else None
+    if train is not None and train.is_file():
+        h.update(b"\0train\0" + train.read_bytes())
     return h.hexdigest()
+
+
+def train_values(spec: RunSpec, cmd: Command) -> dict[str, Any]:
+    """The command's training TOML, flattened as sd-scripts reads it."""
+    return oom_mod.flatten(oom_mod.load_toml(spec.train_toml(cmd)))
+
+
+def resume_initial_step(spec: RunSpec, state: StateDir | None) -> int | None:
+    """`--initial_step` for a state whose own step is session-relative (saved after a resume).
+
+    sd-scripts starts the resumed session at epoch `current_step // steps per epoch` of the
+    state's train_state.json; for such a state that step is too small and whole epochs would be
+    trained again. `--initial_step` wins over the state's step and only sets the starting epoch
+    (train_network.py at 48d368fa), so launch passes the global step it recorded.
+    """
+    if state is None or spec.trainer != "sd-scripts" or not state.recorded or state.own_step is None:
+        return None
+    return state.step if state.step != state.own_step else None
 
 
 def output_name_of(cmd: Command, spec: RunSpec) -> str:
@@ -363,14 +402,118 @@ def classify(proc: _Proc, progress: TrainProgress) -> str:
     return "failed"
 
 
+# Training-TOML keys whose change a resume cannot honour, and why (sd-scripts restores the
+# network, optimizer and LR scheduler from the state with accelerate's load_state).
+RESUME_REFUSES: dict[str, str] = {
+    "network_module": "the saved network is another module; the state cannot be loaded into it",
+    "network_dim": "the saved LoRA weights have the old rank; loading them into the new shape fails",
+    "network_args": "the network's shape (conv_dim, algo, ...) changed; the saved weights do not fit it",
+    "network_alpha": "alpha is saved with the LoRA weights; the state's value would silently replace the new one",
+    "network_train_unet_only": "the set of trained parameters changed; the optimizer state does not match it",
+    "network_train_text_encoder_only": "the set of trained parameters changed; the optimizer state does not match it",
+    "optimizer_type": "the optimizer state saved is another optimizer's",
+    "optimizer_args": "the optimizer state is restored from the state, so the new arguments would not be used as expected",
+    "learning_rate": "the optimizer and LR scheduler restore the old learning rate from the state; the new one would not take effect",
+    "unet_lr": "the optimizer restores the old learning rate from the state; the new one would not take effect",
+    "text_encoder_lr": "the optimizer restores the old learning rate from the state; the new one would not take effect",
+    "lr_scheduler": "the LR scheduler is restored from the state; the new one would not take effect",
+    "lr_warmup_steps": "the LR scheduler is restored from the state; the new warm-up would not take effect",
+    "output_name": "the saved states carry the old name; a resume looks for the new one",
+    "output_dir": "the saved states are in the old output folder",
+}
+# Keys that are read from the config again on every start, so a resume honours them.
+RESUME_TAKES_EFFECT = (
+    "max_train_epochs", "max_train_steps", "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs",
+    "save_last_n_steps", "save_last_n_epochs_state", "save_last_n_steps_state", "sample_every_n_epochs",
+    "sample_every_n_steps", "sample_prompts", "sample_sampler", "max_data_loader_n_workers", "persistent_data_loader_workers",
+    "logging_dir", "log_with", "log_prefix", "save_model_as", "save_precision",
+)
+
+
+@dataclass
+class ConfigChange:
+    """How the training TOML differs from the one the resumed state was made with."""
+
+    takes_effect: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    unsure: list[str] = field(default_factory=list)
+
+
+def _show(v: Any) -> str:
+    return "(unset)" if v is None else json.dumps(v, default=str)
+
+
+def config_change(spec: RunSpec, cmd: Command, state: StateDir) -> ConfigChange | None:
+    """None when launch did not record the TOML the state was made with (or nothing changed)."""
+    old = recorded_config(spec.output_dir, state)
+    if old is None:
+        return None
+    new = train_values(spec, cmd)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not keys:
+        return None
+    ch = ConfigChange()
+    for k in keys:
+        what = f"{k} {_show(old.get(k))} -> {_show(new.get(k))}"
+        if k in RESUME_REFUSES:
+            ch.refused.append(f"{what}: {RESUME_REFUSES[k]}")
+        elif k in RESUME_TAKES_EFFECT:
+            ch.takes_effect.append(what)
+        else:
+            ch.unsure.append(what)
+    return ch
+
+
+def planned_total_steps(spec: RunSpec, cmd: Command) -> int | None:
+    """What sd-scripts will compute: max_train_epochs x steps per epoch, else max_train_steps."""
+    v = train_values(spec, cmd)
+    epochs, steps = v.get("max_train_epochs"), v.get("max_train_steps")
+    if isinstance(epochs, int) and epochs > 0 and spec.steps_per_epoch:
+        return epochs * spec.steps_per_epoch
+    return steps if isinstance(steps, int) and steps > 0 else None
+
+
+def check_resume_config(spec: RunSpec, cmd: Command, state: StateDir) -> list[str]:
+    """Refuse a resume that cannot honour the edited train.toml; else say what changed and what it does."""
+    toml = spec.train_toml(cmd)
+    ch = config_change(spec, cmd, state)
+    if ch is not None and ch.refused:
+        raise LaunchError(
+            f"cannot resume {state.path.name}: {toml} changed since that state was saved: " + "; ".join(ch.refused)
+            + ". Put the old value back to continue, or start again from step 0 with --restart "
+            "(the old states and checkpoints are moved aside, not deleted).",
+            EXIT_USAGE,
+        )
+    total = planned_total_steps(spec, cmd)
+    if state.step is not None and total is not None and total <= state.step:
+        raise LaunchError(
+            f"nothing left to train: {state.path.name} is at step {state.step} and {toml} asks for {total} steps in all "
+            f"(sd-scripts refuses: 'max_train_steps should be greater than initial step'). Raise max_train_epochs "
+            "(or max_train_steps) in it to train on.",
+            EXIT_USAGE,
+        )
+    notes = []
+    if ch is not None and ch.takes_effect:
+        notes.append(
+            f"{toml} changed since {state.path.name} was saved: " + "; ".join(ch.takes_effect)
+            + ". The resume uses it: sd-scripts reads these from the config on every start"
+            + (f" (now {total} steps in all)." if total else ".")
+        )
+    if ch is not None and ch.unsure:
+        notes.append(f"{toml} also changed: " + "; ".join(ch.unsure) + "; loraprep does not know whether a resume honours these.")
+    return notes
+
+
 def _check_existing_state(spec: RunSpec, cmd: Command, opts: LaunchOptions) -> StateDir | None:
     """The state to resume from, or None for a fresh start; refuses both silent restarts."""
     name = output_name_of(cmd, spec)
     if opts.resume:
         try:
-            return latest_state(spec.output_dir, name)
+            state = latest_state(spec.output_dir, name)
         except NoStateError as exc:
             raise LaunchError(str(exc), EXIT_USAGE) from None
+        check_resume_config(spec, cmd, state)
+        return state
     states = find_states(spec.output_dir, name)
     if states and not opts.restart:
         last = states[-1]
@@ -378,10 +521,44 @@ def _check_existing_state(spec: RunSpec, cmd: Command, opts: LaunchOptions) -> S
         raise LaunchError(
             f"{spec.output_dir} already holds saved training state {last.path.name}{where}. "
             f"Continue it with `train_bridge launch {spec.run_dir} --resume`, or start again from step 0 "
-            "with --restart (checkpoints with the same names are overwritten).",
+            f"with --restart (the old states and checkpoints are moved to {spec.output_dir}/.old-<time>/).",
             EXIT_USAGE,
         )
     return None
+
+
+def preflight_run(spec: RunSpec) -> None:
+    """Refuse to start (exit 2) when `train_bridge check` finds what makes the trainer fail at load:
+    a missing or wrong model file, an empty dataset. Before any step runs, cache steps included."""
+    try:
+        from train_bridge.check import preflight
+    except ImportError:  # TRANSITION: check.preflight arrives with the trainer-seam work
+        return
+    try:
+        found = preflight(spec.run_dir)
+    except RunSpecError as exc:
+        raise LaunchError(str(exc), EXIT_USAGE) from None
+    errors = [i for i in found if getattr(i, "level", "error") == "error"]
+    if not errors:
+        return
+    from prep.archs import get_arch
+
+    try:
+        roles = {m.name for m in get_arch(spec.arch).models}
+    except KeyError:
+        roles = set()
+    lines = []
+    for issue in errors:
+        text = str(getattr(issue, "message", issue))
+        role = text.split(":", 1)[0].strip()
+        flag = f" (the --{role.replace('_', '-')} file of `train_bridge config`)" if role in roles else ""
+        lines.append(f"  {text}{flag}")
+    raise LaunchError(
+        f"{spec.run_dir} cannot train yet; nothing was started:\n" + "\n".join(lines)
+        + f"\nFix the path in {spec.run_dir / 'train.toml'} or write the run folder again with `train_bridge config` "
+        f"and the right files; `train_bridge check {spec.run_dir}` lists every problem.",
+        EXIT_USAGE,
+    )
 
 
 def plan_commands(spec: RunSpec, opts: LaunchOptions, env: TrainerEnv) -> list[tuple[Command, str, StateDir | None]]:
@@ -408,21 +585,27 @@ def plan_commands(spec: RunSpec, opts: LaunchOptions, env: TrainerEnv) -> list[t
 def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = None) -> LaunchResult:
     """Run the run folder's commands. Raises LaunchError for problems found before starting."""
     notify: Observer = observer or (lambda kind, data: None)
+    if opts.resume and opts.restart:
+        raise LaunchError("--resume and --restart contradict each other; pick one.", EXIT_USAGE)
     try:
         spec = RunSpec.load(Path(run_dir))
     except RunSpecError as exc:
         raise LaunchError(str(exc), EXIT_USAGE) from None
+    if opts.preflight:
+        preflight_run(spec)
     try:
         env = resolve_trainer(spec.trainer, opts.trainer_dir, opts.python)
     except SetupError as exc:
         raise LaunchError(str(exc), EXIT_FAILED) from None
     plan = plan_commands(spec, opts, env)
+    notices = [n for c, action, st in plan if st is not None and action == "run" for n in check_resume_config(spec, c, st)]
     plan_view = [
         {
             "name": c.name,
             "action": action,
-            "argv": build_argv(c, env, opts.accelerate, st.path if st else None),
+            "argv": build_argv(c, env, opts.accelerate, st.path if st else None, resume_initial_step(spec, st)),
             "resume_from": str(st.path) if st else None,
+            "resume_step": st.step if st else None,
         }
         for c, action, st in plan
     ]
@@ -435,12 +618,20 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
             EXIT_USAGE,
         )
     if opts.dry_run:
-        return LaunchResult("dry_run", EXIT_DONE, spec.run_dir, None, plan=plan_view, message="dry run: nothing started")
+        return LaunchResult("dry_run", EXIT_DONE, spec.run_dir, None, plan=plan_view, message="dry run: nothing started", notices=notices)
     if opts.gpu_check:
         check = check_gpu(spec.preset)
         if not check.ok:
             raise LaunchError(check.message, EXIT_FAILED)
         notify("notice", {"level": "info", "text": check.message})
+    if opts.restart:
+        for c, action, st in plan:
+            if action == "run" and st is None and not c.is_cache:
+                dest, moved = set_aside(spec.output_dir, output_name_of(c, spec))
+                if dest is not None:
+                    notices.append(f"--restart: moved {len(moved)} old states, checkpoints and samples of {output_name_of(c, spec)} to {dest}")
+    for n in notices:
+        notify("notice", {"level": "warning", "text": n})
 
     log_dir = spec.run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -455,7 +646,7 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
         resume=opts.resume, run_dir=str(spec.run_dir), output_dir=str(spec.output_dir), launcher_pid=os.getpid(),
         exit_code=None, message=None, advice=None, finished_at=None,
     )
-    result = LaunchResult("done", EXIT_DONE, spec.run_dir, log_path, plan=plan_view)
+    result = LaunchResult("done", EXIT_DONE, spec.run_dir, log_path, plan=plan_view, notices=notices)
     try:
         _run_queue(spec, env, opts, list(plan), log_path, status, notify, result)
     except KeyboardInterrupt:  # between commands (inside one, stream_process handles it)
@@ -526,7 +717,7 @@ def _finish(spec: RunSpec, result: LaunchResult, status: StatusWriter) -> Launch
 def _run_command(
     spec: RunSpec, cmd: Command, env: TrainerEnv, opts: LaunchOptions, state: StateDir | None, log_fh: Any, status: StatusWriter, notify: Observer
 ) -> CommandOutcome:
-    argv = build_argv(cmd, env, opts.accelerate, state.path if state else None)
+    argv = build_argv(cmd, env, opts.accelerate, state.path if state else None, resume_initial_step(spec, state))
     parser = LogParser()
     spe = spec.steps_per_epoch
     if not cmd.is_cache and spec.total_steps:
@@ -574,6 +765,8 @@ def _run_command(
     def on_interrupt(text: str) -> None:
         notify("notice", {"level": "warning", "text": text})
 
+    since_ns = time.time_ns()
+    values = None if cmd.is_cache else train_values(spec, cmd)
     try:
         proc = stream_process(
             argv, cwd=spec.run_dir, env=child_env(), log_fh=log_fh, parser=parser, on_events=on_events,
@@ -582,6 +775,12 @@ def _run_command(
     except OSError as exc:
         outcome.message = f"could not start {argv[0]}: {exc}"
         return outcome
+    if not cmd.is_cache:
+        resumed = state is not None and not (outcome.resume_check is not None and outcome.resume_check.verified is False)
+        record_session_states(
+            spec.output_dir, output_name_of(cmd, spec), since_ns=since_ns, base_step=(state.step or 0) if resumed and state else 0,
+            config=values, resumed_from=state.path.name if state else None,
+        )
     for kind, path in watcher.poll():
         if path.name not in announced:
             notify("file", {"command": cmd.name, "kind": kind, "path": str(path)})
@@ -593,8 +792,7 @@ def _run_command(
             outcome.resume_check = check
             notify("resume_check", {"command": cmd.name, "verified": check.verified, "message": check.message})
     if outcome.status == "failed":
-        last = parser.progress.last_error or (parser.progress.tail[-1] if parser.progress.tail else "")
-        outcome.message = f"{cmd.name} exited with {proc.returncode}" + (f": {last}" if last else "") + f" (full log: {log_fh.name})"
+        outcome.message = failure_message(cmd.name, proc.returncode, parser.progress, log_fh.name)
     elif outcome.status == "host_oom":
         outcome.message = f"{cmd.name} was killed (exit {proc.returncode}), most likely by the kernel's out-of-memory killer"
     elif outcome.status == "oom":
@@ -604,6 +802,17 @@ def _run_command(
     log_fh.write(f"\n### loraprep command {cmd.name} ended: {outcome.status} (exit {proc.returncode})\n".encode())
     log_fh.flush()
     return outcome
+
+
+def failure_message(name: str, returncode: int | None, p: TrainProgress, log: str) -> str:
+    """The trainer's own error (its exception line and the frames above it), not the
+    CalledProcessError that `accelerate launch` raises after its child failed."""
+    last = p.last_error or (p.tail[-1] if p.tail else "")
+    msg = f"{name} exited with {returncode}" + (f": {last}" if last else "")
+    context = [line for line in p.error_lines if line != last]
+    if context:
+        msg += "\n" + "\n".join("    " + line for line in context)
+    return msg + f"\n(full log: {log})"
 
 
 def _set_step_offset(p: TrainProgress, steps_per_epoch: int | None, total_steps: int | None) -> None:

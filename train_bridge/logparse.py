@@ -35,6 +35,12 @@ CAPACITY_RE = re.compile(
 # exits 1 after printing the CalledProcessError of its child.
 KILLED_RE = re.compile(r"died with <Signals\.SIGKILL: 9>|returned non-zero exit status (?:137|-9)\b|^Killed$")
 ERROR_RE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(?P<msg>.*)$")
+# `accelerate launch` re-raises its child's failure as its own traceback: frames in
+# accelerate/commands/launch.py, then `subprocess.CalledProcessError: Command '[...]' returned
+# non-zero exit status 1.` That is the wrapper, never the trainer's error.
+WRAPPER_FRAME_RE = re.compile(r"accelerate[/\\]commands[/\\]|\bsubprocess\.CalledProcessError\b")
+TRACEBACK_START = "Traceback (most recent call last):"
+ERROR_CONTEXT_LINES = 6  # the last frames and the exception: where the trainer failed and why
 KV_RE = re.compile(r"([A-Za-z_][\w/]*)=([-+\w.]+)")
 INT_KEY_RE = re.compile(r"'current_(?P<key>epoch|step)': (?P<n>\d+)")
 
@@ -106,7 +112,8 @@ class TrainProgress:
     step_offset: int = 0  # steps done before this session (a resumed sd-scripts bar restarts at 0)
     oom_detail: dict[str, str] = field(default_factory=dict)
     nan: bool = False
-    last_error: str | None = None
+    last_error: str | None = None  # the trainer's own exception line, never accelerate's wrapper
+    error_lines: list[str] = field(default_factory=list)  # the end of the trainer's last traceback
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=60))
 
     @property
@@ -136,6 +143,7 @@ class TrainProgress:
             "oom_detail": dict(self.oom_detail),
             "nan": self.nan,
             "last_error": self.last_error,
+            "error_lines": list(self.error_lines),
         }
 
 
@@ -146,6 +154,7 @@ class LogParser:
         self.progress = TrainProgress()
         self._buf = ""
         self._last_partial = ""
+        self._traceback: list[str] | None = None  # the traceback being read, until its exception line
 
     def feed(self, text: str) -> list[Event]:
         self._buf += text
@@ -182,6 +191,10 @@ class LogParser:
             return self._step(m) + (self._line(rest) if rest.strip() else [])
         if not line.startswith(("steps:", "validation steps", "epoch validation")):
             p.tail.append(line)
+        if line.startswith(TRACEBACK_START):
+            self._traceback = []
+        if self._traceback is not None and not ERROR_RE.match(line):
+            self._traceback = [*self._traceback[-40:], line]
         if (m := EPOCH_RE.match(line)) is not None:
             p.epoch, p.epochs = int(m["epoch"]), int(m["epochs"])
             if p.first_epoch is None:
@@ -217,13 +230,19 @@ class LogParser:
             if (c := CAPACITY_RE.search(line)) is not None:
                 p.oom_detail.update(gpu=c["gpu"], total=c["total"], free=c["free"])
             p.oom_detail.setdefault("line", line[:300])
+            self._traceback = None
             return [Event("oom", {"line": line})] if first else []
         if KILLED_RE.search(line):
+            self._traceback = None
             p.killed = True
-            p.last_error = line[:500]
+            p.last_error = p.last_error or line[:500]
             return [Event("killed", {"line": line})]
         if (m := ERROR_RE.match(line)) is not None:
+            block, self._traceback = (self._traceback or []) + [line], None
+            if any(WRAPPER_FRAME_RE.search(b) for b in block) and p.last_error is not None:
+                return []  # accelerate repeating that its child failed: keep the child's error
             p.last_error = line[:500]
+            p.error_lines = [b[:500] for b in block[-ERROR_CONTEXT_LINES:]]
             return [Event("error", {"type": m["type"], "message": m["msg"]})]
         return []
 

@@ -8,17 +8,22 @@ network dim, which change what is learned. Host-RAM kills (exit 137 / signal 9) 
 
 from __future__ import annotations
 
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from train_bridge.presets import PRESETS, get_preset, normalize_preset
+from train_bridge.runspec import RunSpecError, read_train_toml
+from train_bridge.trainers import Trainer, get_arch, trainer_named
 from train_bridge.validate import flatten_like_trainer
-
-# Largest blocks_to_swap per architecture (docs of the trainers; 2 blocks must stay on the GPU).
-MAX_BLOCKS_TO_SWAP = {"anima": 26, "flux": 35, "sd3": 36, "wan21": 39, "wan22": 39, "wan": 39}
 
 
 @dataclass
@@ -95,6 +100,23 @@ def flatten(cfg: dict[str, Any]) -> dict[str, Any]:
     return flatten_like_trainer(cfg)[0]
 
 
+def load_train(path: Path | None) -> dict[str, Any]:
+    """A train TOML's flat options through the one reader (`runspec.read_train_toml`); {} when absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        return read_train_toml(path)[0]
+    except RunSpecError:
+        return {}
+
+
+def _trainer(trainer: str) -> Trainer | None:
+    try:
+        return trainer_named(trainer)
+    except KeyError:
+        return None
+
+
 def dataset_resolution(ds: dict[str, Any]) -> int | list[int] | None:
     for entry in ds.get("datasets") or []:
         if isinstance(entry, dict) and "resolution" in entry:
@@ -126,29 +148,18 @@ def _smaller_resolution(res: int | list[int], step: int = 64) -> int | list[int]
     return None
 
 
-def _arch_key(arch: str) -> str:
-    a = arch.lower().replace(".", "").replace("_", "")
-    for k in MAX_BLOCKS_TO_SWAP:
-        if a.startswith(k):
-            return k
-    return a
-
-
 def max_blocks_to_swap(arch: str) -> int | None:
+    """The architecture's block-swap limit (`prep.archs`: the trainer's own assert); None when unknown."""
     try:
-        from train_bridge.trainers import get_arch
-
-        spec = get_arch(arch)
-        if spec.max_blocks_to_swap is not None:
-            return spec.max_blocks_to_swap
-    except (ImportError, KeyError):
-        pass
-    return MAX_BLOCKS_TO_SWAP.get(_arch_key(arch))
+        return get_arch(arch).swap_limit()
+    except KeyError:
+        return None
 
 
 def cuda_suggestions(arch: str, trainer: str, train: dict[str, Any], ds: dict[str, Any]) -> list[Suggestion]:
     out: list[Suggestion] = []
-    musubi = trainer == "musubi-tuner"
+    impl = _trainer(trainer)
+    caches_in_training = impl is not None and impl.caches_in_training
     if not train.get("gradient_checkpointing"):
         out.append(Suggestion("gradient_checkpointing", False, True, "recomputes activations instead of storing them: large saving, ~20-30 % slower, same result"))
     batch_key, batch_file, batch = batch_setting(train, ds)
@@ -161,7 +172,7 @@ def cuda_suggestions(arch: str, trainer: str, train: dict[str, Any], ds: dict[st
                 file=batch_file, also={"gradient_accumulation_steps": accum * batch},
             )
         )
-    if not musubi:
+    if caches_in_training:
         if not train.get("cache_latents_to_disk") and not train.get("color_aug") and not train.get("random_crop"):
             out.append(Suggestion("cache_latents_to_disk", bool(train.get("cache_latents_to_disk")), True, "encodes every image once up front, so the VAE leaves the GPU during training"))
         if not train.get("cache_text_encoder_outputs_to_disk") and not train.get("shuffle_caption"):
@@ -212,7 +223,8 @@ def host_suggestions(arch: str, trainer: str, train: dict[str, Any]) -> list[Sug
         out.append(Suggestion("max_data_loader_n_workers", workers, 2, "each data-loader worker is a process with its own copy of the dataset"))
     if train.get("persistent_data_loader_workers"):
         out.append(Suggestion("persistent_data_loader_workers", True, False, "workers no longer stay alive between epochs"))
-    if trainer != "musubi-tuner":
+    impl = _trainer(trainer)
+    if impl is not None and impl.caches_in_training:
         if train.get("cache_latents") and not train.get("cache_latents_to_disk"):
             out.append(Suggestion("cache_latents_to_disk", False, True, "latents go to .npz files instead of living in RAM"))
         if train.get("cache_text_encoder_outputs") and not train.get("cache_text_encoder_outputs_to_disk"):
@@ -226,7 +238,7 @@ def host_suggestions(arch: str, trainer: str, train: dict[str, Any]) -> list[Sug
 def advise(
     arch: str, trainer: str, train_toml: Path | None, dataset_toml: Path | None, kind: str = "cuda", detail: dict[str, str] | None = None
 ) -> OomAdvice:
-    train = flatten(load_toml(train_toml))
+    train = load_train(train_toml)
     ds = load_toml(dataset_toml)
     if kind == "host":
         headline = (
@@ -255,19 +267,16 @@ def preset_step_down(arch: str, preset: str | None, train_toml: Path | None, dat
     unknown to loraprep, or this is already the smallest preset.
     """
     try:
-        from train_bridge.presets import PRESETS, get_preset, normalize_preset
-        from train_bridge.trainers import get_arch
-
         spec = get_arch(arch)
         cur = normalize_preset(preset or "")
-    except (ImportError, KeyError, ValueError):
+    except (KeyError, ValueError):
         return None
     i = PRESETS.index(cur)
     if i == 0:
         return None
     name = PRESETS[i - 1]
     p = get_preset(spec, name)
-    train = flatten(load_toml(train_toml))
+    train = load_train(train_toml)
     ds = load_toml(dataset_toml)
     why = f"as in preset {name}"
     out: list[Suggestion] = []

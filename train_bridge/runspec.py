@@ -1,17 +1,32 @@
-"""Read (and minimally amend) `run/run.json`, the contract between `config` and `launch`.
+"""`run/run.json`, the contract between `config` and everything after it: one `RunSpec`.
 
-`config` writes it; launch only reads it, except for appending what it changed on an OOM
-retry (`oom_retries`) so the run folder keeps telling the truth about what ran.
+`config` builds the document and writes it through `RunSpec.write` (after `RunSpec.from_raw`
+has validated it, so config never writes what the readers reject); `launch`, `estimate`,
+`check`, `status` and OOM advice load it with `RunSpec.load`. A malformed run.json (not JSON,
+wrong version, missing fields) is one `RunSpecError` naming the file, everywhere. Launch only
+amends it to append what it changed on an OOM retry (`oom_retries`). The training TOML a
+command uses is found by `train_toml(cmd)` and read by `read_train_toml` (the one reader).
 """
 
 from __future__ import annotations
 
+import sys
+
 import json
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prep.archs import ArchSpec, get_arch
 from prep.fsutil import atomic_write_text
+from train_bridge.validate import Issue, flatten_like_trainer
+
+RUN_FILE = "run.json"
+VERSION = 1
 
 KNOWN_TRAINERS = ("sd-scripts", "musubi-tuner")
 COMMAND_ORDER = ("cache_latents", "cache_text_encoder", "train", "train_high", "train_low")
@@ -87,7 +102,7 @@ class RunSpec:
     @classmethod
     def load(cls, run_dir: Path) -> RunSpec:
         run_dir = Path(run_dir).resolve()
-        path = run_dir / "run.json"
+        path = run_dir / RUN_FILE
         if not path.is_file():
             raise RunSpecError(
                 f"{path} not found: write the run folder first with `train_bridge config ...` "
@@ -95,10 +110,19 @@ class RunSpec:
             )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RunSpecError(f"{path} is not valid JSON ({exc}); rewrite it with `train_bridge config`.") from exc
-        if raw.get("version") != 1:
-            raise RunSpecError(f"{path}: unsupported version {raw.get('version')!r} (this loraprep reads version 1).")
+        return cls.from_raw(raw, run_dir)
+
+    @classmethod
+    def from_raw(cls, raw: Any, run_dir: Path) -> RunSpec:
+        """Validate a run.json document (as loaded, or as config is about to write it)."""
+        run_dir = Path(run_dir).resolve()
+        path = run_dir / RUN_FILE
+        if not isinstance(raw, dict):
+            raise RunSpecError(f"{path}: expected a JSON object, got {type(raw).__name__}; rewrite it with `train_bridge config`.")
+        if raw.get("version") != VERSION:
+            raise RunSpecError(f"{path}: unsupported version {raw.get('version')!r} (this loraprep reads version {VERSION}); rewrite it with `train_bridge config`.")
         trainer = raw.get("trainer")
         if trainer not in KNOWN_TRAINERS:
             raise RunSpecError(f"{path}: trainer must be one of {', '.join(KNOWN_TRAINERS)}, not {trainer!r}.")
@@ -115,12 +139,12 @@ class RunSpec:
                     accelerate_args=[str(a) for a in c.get("accelerate_args", ["--num_cpu_threads_per_process", "1"])],
                 )
             )
-        if not cmds:
-            raise RunSpecError(f"{path}: no commands to run.")
+        if not isinstance(raw.get("commands"), list) or not cmds:
+            raise RunSpecError(f"{path}: no commands to run (a 'commands' list is missing); rewrite it with `train_bridge config`.")
         rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
         cmds.sort(key=lambda c: rank.get(c.name, len(rank)))  # stable: caches first, then training
         if not raw.get("output_dir"):
-            raise RunSpecError(f"{path}: output_dir is missing.")
+            raise RunSpecError(f"{path}: output_dir is missing; rewrite it with `train_bridge config`.")
         out = Path(raw["output_dir"])
         if not out.is_absolute():
             out = run_dir / out
@@ -137,6 +161,54 @@ class RunSpec:
             logging_dir=Path(log_dir) if log_dir else None,
             save_state=bool(raw.get("save_state", False)),
         )
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / RUN_FILE
+
+    @property
+    def train_commands(self) -> list[Command]:
+        return [c for c in self.commands if not c.is_cache]
+
+    @property
+    def cache_commands(self) -> list[Command]:
+        return [c for c in self.commands if c.is_cache]
+
+    @property
+    def trigger(self) -> str | None:
+        t = self.raw.get("trigger")
+        return str(t) if t else None
+
+    @property
+    def derived(self) -> dict[str, Any]:
+        d = self.raw.get("derived")
+        return d if isinstance(d, dict) else {}
+
+    def arch_spec(self) -> ArchSpec:
+        """The architecture of this run; an unknown or missing arch is a RunSpecError."""
+        try:
+            spec = get_arch(self.arch)
+        except KeyError as exc:
+            raise RunSpecError(f"{self.path}: {exc.args[0]}; rewrite it with `train_bridge config`.") from None
+        if spec.trainer != self.trainer:
+            raise RunSpecError(f"{self.path}: arch {spec.name} trains with {spec.trainer}, not {self.trainer}; rewrite it with `train_bridge config`.")
+        return spec
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2, ensure_ascii=False) + "\n"
+
+    def write(self) -> Path:
+        """Write run.json atomically (config's one way of writing it)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, self.to_json())
+        return self.path
+
+    def read_train(self, cmd: Command) -> dict[str, Any]:
+        """The flat training options of `cmd` (its train TOML, read as the trainer reads it)."""
+        p = self.train_toml(cmd)
+        if p is None:
+            raise RunSpecError(f"{self.path}: command {cmd.name} names no --config_file and there is no train.toml; rewrite it with `train_bridge config`.")
+        return read_train_toml(p)[0]
 
     def update_raw(self, **fields: Any) -> None:
         """Merge fields into run.json and rewrite it atomically (keeps everything config wrote)."""
@@ -162,3 +234,30 @@ class RunSpec:
             return p if p.is_absolute() else self.run_dir / p
         p = self.run_dir / "dataset.toml"
         return p if p.is_file() else None
+
+
+def read_train_toml(path: Path | str) -> tuple[dict[str, Any], list[Issue]]:
+    """A training TOML flattened one level, as sd-scripts/musubi `read_config_from_file` does.
+
+    Returns (flat options, flattening issues). The one reader of train TOMLs; a missing or
+    unparsable file is a RunSpecError naming it.
+    """
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunSpecError(f"{p} is missing; rewrite the run folder with `train_bridge config`.") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RunSpecError(f"{p} is not valid TOML ({exc}); fix it or rewrite it with `train_bridge config`.") from None
+    return flatten_like_trainer(doc)
+
+
+def read_dataset_toml(path: Path | str) -> dict[str, Any]:
+    """A dataset TOML as a document; a missing or unparsable file is a RunSpecError naming it."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunSpecError(f"dataset config {p} is missing; rewrite the run folder with `train_bridge config`.") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RunSpecError(f"{p} is not valid TOML ({exc}); fix it or rewrite it with `train_bridge config`.") from None

@@ -164,9 +164,14 @@ class SetupPlan:
 
 
 def _base_has_pip() -> bool:
+    """Whether a `--system-site-packages` venv would see a pip: it sees the *base* interpreter's
+    packages, not those of a venv loraprep itself runs in."""
     import importlib.util
 
-    return importlib.util.find_spec("pip") is not None
+    if sys.prefix == sys.base_prefix:
+        return importlib.util.find_spec("pip") is not None
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return subprocess.run([base, "-c", "import pip"], capture_output=True, check=False).returncode == 0
 
 
 def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,13 +6,13 @@ it also works when the launcher died without a last update, or for a run started
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from train_bridge.launch import pid_alive, read_status
 from train_bridge.logparse import parse_text
 from train_bridge.resume import find_states
+from train_bridge.runspec import RunSpec
 from train_bridge.watch import list_outputs
 
 
@@ -40,15 +40,13 @@ def read_log_text(log: Path) -> str:
 
 
 def collect_status(run_dir: Path) -> dict[str, Any]:
-    """Plain data for the `status` command (and its --json)."""
+    """Plain data for the `status` command (and its --json). Raises RunSpecError for a malformed
+    run.json (the one error every command gives for it)."""
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "run.json").is_file() and not (run_dir / "status.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no run.json): write one with `train_bridge config`.")
-    run: dict[str, Any] = {}
-    try:
-        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    spec = RunSpec.load(run_dir) if (run_dir / "run.json").is_file() else None
+    run: dict[str, Any] = spec.raw if spec is not None else {}
     st = read_status(run_dir)
     state = st.get("state", "not started")
     if state in ("running", "starting") and not pid_alive(st.get("launcher_pid")):
@@ -60,7 +58,7 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
     snapshot = st.get("progress") or {}
     if progress is not None and st.get("log") == str(log):
         progress.step_offset = int(snapshot.get("step_offset") or 0)  # a resumed run's earlier steps
-    out_dir = Path(run.get("output_dir") or st.get("output_dir") or run_dir / "output")
+    out_dir = spec.output_dir if spec is not None else Path(st.get("output_dir") or run_dir / "output")
     files = list_outputs(out_dir)
     states = find_states(out_dir)
     p = progress.as_dict() if progress else {}

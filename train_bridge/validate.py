@@ -9,9 +9,14 @@ to the type the parser expects.
 
 from __future__ import annotations
 
+import sys
+
 import difflib
 import math
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from dataclasses import dataclass
 from typing import Any
 

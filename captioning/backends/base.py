@@ -1,7 +1,8 @@
 """The backend contract: one file per backend behind `CaptionBackend`, registered in
 `captioning.backends.REGISTRY`.
 
-A backend turns a batch of `ImageItem`s into `CaptionResult`s. It loads its model lazily (on
+A backend turns a batch of `ImageItem`s into `CaptionResult`s; the pipeline calls it through
+prep's executor (a batch that raises is retried image by image). It loads its model lazily (on
 the first `caption_batch`) so it can be pickled to worker processes. Tag-style backends fill
 `tags` (name, score, category) and leave rule application to `captioning.tags`; sentence
 backends fill `text`. Post-processing (tag rules, trigger, writing) is the pipeline's job.
@@ -78,6 +79,9 @@ class CaptionBackend(Protocol):
     needs_key: ClassVar[str | None]
     """Environment variable(s) holding the API key, e.g. "GEMINI_API_KEY|GOOGLE_API_KEY"; None for local."""
     kind: ClassVar[Literal["tags", "text"]]
+    # Optional: `parallel: ClassVar[bool] = True` (remote backends) makes the pipeline send one
+    # image per call on `concurrency` threads; `prefetch(items, options)`, a context manager,
+    # lets a backend decode ahead of its `caption_batch` calls (wd14).
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]: ...
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
@@ -108,10 +109,16 @@ def _enum_name(value: Any) -> str | None:
     return str(getattr(value, "name", value)).split(".")[-1]
 
 
+_SETUP = threading.Lock()
+"""Held while a backend creates its client: the executor's threads ask for it at once."""
+
+
 class GeminiBackend:
     name: ClassVar[str] = "gemini"
     needs_key: ClassVar[str | None] = "GEMINI_API_KEY|GOOGLE_API_KEY"
     kind: ClassVar[Literal["tags", "text"]] = "text"
+    parallel: ClassVar[bool] = True
+    """Each image is its own request: the pipeline runs one image per call on `--concurrency` threads."""
 
     def __init__(self) -> None:
         self._run: RemoteRun | None = None
@@ -125,6 +132,10 @@ class GeminiBackend:
         return (options.model or DEFAULT_MODEL).removeprefix("models/")
 
     def _ensure(self, options: CaptionOptions) -> RemoteRun:
+        with _SETUP:  # the executor's threads call this at once on the first images
+            return self._ensure_locked(options)
+
+    def _ensure_locked(self, options: CaptionOptions) -> RemoteRun:
         if self._run is None:
             key = api_key()
             self._run = RemoteRun(self.name, options, [key])

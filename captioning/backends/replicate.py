@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import threading
 from dataclasses import dataclass, field, replace
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
@@ -38,6 +39,10 @@ HARDWARE_USD_PER_SECOND: dict[str, float] = {
     "nvidia-a100-80gb": 0.001400,
     "nvidia-h100": 0.001525,
 }
+
+
+_SETUP = threading.Lock()
+"""Held while a backend creates its client: the executor's threads ask for it at once."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,8 @@ class ReplicateBackend:
     name: ClassVar[str] = "replicate"
     needs_key: ClassVar[str | None] = "REPLICATE_API_TOKEN"
     kind: ClassVar[Literal["tags", "text"]] = "text"
+    parallel: ClassVar[bool] = True
+    """Each image is its own request: the pipeline runs one image per call on `--concurrency` threads."""
 
     def __init__(self) -> None:
         self._run: RemoteRun | None = None
@@ -136,6 +143,10 @@ class ReplicateBackend:
         return {"_run": None, "_client": None}
 
     def _ensure(self, options: CaptionOptions) -> RemoteRun:
+        with _SETUP:  # the executor's threads call this at once on the first images
+            return self._ensure_locked(options)
+
+    def _ensure_locked(self, options: CaptionOptions) -> RemoteRun:
         if self._run is None:
             import os
 

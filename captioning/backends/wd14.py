@@ -10,9 +10,10 @@ a centred white square, bicubic resize to S, RGB to BGR, float32 0..255. JPEGs a
 decoded at a reduced size (DCT scaling, never below twice the model size on the long side),
 which is most of the speed-up over sd-scripts' full-resolution decode.
 
-Throughput: images are decoded on a thread pool (Pillow and numpy release the GIL) ahead of
-inference, so decoding batch i+1 overlaps inference of batch i; tag selection is vectorised
-over the whole batch.
+Throughput: the pipeline runs `caption_batch` on prep's executor batch by batch; inside
+`prefetch` images are decoded on a thread pool (Pillow and numpy release the GIL) ahead of
+those calls, so decoding batch i+1 overlaps inference of batch i; tag selection is vectorised
+over the whole batch. The session comes from `prep.onnx.onnx_session`, with spinning off.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -34,7 +36,8 @@ from captioning.backends.base import CaptionOptions, CaptionResult, Estimate, Ta
 from captioning.tags import CATEGORY_NAMES, Thresholds
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError, load_image, probe_image
-from prep.models import ModelNotAvailable, ModelRef, onnx_providers, resolve_model_file
+from prep.models import ModelNotAvailable, ModelRef, resolve_model_file
+from prep.onnx import onnx_session
 
 DEFAULT_REPO = "SmilingWolf/wd-swinv2-tagger-v3"
 ENV_VAR = "LORAPREP_WD14_MODEL"
@@ -87,18 +90,11 @@ class WD14Model:
     """An onnxruntime session plus its labels, with the input contract read from the session."""
 
     def __init__(self, onnx_path: Path, tags_path: Path, *, device: str = "auto", threads: int | None = None, label: str = ""):
-        import onnxruntime as ort
-
         self.label = label or str(onnx_path)
         self.labels = Labels.read(tags_path)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
-        so.inter_op_num_threads = 1
         # No busy-waiting between runs: the decode threads need those cores.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.providers = onnx_providers(device)
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=self.providers)
+        self.session = onnx_session(onnx_path, device, threads or max(1, os.cpu_count() or 1), allow_spinning=False)
+        self.providers = list(self.session.get_providers())
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = list(inp.shape)
@@ -197,6 +193,50 @@ def prepare_sd_scripts(path: Path, size: int) -> np.ndarray:
 PREPROCESS = {"reference": "reference", "sd-scripts": "sd-scripts", "sd_scripts": "sd-scripts"}
 
 
+def _workers(options: CaptionOptions) -> int:
+    return options.workers or min(4, max(1, os.cpu_count() or 1))
+
+
+def _decoder(options: CaptionOptions, size: int) -> Callable[[Path], np.ndarray]:
+    """The preprocessing `options` ask for (`preprocess=`, `draft=`), as a function of the image path."""
+    mode = PREPROCESS.get(str(options.extra.get("preprocess", "reference")))
+    if mode is None:
+        raise ValueError(f"preprocess={options.extra.get('preprocess')!r}: use reference or sd-scripts")
+    if mode == "sd-scripts":
+        return partial(prepare_sd_scripts, size=size)
+    draft = options.extra.get("draft", True) not in (False, "false", "0", "no", 0)
+    return partial(prepare, size=size, draft=draft)
+
+
+class _Prefetch:
+    """Decode futures for items in the order they will be asked for, at most `ahead` waiting."""
+
+    def __init__(self, pool: ThreadPoolExecutor, decode: Callable[[Path], np.ndarray], items: list[ImageItem], ahead: int):
+        self.pool = pool
+        self.decode = decode
+        self.pending = iter(items)
+        self.ready: dict[str, Future[np.ndarray]] = {}
+        self.ahead = ahead
+
+    def fill(self) -> None:
+        while len(self.ready) < self.ahead:
+            nxt = next(self.pending, None)
+            if nxt is None:
+                return
+            self.ready[nxt.id] = self.pool.submit(self.decode, nxt.path)
+
+    def take(self, item: ImageItem) -> Future[np.ndarray]:
+        """The decode of `item`: prefetched, or submitted now (a retry, or an out-of-order call)."""
+        fut = self.ready.pop(item.id, None)
+        return fut if fut is not None else self.pool.submit(self.decode, item.path)
+
+    def cancel(self) -> None:
+        for fut in self.ready.values():
+            fut.cancel()
+        self.ready.clear()
+        self.pending = iter(())
+
+
 class WD14Backend:
     """`--backend wd14`: local WD tagger; returns thresholded tags, the pipeline writes them."""
 
@@ -207,9 +247,10 @@ class WD14Backend:
     def __init__(self) -> None:
         self._model: WD14Model | None = None
         self._model_key: tuple[Any, ...] | None = None
+        self._prefetch: _Prefetch | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_model": None, "_model_key": None}
+        return {"_model": None, "_model_key": None, "_prefetch": None}
 
     def model(self, options: CaptionOptions) -> WD14Model:
         """The loaded model for these options (loaded once, reloaded if model/device change)."""
@@ -222,48 +263,58 @@ class WD14Backend:
         return self._model
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
-        return [r for chunk in self.caption_stream(items, options) for r in chunk]
-
-    def caption_stream(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
-        """Yield results batch by batch while the next batches are being decoded."""
+        """Tags for one batch: decoded ahead by `prefetch` when the pipeline opened one, else decoded now."""
         if not items:
-            return
+            return []
         model = self.model(options)
         thresholds = Thresholds.from_extra(options.extra)
-        draft = options.extra.get("draft", True) not in (False, "false", "0", "no", 0)
-        mode = PREPROCESS.get(str(options.extra.get("preprocess", "reference")))
-        if mode is None:
-            raise ValueError(f"preprocess={options.extra.get('preprocess')!r}: use reference or sd-scripts")
-        bs = model.fixed_batch or max(1, options.batch_size)
-        workers = options.workers or min(4, max(1, os.cpu_count() or 1))
-        ahead = max(bs * 2, workers * 2)
+        pre = self._prefetch
+        if pre is not None:
+            batch = [(it, pre.take(it)) for it in items]
+            pre.fill()  # the next batches decode while this one runs
+            return self._infer(model, batch, thresholds, *self._label_arrays(model))
+        decode = _decoder(options, model.size)
+        workers = min(len(items), _workers(options))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-decode") as pool:
+            batch = [(it, pool.submit(decode, it.path)) for it in items]
+            return self._infer(model, batch, thresholds, *self._label_arrays(model))
+
+    @contextmanager
+    def prefetch(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[None]:
+        """Decode `items`, in this order, on a thread pool ahead of the `caption_batch` calls.
+
+        The executor calls `caption_batch` batch by batch in item order; while batch i runs
+        inference the pool decodes the next batches (Pillow and numpy release the GIL). Loads
+        the model first, so a missing model is reported before any image is decoded.
+        """
+        model = self.model(options)
+        decode = _decoder(options, model.size)
+        workers = _workers(options)
+        ahead = max(options.batch_size * 2, workers * 2) + options.batch_size
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-decode") as pool:
+            self._prefetch = _Prefetch(pool, decode, items, ahead)
+            try:
+                self._prefetch.fill()
+                yield
+            finally:
+                self._prefetch.cancel()
+                self._prefetch = None
+
+    def caption_stream(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[list[CaptionResult]]:
+        """Yield results batch by batch while the next batches are being decoded (outside the pipeline)."""
+        if not items:
+            return
+        bs = max(1, options.batch_size)
+        with self.prefetch(items, options):
+            for i in range(0, len(items), bs):
+                yield self.caption_batch(items[i : i + bs], options)
+
+    @staticmethod
+    def _label_arrays(model: WD14Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         names = np.array(model.labels.names, dtype=object)
         cats = model.labels.categories
         cat_names = np.array([CATEGORY_NAMES.get(int(c), "general") for c in cats], dtype=object)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-decode") as pool:
-            queue: deque[tuple[ImageItem, Future[np.ndarray]]] = deque()
-            it = iter(items)
-
-            def fill() -> None:
-                while len(queue) < ahead + bs:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        return
-                    if mode == "sd-scripts":
-                        fut = pool.submit(prepare_sd_scripts, nxt.path, model.size)
-                    else:
-                        fut = pool.submit(prepare, nxt.path, model.size, draft=draft)
-                    queue.append((nxt, fut))
-
-            try:
-                fill()
-                while queue:
-                    batch = [queue.popleft() for _ in range(min(bs, len(queue)))]
-                    fill()
-                    yield self._infer(model, batch, thresholds, names, cats, cat_names)
-            finally:
-                for _, fut in queue:
-                    fut.cancel()
+        return names, cats, cat_names
 
     def _infer(self, model: WD14Model, batch: list[tuple[ImageItem, Future[np.ndarray]]], thresholds: Thresholds,
                names: np.ndarray, cats: np.ndarray, cat_names: np.ndarray) -> list[CaptionResult]:

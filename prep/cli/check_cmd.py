@@ -1,4 +1,8 @@
-"""`prep check DIR`: a table of what will go wrong in training, or JSON with --json."""
+"""`prep check [DIR]`: a table of what will go wrong in training, or JSON with --json.
+
+The options are `prep.check.CheckOptions`; inside a loraprep project DIR defaults to its raw
+folder and the project's resolution and trainer pick the buckets.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +11,32 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prep.check import CheckOptions, CheckReport, check_folder
+from prep.check import STAGE, CheckOptions, CheckReport
 from prep.cli.common import EXIT_FAILED, RichProgress, console, emit_json
+from prep.cli.where import resolve_folders, with_project_options
+from prep.options import options_command
+from prep.project import find_project
 
 
 def register(app: typer.Typer) -> None:
     app.command("check")(check)
 
 
+@options_command(CheckOptions)
 def check(
-    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder (read only)."),
-    resolution: int = typer.Option(1024, "--resolution", help="Trainer resolution for bucket assignment."),
-    min_side: int = typer.Option(None, "--min-side", help="Flag images whose short side is below this (default resolution/2)."),
-    steps: int = typer.Option(64, "--bucket-steps", help="Bucket step (64 default; Anima also allows 16)."),
-    max_bucket_reso: int = typer.Option(None, "--max-bucket-reso", help="Largest bucket side (default: twice the resolution, at least 1024, as train_bridge config writes it)."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders."),
-    workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: all cores)."),
-    threshold: int = typer.Option(8, "--dup-threshold", help="Duplicate threshold in bits of 64."),
+    folder: Path = typer.Argument(None, exists=True, file_okay=False, metavar="FOLDER", show_default=False, help="Folder to check (read only). Default inside a loraprep project: its 01_raw."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any file has errors."),
     as_json: bool = typer.Option(False, "--json", help="JSON report on stdout (progress stays on stderr)."),
+    *,
+    options: CheckOptions,
 ) -> None:
     """Count, measure and find problems: corrupt files, small, transparent, rotated, captions, duplicates, buckets."""
-    opts = CheckOptions(
-        resolution=resolution,
-        min_side=min_side,
-        recursive=recursive,
-        workers=workers,
-        dup_threshold=threshold,
-        bucket_steps=steps,
-        max_bucket_reso=max_bucket_reso,
-    )
-    report = check_folder(folder, opts, progress=RichProgress(enabled=True))
+    project = find_project()
+    if folder is None:
+        where = resolve_folders("prep check", None, Path("."), project_src=lambda p: p.raw, project_out=lambda p: p.raw, src_help="a folder of images", project=project)
+        folder = where.src
+    options = with_project_options(options, project, section="check", top=("resolution", "trainer"))
+    report = STAGE.run(folder, None, options, progress=RichProgress(enabled=True))
     if as_json:
         emit_json(report.to_json())
     else:
@@ -58,7 +57,7 @@ def render(report: CheckReport) -> None:
         t.add_row("megapixels", ", ".join(f"{k}: {v}" for k, v in s["size"]["megapixels"].items() if v))
     c = s["captions"]
     t.add_row("captions", f"{c['ok']} ok, {c['missing']} missing, {c['empty']} empty, {c['orphans']} without an image")
-    t.add_row(f"buckets @ {report.options.resolution}", ", ".join(f"{k}: {v}" for k, v in s["buckets"].items()) or "-")
+    t.add_row(f"buckets @ {report.options.resolution}" + (f" ({report.options.trainer})" if report.options.trainer else ""), ", ".join(f"{k}: {v}" for k, v in s["buckets"].items()) or "-")
     t.add_row("duplicates", str(s["duplicates"]))
     console.print(t)
     probs = report.problems()

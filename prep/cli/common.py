@@ -14,6 +14,7 @@ from typing import Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
@@ -89,8 +90,12 @@ def emit_json(data: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    """Print `message` on stderr and return an Exit to raise."""
-    console.print(f"[red]error:[/red] {message}")
+    """Print `message` on stderr and return an Exit to raise.
+
+    The message is shown literally (a file name with `[brackets]` is not rich markup) and not
+    re-wrapped, so the paths it names can be copied whole.
+    """
+    console.print("[red]error:[/red] " + escape(message), soft_wrap=True)
     return typer.Exit(code)
 
 

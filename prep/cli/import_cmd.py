@@ -1,4 +1,7 @@
-"""`prep import SRC -o DIR`: a zip or a folder into a fresh dataset folder."""
+"""`prep import SRC [-o DIR]`: a zip or a folder into a fresh dataset folder (inside a project: its 01_raw).
+
+The options are `prep.importer.ImportOptions`.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +10,33 @@ from pathlib import Path
 import typer
 
 from prep.cli.common import EXIT_FAILED, EXIT_PARTIAL, console, emit_json, fail
-from prep.importer import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_TOTAL_BYTES, ImportOptions, ImportRefused, import_source
+from prep.cli.where import resolve_folders, with_project_options
+from prep.importer import DEFAULT_MAX_TOTAL_BYTES, STAGE, ImportOptions, ImportRefused
+from prep.options import options_command
 
 
 def register(app: typer.Typer) -> None:
     app.command("import")(import_cmd)
 
 
+@options_command(ImportOptions)
 def import_cmd(
-    src: Path = typer.Argument(..., exists=True, help="A .zip archive or a folder of images."),
-    out: Path = typer.Option(..., "-o", "--output", help="Folder to import into (created; existing files are never overwritten)."),
-    flatten: bool = typer.Option(False, "--flatten", help="Put all files directly in the output folder."),
-    no_captions: bool = typer.Option(False, "--no-captions", help="Import images only, not .txt captions."),
-    max_files: int = typer.Option(DEFAULT_MAX_MEMBERS, "--max-files", help="Refuse archives with more files than this."),
+    src: Path = typer.Argument(..., exists=True, metavar="SRC", help="A .zip archive or a folder of images."),
+    out: Path = typer.Option(None, "-o", "--output", "--out", show_default=False, help="Folder to import into (created; existing files are never overwritten). Default inside a loraprep project: its 01_raw."),
     max_total_gb: float = typer.Option(DEFAULT_MAX_TOTAL_BYTES / 1024**3, "--max-total-size", help="Refuse archives larger than this many GiB uncompressed."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be imported; write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
+    *,
+    options: ImportOptions,
 ) -> None:
     """Import images (and their .txt captions) from a zip or a folder, safely."""
-    opts = ImportOptions(
-        max_members=max_files,
-        max_total_bytes=int(max_total_gb * 1024**3),
-        flatten=flatten,
-        include_captions=not no_captions,
-        dry_run=dry_run,
-    )
+    where = resolve_folders("prep import", src, out, project_src=lambda p: p.raw, project_out=lambda p: p.raw, src_help="a zip or folder of images", out_flag="-o/--output")
+    opts = with_project_options(options, where.project, section="import")
+    if max_total_gb != DEFAULT_MAX_TOTAL_BYTES / 1024**3:
+        opts = opts.changed(max_total_bytes=int(max_total_gb * 1024**3))
+    dry_run = opts.dry_run
+    out = where.out
     try:
-        report = import_source(src, out, opts)
+        report = STAGE.run(src, out, opts)
     except ImportRefused as exc:
         raise fail(str(exc)) from None
     if as_json:

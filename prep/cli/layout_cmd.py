@@ -1,4 +1,8 @@
-"""`prep layout SRC -o DATASET --trigger T --repeats N`: the kohya folder layout."""
+"""`prep layout [SRC] [-o DATASET] --trigger T --repeats N`: the kohya folder layout.
+
+The options are `prep.layout.LayoutOptions`; inside a loraprep project SRC, DATASET and the
+trigger default to the project's (04_captioned, dataset/, [project] trigger).
+"""
 
 from __future__ import annotations
 
@@ -6,44 +10,36 @@ from pathlib import Path
 
 import typer
 
+from prep.buckets import BUCKET_RECORD
 from prep.cli.common import EXIT_USAGE, console, emit_json, exit_code_for, fail
-from prep.layout import LayoutOptions, layout_dataset
+from prep.cli.where import resolve_folders, with_project_options
+from prep.layout import STAGE, LayoutOptions
+from prep.options import options_command
 
 
 def register(app: typer.Typer) -> None:
     app.command("layout")(layout)
 
 
+@options_command(LayoutOptions)
 def layout(
-    src: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of images with .txt captions (read only)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write (img/, reg/, layout.json, manifest.jsonl)."),
-    trigger: str = typer.Option(..., "--trigger", "-t", help="Trigger word; first in every caption and in the folder name."),
-    repeats: int = typer.Option(10, "--repeats", "-n", min=1, help="Repeats per epoch for the training images."),
-    class_token: str = typer.Option(None, "--class-token", "-c", help="Class word (folder '{repeats}_{trigger} {class}'); needed with --reg."),
-    reg: Path = typer.Option(None, "--reg", exists=True, file_okay=False, help="Folder of regularisation images (reg/{r}_{class}/)."),
-    reg_repeats: int = typer.Option(1, "--reg-repeats", min=1, help="Repeats for regularisation images."),
-    names: str = typer.Option("trigger", "--names", help="trigger: {trigger}_{nnnn}.ext; keep: the original names made safe."),
+    src: Path = typer.Argument(None, exists=True, file_okay=False, metavar="SRC", show_default=False, help="Folder of images with .txt captions (read only). Default inside a loraprep project: its 04_captioned."),
+    out: Path = typer.Option(None, "--out", "-o", show_default=False, help="Dataset folder to write (img/, reg/, layout.json, buckets.json, manifest.jsonl). Default inside a project: its dataset/."),
     copy: bool = typer.Option(False, "--copy", help="Always copy (default: hard links where the filesystem allows, else copies)."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders of SRC."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; write and delete nothing."),
     as_json: bool = typer.Option(False, "--json", help="JSON report on stdout."),
+    *,
+    options: LayoutOptions,
 ) -> None:
     """Lay images and captions out as dataset/img/{repeats}_{trigger}[ {class}]/ for sd-scripts and musubi-tuner."""
-    if names not in ("trigger", "keep"):
-        raise fail("--names must be trigger or keep", EXIT_USAGE)
-    opts = LayoutOptions(
-        trigger=trigger,
-        repeats=repeats,
-        class_token=class_token,
-        reg_dir=reg,
-        reg_repeats=reg_repeats,
-        names=names,
-        link="copy" if copy else "auto",
-        recursive=recursive,
-        dry_run=dry_run,
-    )
+    where = resolve_folders("prep layout", src, out, project_src=lambda p: p.captioned, project_out=lambda p: p.dataset, src_help="a folder of captioned images")
+    opts = with_project_options(options, where.project, section="layout", top=("trigger",), rename={"reg": "reg_dir"})
+    if copy:
+        opts = opts.changed(link="copy")
+    if where.project is not None and opts.buckets_from is None and not (where.src / BUCKET_RECORD).is_file() and (where.project.cropped / BUCKET_RECORD).is_file():
+        opts = opts.changed(buckets_from=str(where.project.cropped))  # the project's crops made these images
+    dry_run = opts.dry_run
     try:
-        report = layout_dataset(src, out, opts)
+        report = STAGE.run(where.src, where.out, opts)
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     if as_json:
@@ -57,6 +53,8 @@ def layout(
         console.print("  " + ", ".join(f"{k}: {v}" for k, v in methods.items() if v))
         if report.removed:
             console.print(f"  {'would remove' if dry_run else 'removed'} {len(report.removed)} stale file(s) (trainer caches, earlier layouts)")
+        if report.bucket_record:
+            console.print(f"  buckets: {report.bucket_record} (train_bridge config trains at the crops' buckets)")
         for w in report.warnings:
             console.print(f"[yellow]warning:[/yellow] {w}")
         for it in report.failed:

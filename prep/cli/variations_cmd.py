@@ -17,8 +17,11 @@ import click
 import typer
 
 from prep.cli.common import EXIT_OK, EXIT_USAGE, RichProgress, console, emit_json, exit_code_for, fail, interrupted_exit
+from prep.cli.where import resolve_folders, with_project_options
+from prep.options import options_command
+from prep.project import find_project
 from prep.remote import RemoteError, redact
-from prep.variations import DEFAULT_STYLES, VariationOptions, render_variations
+from prep.variations import DEFAULT_STYLES, STAGE, VariationOptions
 
 
 def register(app: typer.Typer) -> None:
@@ -62,57 +65,42 @@ def resolve_styles_and_src(src: str, extras: list[str], style: list[str], styles
     return Path(folder), out_styles or list(DEFAULT_STYLES)
 
 
+@options_command(VariationOptions)
 def render_variations_cmd(
     ctx: typer.Context,
-    src: str = typer.Argument(..., metavar="RENDERS", help="Folder of 3D renders (with optional .txt captions). Read only."),
-    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Output folder: originals + variations + captions + manifest + contact sheet."),
+    src: str = typer.Argument(None, metavar="RENDERS", show_default=False, help="Folder of 3D renders (with optional .txt captions). Read only. Default inside a loraprep project: its 01_raw."),
+    out: Path = typer.Option(None, "--out", "-o", file_okay=False, show_default=False, help="Output folder: originals + variations + captions + manifest + contact sheet. Default inside a project: its 05_renders."),
     style: list[str] = typer.Option([], "--style", "-s", help="A style, e.g. 'oil painting portrait'. Repeat for more."),
     styles: str | None = typer.Option(None, "--styles", help="Styles separated by '|' or ';' (a style may contain commas)."),
     styles_file: Path | None = typer.Option(None, "--styles-file", exists=True, dir_okay=False, help="One style per line."),
-    per_image: int = typer.Option(2, "--per-image", "-n", min=0, help="Variations per render (styles rotate across renders)."),
-    strength: float | None = typer.Option(None, "--strength", min=0.01, max=1.0, help="img2img strength; default by model family (FLUX 0.6, SDXL 0.45)."),
-    backend: str = typer.Option("replicate", "--backend", "-b", help="replicate (hosted, default) or diffusers (local GPU)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="replicate: owner/name[:version] (flux-dev, sdxl presets); diffusers: HF id or local folder."),
-    trigger: str | None = typer.Option(None, "--trigger", "-t", help="Trigger word put first in every caption."),
-    original_tag: str = typer.Option("3d render", "--original-tag", help="Tag added to the originals' captions."),
-    max_synthetic_share: float = typer.Option(0.5, "--max-synthetic-share", min=0.0, max=1.0, help="Cap variations at this share of the output set (1 = no cap)."),
-    seed: int = typer.Option(0, "--seed", help="Mixed into every per-image seed; change it for fresh samples."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Inference steps (default by family)."),
-    guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale (default by family)."),
-    negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt where the model takes one ('' for none)."),
-    max_side: int = typer.Option(1024, "--max-side", min=64, help="Scale larger renders down to this before img2img."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="diffusers: images per pipeline call."),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help="replicate: predictions in flight (default 4)."),
-    rpm: float = typer.Option(300.0, "--rpm", min=1.0, help="replicate: most prediction creates per minute."),
     poll_interval: float = typer.Option(1.0, "--poll-interval", min=0.01, hidden=True, help="replicate: seconds between status polls."),
     model_input: list[str] = typer.Option([], "--input", help="replicate: extra model input KEY=VALUE (repeatable)."),
-    device: str = typer.Option("auto", "--device", help="diffusers: auto, cuda, cuda:1, mps, cpu."),
-    dtype: str = typer.Option("auto", "--dtype", help="diffusers: auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32."),
-    ip_adapter: str | None = typer.Option(None, "--ip-adapter", help="diffusers: REPO/[SUBFOLDER/]FILE, e.g. h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.bin."),
-    ip_adapter_scale: float = typer.Option(0.6, "--ip-adapter-scale", min=0.0, max=2.0),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include subfolders (kept in the output)."),
-    contact_sheet: bool = typer.Option(True, "--contact-sheet/--no-contact-sheet"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan (styles, seeds, captions); write and bill nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout."),
+    *,
+    options: VariationOptions,
 ) -> None:
     """Turn each render into the original plus style variations (img2img), captioned by style."""
+    project = find_project()
     try:
-        folder, style_list = resolve_styles_and_src(src, list(ctx.args), style, styles, styles_file)
+        if src is None and not ctx.args:
+            if project is None:
+                raise click.BadParameter("`prep render-variations` needs a folder of 3D renders: `prep render-variations RENDERS -o OUT` (inside a loraprep project it reads the project's 01_raw)", param_hint="RENDERS")
+            src = str(project.raw)
+        folder, style_list = resolve_styles_and_src(src or "", list(ctx.args), style, styles, styles_file)
         extra = parse_inputs(model_input)
     except click.BadParameter as exc:
         console.print(f"[red]error:[/red] {exc.format_message()}")
         raise typer.Exit(EXIT_USAGE) from None
-    if backend not in ("replicate", "diffusers"):
-        raise fail(f"unknown backend {backend!r}: use replicate or diffusers", EXIT_USAGE)
-    opts = VariationOptions(
-        styles=style_list, per_image=per_image, strength=strength, backend=backend, model=model, trigger=trigger,
-        original_tag=original_tag, max_synthetic_share=max_synthetic_share, seed=seed, steps=steps, guidance=guidance,
-        negative_prompt=negative_prompt, max_side=max_side, batch_size=batch_size, workers=workers, rpm=rpm,
-        device=device, dtype=dtype, ip_adapter=ip_adapter, ip_adapter_scale=ip_adapter_scale, recursive=recursive,
-        contact_sheet=contact_sheet, dry_run=dry_run, backend_options=({"extra_input": extra} if extra else {}) | ({"poll_interval": poll_interval} if backend == "replicate" else {}),
+    where = resolve_folders(
+        "prep render-variations", folder, out, project_src=lambda p: p.raw, project_out=lambda p: p.renders, src_help="a folder of 3D renders", project=project
     )
+    opts = with_project_options(options, where.project, section=None, top=("trigger",))
+    if opts.backend not in ("replicate", "diffusers"):
+        raise fail(f"unknown backend {opts.backend!r}: use replicate or diffusers", EXIT_USAGE)
+    backend_options = ({"extra_input": extra} if extra else {}) | ({"poll_interval": poll_interval} if opts.backend == "replicate" else {})
+    opts = opts.changed(styles=style_list, backend_options=backend_options)
     try:
-        report = render_variations(folder, out, opts, progress=RichProgress(not as_json))
+        report = STAGE.run(where.src, where.out, opts, progress=RichProgress(not as_json))
     except KeyboardInterrupt:
         raise interrupted_exit() from None
     except (ValueError, RemoteError, RuntimeError) as exc:

@@ -156,18 +156,7 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int =
     return keep
 
 
-def onnx_session(path: str, device: str = "cpu", threads: int = 0) -> Any:
-    """An onnxruntime session for `path` on `device`; `threads` caps intra-op threads (0: ort default)."""
-    import onnxruntime as ort
-
-    from prep.models import onnx_providers
-
-    so = ort.SessionOptions()
-    if threads > 0:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=onnx_providers(device))
+from prep.onnx import onnx_session  # noqa: E402  (re-export: the one place that builds sessions)
 
 
 class OnnxDetector:

@@ -7,8 +7,10 @@ input pixels followed by one score per class (no objectness), NMS left to the ca
 End-to-end exports ([1, N, 6]: x0 y0 x1 y1 score class) are accepted too. We letterbox
 (keep the aspect ratio, grey 114 padding, centred: Ultralytics' own inference) and map back.
 
-Default: `deepghs/anime_head_detection`, `head_detect_v2.0_s/model.onnx`, pinned to a commit;
-heads include the hair, which is the better anchor for framing anime characters.
+Default: `deepghs/anime_head_detection`, `head_detect_v2.0_s/model.onnx`; heads include the
+hair, which is the better anchor for framing anime characters. Both models are pinned to a
+commit of their Hub repository that public pages show holding the file, plus the file's
+published sha256, checked after download (a mismatch is an error). Sources: docs/models.md.
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ from prep.models import ModelRef, resolve_model_file
 ANIME_HEAD_REF = ModelRef(
     repo_id="deepghs/anime_head_detection",
     filename="head_detect_v2.0_s/model.onnx",
-    revision="3d60124ad92900b219d5dfa30d62dbe6e9c3f99a",
+    revision="06604feee81983792a57c21081e539c0ae229833",
     env_var="LORAPREP_ANIME_MODEL",
+    sha256="6679f9b71192298bbf174d82e9e5581c3237b0c3dc67deace7cdbf686b070a00",
+    flag="--anime-model",
 )
 ANIME_FACE_REF = ModelRef(
     repo_id="deepghs/anime_face_detection",
     filename="face_detect_v1.4_s/model.onnx",
-    revision="main",
+    revision="784dc4c0bb692351ddcdbe6131a050b17d3025d5",
     env_var="LORAPREP_ANIME_MODEL",
+    sha256="403b5bc93b6ff789b7d183418df4a1364049bac00c24acd927604a7ff6891483",
+    flag="--anime-model",
 )
 DEFAULT_SIZE = 640
 

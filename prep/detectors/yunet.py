@@ -5,11 +5,14 @@ stride 8/16/32, outputs `cls_*`, `obj_*` (N x 1), `bbox_*` (N x 4) and `kps_*` (
 N = (640/stride)^2. We decode them the way OpenCV's FaceDetectorYN does: one anchor per cell,
 score = sqrt(cls * obj), centre = (cell + dx) * stride, size = exp(dw) * stride, then NMS.
 The image is letterboxed into the top-left corner and boxes are mapped back.
+
+The model file (MIT, 232 KB) ships inside the package (`prep/detectors/data/`, with its
+licence), so photo cropping needs no download: `--detector-model` / `$LORAPREP_YUNET_MODEL`
+win when given, then the shipped copy, then the Hugging Face cache.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +20,21 @@ import numpy as np
 from PIL import Image
 
 from prep.detectors import Box, OnnxDetector, letterbox, nms
-from prep.fsutil import sha256_file
-from prep.models import ModelNotAvailable, ModelRef, resolve_model_file
+from prep.models import ModelRef, resolve_model_file
 
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+"""The file we tested. The shipped copy and a Hub download are checked against it (the pin), a path the user gives is not."""
+SHIPPED_YUNET = Path(__file__).resolve().parent / "data" / "face_detection_yunet_2023mar.onnx"
+"""OpenCV Zoo's file, shipped as package data with its licence (data/LICENSE-yunet.txt)."""
 YUNET_REF = ModelRef(
     repo_id="opencv/face_detection_yunet",
     filename="face_detection_yunet_2023mar.onnx",
     revision="main",
     env_var="LORAPREP_YUNET_MODEL",
+    sha256=YUNET_SHA256,
+    bundled=SHIPPED_YUNET,
+    flag="--detector-model",
 )
-YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-"""The file we tested. A Hub download is checked against it (the pin), a path the user gives is not."""
 
 INPUT_SIZE = 640
 STRIDES = (8, 16, 32)
@@ -56,16 +63,8 @@ class YuNetDetector(OnnxDetector):
         self.top_k = top_k
 
     def resolve(self) -> Path:
-        """The model file (raises ModelNotAvailable with the fix)."""
-        path = resolve_model_file(YUNET_REF, self.model_path)
-        if not self.model_path and not (YUNET_REF.env_var and os.environ.get(YUNET_REF.env_var)):
-            digest = sha256_file(path)
-            if digest != YUNET_SHA256:
-                raise ModelNotAvailable(
-                    f"{path}: sha256 {digest[:12]}... is not the YuNet 2023mar file this version was tested with; "
-                    "delete it from the Hugging Face cache, or pass a trusted copy with --detector-model"
-                )
-        return path
+        """The model file: the given path, $LORAPREP_YUNET_MODEL, else the shipped copy (raises ModelNotAvailable with the fix)."""
+        return resolve_model_file(YUNET_REF, self.model_path)
 
     def detect(self, image: Image.Image) -> list[Box]:
         canvas, lb = letterbox(image, (INPUT_SIZE, INPUT_SIZE))

@@ -66,7 +66,7 @@ def strip_render_words(text: str) -> str:
 
 def _trigger_pattern(trigger: str) -> re.Pattern[str]:
     parts = [re.escape(p) for p in re.split(r"[ _]+", trigger.strip()) if p]
-    return re.compile(rf"(?<![\w])" + r"[ _]+".join(parts) + r"(?![\w])", re.IGNORECASE)
+    return re.compile(r"(?<![\w])" + r"[ _]+".join(parts) + r"(?![\w])", re.IGNORECASE)
 
 
 def _has_tag(text: str, tag: str) -> bool:

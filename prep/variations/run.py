@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import Field
 
 from prep.contact_sheet import Tile, write_contact_sheet
 from prep.dataset import caption_path_for, discover, read_caption
@@ -26,6 +27,7 @@ from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
 from prep.fsutil import atomic_write_text, link_or_copy, sha256_file
 from prep.images import ImageLoadError, load_image, save_image
 from prep.manifest import Manifest, Record
+from prep.options import StageOptions
 from prep.remote import RemoteError, redact
 from prep.variations.backends import DEFAULT_MODELS, GenRequest, VariationBackend, make_backend
 from prep.variations.captions import DEFAULT_ORIGINAL_TAG, img2img_prompt, original_caption, variation_caption
@@ -47,38 +49,42 @@ DEFAULT_NEGATIVE = "3d render, cgi, blender, plastic skin"
 """Sent to models that take a negative prompt, to pull away from the render look."""
 
 
-@dataclass
-class VariationOptions:
-    styles: list[str] = field(default_factory=lambda: list(DEFAULT_STYLES))
-    per_image: int = 2
-    strength: float | None = None
-    """None: the model family's default (FLUX 0.6, SDXL 0.45)."""
-    backend: str = "replicate"
-    model: str | None = None
-    trigger: str | None = None
-    original_tag: str = DEFAULT_ORIGINAL_TAG
-    max_synthetic_share: float = 0.5
-    seed: int = 0
-    """Mixed into every derived seed; change it to get a fresh set of samples."""
-    steps: int | None = None
-    guidance: float | None = None
-    negative_prompt: str | None = None
-    """None: DEFAULT_NEGATIVE where the model takes one; "" sends none."""
-    max_side: int = 1024
-    """Sources larger than this are scaled down before img2img (never up)."""
-    batch_size: int = 1
-    workers: int | None = None
-    rpm: float | None = 300.0
-    device: str = "auto"
-    dtype: str = "auto"
-    ip_adapter: str | None = None
-    ip_adapter_scale: float = 0.6
-    recursive: bool = False
-    copy_originals: bool = True
-    contact_sheet: bool = True
-    dry_run: bool = False
-    backend_options: dict[str, Any] = field(default_factory=dict)
-    """Passed to the backend (api_token, base_url, poll_interval, timeout, policy, extra_input)."""
+def _cli(*flags: str) -> dict[str, Any]:
+    return {"cli": flags}
+
+
+class VariationOptions(StageOptions):
+    """The options of `prep render-variations` (its flags and the project file), declared once.
+
+    `styles` comes on the command line from --style/--styles/--styles-file (parsed by the
+    command); `backend_options` is for code only (tokens never come from a file or a flag).
+    """
+
+    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="Styles, one variation style each.", json_schema_extra={"cli": None})
+    per_image: int = Field(2, ge=0, description="Variations per render (styles rotate across renders).", json_schema_extra=_cli("--per-image", "-n"))
+    strength: float | None = Field(None, ge=0.01, le=1.0, description="img2img strength; default by model family (FLUX 0.6, SDXL 0.45).")
+    backend: str = Field("replicate", description="replicate (hosted, default) or diffusers (local GPU).", json_schema_extra=_cli("--backend", "-b"))
+    model: str | None = Field(None, description="replicate: owner/name[:version] (flux-dev, sdxl presets); diffusers: HF id or local folder.", json_schema_extra=_cli("--model", "-m"))
+    trigger: str | None = Field(None, description="Trigger word put first in every caption (inside a loraprep project: its [project] trigger).", json_schema_extra=_cli("--trigger", "-t"))
+    original_tag: str = Field(DEFAULT_ORIGINAL_TAG, description="Tag added to the originals' captions.")
+    max_synthetic_share: float = Field(0.5, ge=0.0, le=1.0, description="Cap variations at this share of the output set (1 = no cap).")
+    seed: int = Field(0, description="Mixed into every per-image seed; change it for fresh samples.")
+    steps: int | None = Field(None, ge=1, description="Inference steps (default by family).")
+    guidance: float | None = Field(None, description="Guidance scale (default by family).")
+    negative_prompt: str | None = Field(None, description="Negative prompt where the model takes one ('' for none; default: one against the render look).")
+    max_side: int = Field(1024, ge=64, description="Scale larger renders down to this before img2img (never up).")
+    batch_size: int = Field(1, ge=1, description="diffusers: images per pipeline call.")
+    workers: int | None = Field(None, ge=1, description="replicate: predictions in flight (default 4).", json_schema_extra=_cli("--workers", "-j"))
+    rpm: float | None = Field(300.0, ge=1.0, description="replicate: most prediction creates per minute.")
+    device: str = Field("auto", description="diffusers: auto, cuda, cuda:1, mps, cpu.")
+    dtype: str = Field("auto", description="diffusers: auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
+    ip_adapter: str | None = Field(None, description="diffusers: REPO/[SUBFOLDER/]FILE, e.g. h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.bin.")
+    ip_adapter_scale: float = Field(0.6, ge=0.0, le=2.0, description="diffusers: IP-Adapter scale.")
+    recursive: bool = Field(False, description="Include subfolders (kept in the output).", json_schema_extra=_cli("--recursive", "-r"))
+    copy_originals: bool = Field(True, description="Copy each render (captioned with --original-tag) beside its variations.")
+    contact_sheet: bool = Field(True, description="Write contact_sheet.jpg.", json_schema_extra=_cli("--contact-sheet/--no-contact-sheet"))
+    dry_run: bool = Field(False, description="Show the plan (styles, seeds, captions); write and bill nothing.", json_schema_extra=_cli("--dry-run"))
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the backend (api_token, base_url, poll_interval, timeout, policy, extra_input).", json_schema_extra={"cli": None})
 
 
 @dataclass
@@ -105,6 +111,10 @@ class VariationsReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -405,3 +415,16 @@ def _make_backend(options: VariationOptions, model: str, out: Path) -> Variation
     else:
         kw.update(device=options.device, dtype=options.dtype, ip_adapter=options.ip_adapter, ip_adapter_scale=options.ip_adapter_scale)
     return make_backend(options.backend, model, **kw)
+
+
+class VariationsStage:
+    """`prep render-variations` as a stage: the CLI command and `loraprep run` both call `run`."""
+
+    name = "render-variations"
+    Options = VariationOptions
+
+    def run(self, src: Path, out: Path, options: VariationOptions, *, progress: Progress | None = None) -> VariationsReport:
+        return render_variations(src, out, options, progress=progress)
+
+
+STAGE = VariationsStage()

@@ -4,6 +4,12 @@ It prints what the real trainers print (a tqdm bar redrawn with \\r on stderr, `
 `saving checkpoint: ...`, `load train state from ...`), writes checkpoints, state folders
 and sample images, and can run out of GPU memory, be killed with signal 9 or wait for Ctrl-C.
 Behaviour comes from its own options, so a run.json fixture chooses it.
+
+Resume works as sd-scripts' train_network.py does at the pinned commit (48d368fa): the state's
+train_state.json gives `current_step`, training restarts at epoch `current_step // steps per
+epoch` (or `--initial_step // ...`, which wins over the state's), and the session's own step
+counter starts again at 0, so the step in `<name>-step<N:08d>-state` and in the new
+train_state.json is session-relative while `current_epoch` stays global.
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from tqdm import tqdm
 
@@ -28,6 +38,27 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ha
 """
 
 
+TRAINER_ERROR = """Traceback (most recent call last):
+  File "/content/sd-scripts/anima_train_network.py", line 512, in <module>
+    trainer.train(args)
+  File "/content/sd-scripts/library/anima_utils.py", line 88, in load_anima_dit
+    raise ValueError(f"unexpected key in DiT state dict: {key}")
+ValueError: unexpected key in DiT state dict: net.blocks.0.adaln_modulation_cross_attn.1.weight
+"""
+# What `accelerate launch` (commands/launch.py, simple_launcher) prints after its child failed.
+ACCEL_WRAPPER = """Traceback (most recent call last):
+  File "/content/venv/bin/accelerate", line 8, in <module>
+    sys.exit(main())
+  File "/content/venv/lib/python3.11/site-packages/accelerate/commands/accelerate_cli.py", line 50, in main
+    args.func(args)
+  File "/content/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line 1199, in launch_command
+    simple_launcher(args)
+  File "/content/venv/lib/python3.11/site-packages/accelerate/commands/launch.py", line 785, in simple_launcher
+    raise subprocess.CalledProcessError(returncode=process.returncode, cmd=cmd)
+subprocess.CalledProcessError: Command '['/content/venv/bin/python', 'anima_train_network.py', '--config_file', 'train.toml']' returned non-zero exit status 1.
+"""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config_file")
@@ -37,9 +68,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--steps_per_epoch", type=int, default=4)
     ap.add_argument("--sleep", type=float, default=0.0)
-    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "accel_kill9", "wait", "cache", "fail"])
+    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "accel_kill9", "wait", "cache", "fail", "accel_fail"])
     ap.add_argument("--fail_at", type=int, default=2)
     ap.add_argument("--resume")
+    ap.add_argument("--initial_step", type=int)
+    ap.add_argument("--save_every_n_steps", type=int)
     ap.add_argument("--ignore_state", action="store_true", help="restart at step 0 even with --resume (musubi-like)")
     ap.add_argument("--save_state", action="store_true")
     ap.add_argument("--samples", action="store_true")
@@ -53,7 +86,9 @@ def main() -> int:
             cfg.update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
     args.output_dir = args.output_dir or cfg.get("output_dir")
     args.output_name = args.output_name or cfg.get("output_name") or "last"
-    args.epochs = args.epochs or cfg.get("max_train_epochs") or 3
+    max_steps = cfg.get("max_train_steps") if not args.epochs and not cfg.get("max_train_epochs") else None
+    args.epochs = args.epochs or cfg.get("max_train_epochs") or (-(-max_steps // args.steps_per_epoch) if max_steps else 3)
+    args.save_every_n_steps = args.save_every_n_steps or cfg.get("save_every_n_steps")
     args.save_state = args.save_state or bool(cfg.get("save_state"))
     if not args.output_dir:
         print("error: no output_dir", file=sys.stderr)
@@ -67,6 +102,9 @@ def main() -> int:
         print("caching latents... done", flush=True)
         (out / "cache.marker").write_text("x")
         return 0
+    if args.mode == "accel_fail":
+        sys.stderr.write(TRAINER_ERROR + ACCEL_WRAPPER)
+        return 1
     if args.mode == "fail":
         print("Traceback (most recent call last):\nAssertionError: network for Text Encoder cannot be trained with caching Text Encoder outputs", file=sys.stderr, flush=True)
         return 1
@@ -79,20 +117,27 @@ def main() -> int:
     print(f"  num batches per epoch / 1epochのバッチ数: {spe}", flush=True)
     print(f"  total optimization steps / 学習ステップ数: {total}", flush=True)
     start_epoch = 0
+    initial_step = args.initial_step
     if args.resume:
         print(f"INFO     resume training from local state: {args.resume}", file=sys.stderr, flush=True)
         st = Path(args.resume) / "train_state.json"
         if st.exists() and not args.ignore_state:
             data = json.loads(st.read_text())
             print(f"INFO     load train state from {st}: {data}", file=sys.stderr, flush=True)
-            start_epoch = data["current_step"] // spe
+            if initial_step is None:  # sd-scripts: --initial_step wins over the state's step
+                initial_step = data["current_step"]
+    if initial_step:
+        if total <= initial_step:
+            sys.stderr.write(f"AssertionError: max_train_steps should be greater than initial step: {total} vs {initial_step}\n")
+            return 1
+        start_epoch = initial_step // spe
     if mode == "wait":
         def on_int(signum, frame):
             print("\nstopping on SIGINT", flush=True)
             sys.exit(130)
         signal.signal(signal.SIGINT, on_int)
     bar = tqdm(range(total), smoothing=0, desc="steps", mininterval=0, file=sys.stderr)
-    global_step = start_epoch * spe
+    global_step = 0  # sd-scripts: the session's counter restarts at 0 after a resume
     losses = []
     for epoch in range(start_epoch, epochs):
         print(f"\nepoch {epoch + 1}/{epochs}\n", flush=True)
@@ -110,24 +155,32 @@ def main() -> int:
             if mode == "kill9" and global_step >= args.fail_at:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
-            losses.append(0.1 / global_step)
+            losses.append(0.1 / (start_epoch * spe + global_step))
             bar.update(1)
             bar.set_postfix(avr_loss=sum(losses) / len(losses))
             time.sleep(args.sleep)
+            if args.save_state and args.save_every_n_steps and global_step % args.save_every_n_steps == 0:
+                _save_state(out / f"{args.output_name}-step{global_step:08d}-state", epoch + 1, global_step)
+                print(f"INFO     saving state at step {global_step}", file=sys.stderr, flush=True)
         last = epoch + 1 == epochs
         name = f"{args.output_name}.safetensors" if last else f"{args.output_name}-{epoch + 1:06d}.safetensors"
         (out / name).write_bytes(b"weights")
         print(f"\nsaving checkpoint: {out / name}", flush=True)
         if args.save_state:
             sd = out / (f"{args.output_name}-state" if last else f"{args.output_name}-{epoch + 1:06d}-state")
-            sd.mkdir(exist_ok=True)
-            (sd / "train_state.json").write_text(json.dumps({"current_epoch": epoch + 1, "current_step": global_step}))
+            _save_state(sd, epoch + 1, global_step)
             print(f"INFO     saving state at epoch {epoch + 1}", file=sys.stderr, flush=True)
         if args.samples:
             (out / "sample").mkdir(exist_ok=True)
             (out / "sample" / f"{args.output_name}_e{epoch + 1:06d}_00_20260101000000_42.png").write_bytes(b"\x89PNG\r\n")
     bar.close()
     return 0
+
+
+def _save_state(folder: Path, epoch: int, step: int) -> None:
+    """accelerate.save_state into an existing folder overwrites it; train_state.json as sd-scripts writes it."""
+    folder.mkdir(exist_ok=True)
+    (folder / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
 
 
 if __name__ == "__main__":

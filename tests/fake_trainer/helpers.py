@@ -1,4 +1,8 @@
-"""Build run folders (run.json per the config contract, train.toml, dataset.toml) around the fake trainer."""
+"""Build run folders (run.json per the config contract, train.toml, dataset.toml) around the fake trainer.
+
+The run is real enough for launch's preflight (the checks of `train_bridge check`): tiny
+safetensors model files with the tensor names each role expects, and an image folder.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,37 @@ import tomli_w
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+
+
+# One tensor name of each Anima role, as prep.archs' ModelArg.expect patterns want.
+ANIMA_TENSORS = {
+    "dit": "blocks.0.self_attn.q_proj.weight",
+    "qwen3": "model.layers.0.self_attn.q_proj.weight",
+    "vae": "encoder.conv_in.weight",
+}
+
+
+def write_safetensors(path: Path, tensor: str) -> Path:
+    """A complete one-tensor safetensors file (8-byte header length, JSON header, data)."""
+    header = json.dumps({tensor: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    return path
+
+
+def make_models(tmp: Path) -> dict[str, Path]:
+    return {role: write_safetensors(tmp / "models" / f"{role}.safetensors", t) for role, t in ANIMA_TENSORS.items()}
+
+
+def make_images(folder: Path, n: int = 2) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (64, 64), (40 * i, 80, 120)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text("ohwx, 1girl", encoding="utf-8")
+    return folder
 
 
 def make_trainer_root(tmp: Path) -> Path:
@@ -41,8 +76,10 @@ def make_run(
     run = tmp / "run"
     run.mkdir(parents=True, exist_ok=True)
     out = tmp / "output"
+    models = make_models(tmp)
+    make_images(tmp / "images")
     train_cfg = train if train is not None else {
-        "model": {"pretrained_model_name_or_path": "/models/anima.safetensors"},
+        "model": {"pretrained_model_name_or_path": str(models["dit"]), "qwen3": str(models["qwen3"]), "vae": str(models["vae"])},
         "network": {"network_module": "networks.lora_anima", "network_dim": 16, "network_alpha": 16},
         "training": {"train_batch_size": 2, "gradient_checkpointing": False, "mixed_precision": "bf16", "save_state": True},
     }

@@ -1,0 +1,427 @@
+"""The stages of `loraprep run`, in order: each a `prep.stage.Stage` with its folders and options.
+
+    import -> check -> dedupe -> crop -> caption -> merge -> trigger -> lint -> layout -> config -> estimate
+
+Most are the per-command tools' own STAGE objects (`prep crop` and `loraprep run` call the same
+`run`); `merge` (user + generated captions into 04_captioned), `config` and `estimate` are
+loraprep's own glue, written here in the same shape. A `Step` binds a stage to the project: its
+options (its loraprep.toml section plus the project's settings), the folders it reads and
+writes (`prep.project.ProjectDirs`), what of its report the summary shows, and when its result
+means the run must stop. A new stage is one `Step` in `STEPS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from prep.dataset import discover, read_caption
+from prep.executor import Progress
+from prep.buckets import BUCKET_RECORD
+from prep.fsutil import atomic_write_text, link_or_copy
+from prep.options import StageOptions
+from prep.project import ProjectDirs
+
+from loraprep.project import Project, fingerprint
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+REPORT_FILES = {"manifest.jsonl", "crops.jsonl", "layout.json"}
+
+
+class StageStop(Exception):
+    """A stage found a problem the user must fix; the message says what and how."""
+
+    def __init__(self, stage: str, message: str, *, usage: bool = False):
+        super().__init__(message)
+        self.stage = stage
+        self.usage = usage
+
+
+# -- loraprep's own stages ------------------------------------------------------------------------
+
+
+class MergeOptions(StageOptions):
+    generated: str
+    """Folder of generated captions (03_captions), mirrored by image id."""
+    mode: str = "skip"
+    """Captions the user already has: skip (keep), overwrite, append, prepend (captioning.merge)."""
+
+
+@dataclass
+class MergeReport:
+    captions: int = 0
+    without_caption: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"captions": self.captions, "without_caption": self.without_caption, "failed": self.failed}
+
+
+class MergeStage:
+    """Images with their final captions: the user's and the generated one, merged by `mode`."""
+
+    name = "merge"
+    Options = MergeOptions
+
+    def run(self, src: Path, out: Path, options: MergeOptions, *, progress: Progress | None = None) -> MergeReport:
+        from captioning.merge import merge_caption
+
+        rep = MergeReport()
+        out.mkdir(parents=True, exist_ok=True)
+        keep: set[str] = set()
+        for it in discover(src):
+            try:
+                user = read_caption(it.caption_path)
+                gen = read_caption(Path(options.generated) / Path(it.id).with_suffix(".txt"))
+            except ValueError as exc:
+                rep.failed.append(f"{it.id}: {exc}")
+                continue
+            text = merge_caption(user, gen, options.mode)  # type: ignore[arg-type]
+            if not text:
+                rep.without_caption.append(it.id)
+            dst = out / it.id
+            _link_or_copy(it.path, dst)
+            atomic_write_text(dst.with_suffix(".txt"), (text or "") + "\n")
+            keep.update({dst.name, dst.with_suffix(".txt").name})
+            rep.captions += 1
+        for stale in out.iterdir():  # crops that no longer exist upstream
+            if stale.is_file() and stale.name not in keep:
+                stale.unlink()
+        return rep
+
+
+class ConfigOptions(StageOptions):
+    trainer: str
+    trigger: str
+    preset: str | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class ConfigReport:
+    arch: str
+    files: dict[str, str]
+    preset: str | None
+    warnings: list[str]
+    n_failed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "files": self.files, "preset": self.preset, "warnings": self.warnings}
+
+
+class ConfigStage:
+    """`train_bridge config` on the dataset; it reads the dataset's bucket record and trains at it."""
+
+    name = "config"
+    Options = ConfigOptions
+
+    def run(self, src: Path, out: Path, options: ConfigOptions, *, progress: Progress | None = None) -> ConfigReport:
+        from train_bridge.config import ConfigError, write_run_config
+
+        kw: dict[str, Any] = {"preset": options.preset} if options.preset else {}
+        try:
+            rc = write_run_config(options.trainer, src, out, models=dict(options.models), overrides=dict(options.set) or None, trigger=options.trigger, **kw)
+        except ConfigError as exc:
+            raise StageStop(
+                "config",
+                f"{exc}\nfix it on the command line (model files: --dit/--qwen3/--vae or --model ROLE=PATH; options: --set KEY=VALUE) "
+                "or in [train] of loraprep.toml, and run again",
+            ) from None
+        return ConfigReport(rc.arch, {k: str(v) for k, v in rc.files.items()}, rc.run.get("preset"), [str(w) for w in rc.warnings])
+
+
+class EstimateOptions(StageOptions):
+    max_steps: int | None = None
+
+
+@dataclass
+class EstimateReport:
+    data: dict[str, Any]
+    n_failed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return self.data
+
+
+class EstimateStage:
+    """`train_bridge estimate` and `train_bridge check` on the run folder."""
+
+    name = "estimate"
+    Options = EstimateOptions
+
+    def run(self, src: Path, out: Path, options: EstimateOptions, *, progress: Progress | None = None) -> EstimateReport:
+        from train_bridge.check import check_run
+        from train_bridge.estimate import estimate_run
+
+        kw = {"budget": options.max_steps} if options.max_steps else {}
+        est = estimate_run(src, **kw)
+        chk = check_run(src)
+        return EstimateReport(
+            {
+                "steps_per_epoch": est.steps_per_epoch,
+                "total_steps": est.total_steps,
+                "epochs": est.epochs,
+                "buckets": est.buckets,
+                "time_hours": est.time_hours,
+                "warnings": list(est.warnings),
+                "over_budget": est.over_budget,
+                "check_errors": [f"{i.area}: {i.message}" for i in chk.errors],
+                "check_warnings": [f"{i.area}: {i.message}" for i in chk.warnings],
+            }
+        )
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def _stage(module: str) -> Any:
+    """The module-level STAGE object of a per-command tool (imported when the step runs)."""
+    return importlib.import_module(module).STAGE
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    stage: Callable[[], Any]
+    """Returns the Stage object (lazy: a run that stops early imports little)."""
+    src: Callable[[Project, ProjectDirs], Path]
+    out: Callable[[ProjectDirs], Path]
+    reads: Callable[[Project, ProjectDirs], Any]
+    """A cheap signature of what it reads (names, sizes, mtimes)."""
+    options: Callable[[Project, ProjectDirs, Any], StageOptions] | None = None
+    """Default: the project's section of the same name (`Project.stage_options`)."""
+    report_file: str | None = None
+    """Name under reports/ for the stage's full report."""
+    summary: Callable[[Any, dict[str, Any]], dict[str, Any]] = lambda rep, js: js
+    stop: Callable[[Any, dict[str, Any], Project, ProjectDirs], str | None] = lambda rep, js, p, d: None
+    enabled: Callable[[Project], bool] = lambda p: True
+    errors: tuple[str, ...] = ()
+    """`module:Exception` raised by the stage for problems the user must fix (stop, not crash)."""
+
+    def options_for(self, project: Project, dirs: ProjectDirs, stage: Any, **given: Any) -> StageOptions:
+        if self.options is not None:
+            return self.options(project, dirs, stage)
+        return project.stage_options(self.name, stage.Options, **given)
+
+
+def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_names: set[str] | frozenset[str] = frozenset()) -> str:
+    """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading)."""
+    if not folder.exists():
+        return "missing"
+    if folder.is_file():
+        st = folder.stat()
+        return fingerprint(folder.name, st.st_size, st.st_mtime_ns)
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in exclude_names)
+        for fn in sorted(filenames):
+            if fn in exclude_names or fn.startswith("."):
+                continue
+            p = Path(dirpath) / fn
+            if suffixes is not None and p.suffix.lower() not in suffixes:
+                continue
+            st = p.stat()
+            rows.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+    return fingerprint(rows)
+
+
+def _get(js: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if k in js:
+            return js[k]
+    return default
+
+
+def _ids(items: Any) -> list[str]:
+    out = []
+    for it in items or []:
+        out.append(str(it.get("file") or it.get("id") or it.get("source") or it) if isinstance(it, dict) else str(it))
+    return out
+
+
+# summaries and stops: what a user needs from each report, in a few keys
+
+
+def _import_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    return {"imported": rep.imported, "already_there": rep.count("skipped"), "renamed": rep.count("renamed"), "refused": len(rep.problems)}
+
+
+def _import_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.imported + rep.count("skipped") == 0:
+        return f"{p.source}: no images found (jpg, png, webp, bmp, tiff or gif)"
+    return None
+
+
+def _check_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    probs = rep.problems()
+    return {
+        "images": len(rep.images),
+        "unreadable": [e["file"] for e in probs["corrupt"]],
+        "small": [e["file"] for e in probs["small"]],
+        "exif_rotated": len(probs["exif_rotated"]),
+        "transparent": len(probs["transparent"]),
+        "buckets": rep.summary()["buckets"],
+    }
+
+
+def _check_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    return None if rep.images else f"no readable images in {d.raw}: see reports/check.json for each file's reason"
+
+
+def _dedupe_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    return {"groups": len(rep.groups), "moved_to_dupes": [Path(a).name for a, _ in rep.moved]}
+
+
+def _crop_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    s = rep.summary()
+    return {
+        **s,
+        "no_face": list(rep.no_face),
+        "flagged": {r.id: r.reason for r in rep.flagged},
+        "contact_sheets": [str(p) for p in rep.contact_sheets],
+        "warnings": list(rep.warnings),
+        "suggested_resolution": _get(js, "suggested_resolution", default=getattr(rep, "suggested_resolution", None)),
+    }
+
+
+def _crop_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.summary()["outputs"]:
+        return None
+    small = [r.id for r in rep.results if "small_source" in r.data.get("flags", [])]
+    hint = " (all too small for the resolution: set [crop] upscale = true or a lower resolution)" if small else ""
+    return f"no crops were written{hint}; see {d.cropped / 'crops.jsonl'}"
+
+
+def _caption_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    counts = js["counts"]
+    return {
+        "backend": js.get("backend"),
+        "captioned": counts.get("ok", 0),
+        "reused": counts.get("resumed", 0),
+        "user_captions_kept": counts.get("skipped", 0),
+        "failed": [o.id for o in rep.problems],
+        "top_tags": dict(rep.tag_frequency.most_common(10)),
+        "pruned": rep.pruned.to_json(),
+    }
+
+
+def _caption_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    c = js["counts"]
+    if rep.problems and c.get("ok", 0) + c.get("resumed", 0) == 0:
+        return "no image could be captioned: " + "; ".join(f"{o.id}: {o.reason}" for o in rep.problems[:5])
+    return None
+
+
+def _lint_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    return {"errors": rep.errors, "issues": dict(rep.by_code()), "max_tokens": rep.max_tokens, "budget": rep.budget}
+
+
+def _layout_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    return {"images": rep.n_images, "reg_images": rep.n_reg, "image_dir": rep.image_dir, "stale_caches_removed": len(rep.removed), "warnings": list(rep.warnings)}
+
+
+def _layout_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.n_images == 0:
+        return "no image reached the dataset: " + "; ".join(f"{i.id}: {i.reason}" for i in rep.failed[:5])
+    return None
+
+
+def _signature_of(folder: Callable[[ProjectDirs], Path], **kw: Any) -> Callable[[Project, ProjectDirs], Any]:
+    return lambda p, d: tree_signature(folder(d), **kw)
+
+
+def _crop_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
+    # disabled: the whole image, bucket fit only
+    return p.stage_options("crop", stage.Options, **({} if p.crop.enabled else {"framing": "full"}))
+
+
+def _caption_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
+    # generated captions only, in 03_captions; the users' are merged by the merge stage
+    return p.stage_options("caption", stage.Options, keep_apart=True)
+
+
+def _present(cls: type[Any], **values: Any) -> dict[str, Any]:
+    fields = getattr(cls, "model_fields", {})
+    return {k: v for k, v in values.items() if k in fields}
+
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        "import", lambda: _stage("prep.importer"), lambda p, d: Path(p.source), lambda d: d.raw,
+        lambda p, d: tree_signature(Path(p.source)), report_file="import.json",
+        summary=_import_summary, stop=_import_stop, errors=("prep.importer:ImportRefused",),
+    ),
+    Step(
+        "check", lambda: _stage("prep.check"), lambda p, d: d.raw, lambda d: d.reports,
+        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), report_file="check.json", summary=_check_summary, stop=_check_stop,
+    ),
+    Step(
+        "dedupe", lambda: _stage("prep.dedupe"), lambda p, d: d.raw, lambda d: d.dupes,
+        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), report_file="dedupe.json",
+        summary=_dedupe_summary, enabled=lambda p: p.dedupe.enabled,
+    ),
+    Step(
+        "crop", lambda: _stage("prep.crop"), lambda p, d: d.raw, lambda d: d.cropped,
+        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), options=_crop_options,
+        summary=_crop_summary, stop=_crop_stop, errors=("prep.models:ModelNotAvailable",),
+    ),
+    Step(
+        "caption", lambda: _stage("captioning.pipeline"), lambda p, d: d.cropped, lambda d: d.captions,
+        _signature_of(lambda d: d.cropped, suffixes=IMAGE_SUFFIXES | {".txt"}), options=_caption_options, report_file="caption.json",
+        summary=_caption_summary, stop=_caption_stop, errors=("captioning.backends:UnknownBackend", "prep.models:ModelNotAvailable"),
+    ),
+    Step(
+        "merge", MergeStage, lambda p, d: d.cropped, lambda d: d.captioned,
+        lambda p, d: (tree_signature(d.cropped, suffixes=IMAGE_SUFFIXES | {".txt"}), tree_signature(d.captions, suffixes={".txt"})),
+        options=lambda p, d, s: MergeOptions(generated=str(d.captions), mode=p.caption.mode),
+    ),
+    Step(
+        "trigger", lambda: _stage("prep.trigger_step"), lambda p, d: d.captioned, lambda d: d.captioned,
+        _signature_of(lambda d: d.captioned),
+        options=lambda p, d, s: s.Options.model_validate(_present(s.Options, trigger=p.trigger, create_missing=True)),
+    ),
+    Step(
+        "lint", lambda: _stage("captioning.lint"), lambda p, d: d.captioned, lambda d: d.reports,
+        _signature_of(lambda d: d.captioned),
+        options=lambda p, d, s: s.Options.model_validate(_present(s.Options, trigger=p.trigger, trainer=p.trainer, lora_type=p.caption.lora_type)),
+        report_file="lint.json", summary=_lint_summary,
+    ),
+    Step(
+        "layout", lambda: _stage("prep.layout"), lambda p, d: d.captioned, lambda d: d.dataset,
+        lambda p, d: (tree_signature(d.captioned), tree_signature(d.cropped / BUCKET_RECORD)),
+        # the bucket record crop wrote travels with the dataset (merge copies only images and captions)
+        options=lambda p, d, s: p.stage_options("layout", s.Options, **_present(s.Options, buckets_from=str(d.cropped))),
+        summary=_layout_summary, stop=_layout_stop,
+    ),
+    Step(
+        "config", ConfigStage, lambda p, d: d.dataset, lambda d: d.run, _signature_of(lambda d: d.dataset),
+        options=lambda p, d, s: ConfigOptions(trainer=p.trainer, trigger=p.trigger, preset=p.train.preset, models=dict(p.train.models), set=dict(p.train.set)),
+    ),
+    Step(
+        "estimate", EstimateStage, lambda p, d: d.run, lambda d: d.reports,
+        _signature_of(lambda d: d.run, exclude_names={"logs", "output", "status.json"}),
+        options=lambda p, d, s: EstimateOptions(max_steps=p.train.max_steps),
+    ),
+)
+STAGES = tuple(s.name for s in STEPS)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link `src` at `dst` unless it is already that file."""
+    try:
+        if os.path.samefile(src, dst):
+            return
+    except OSError:
+        pass
+    link_or_copy(src, dst)
