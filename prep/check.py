@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from prep.archs import get_arch
 from prep.buckets import BucketSpec, bucket_label, bucket_spec_for
 from prep.dataset import ImageItem, discover, orphan_captions, read_caption
 from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, image_hashes
 from prep.executor import Result, run_step
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from prep.options import StageOptions
+from prep.options import ArchName, StageOptions
 
 CHECK_DRAFT = (256, 256)
 MP_BINS = [(0, 0.25), (0.25, 0.5), (0.5, 1), (1, 2), (2, 4), (4, 12), (12, float("inf"))]
@@ -31,7 +30,7 @@ class CheckOptions(StageOptions):
     """The options of `prep check` (its flags and `loraprep.toml`'s [check]), declared once."""
 
     resolution: int = Field(1024, gt=0, description="Trainer resolution for bucket assignment.")
-    trainer: str | None = Field(None, description="Architecture whose bucket rules the bucket column follows (any prep.archs name or alias; default: sd-scripts rules, step 64).")
+    trainer: ArchName | None = Field(None, description="Architecture whose bucket rules the bucket column follows (any prep.archs name or alias; default: sd-scripts rules, step 64).")
     min_side: int | None = Field(None, description="Flag images whose short side is below this (default resolution/2: the trainer upscales up to 2x).")
     recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive", "-r")})
     workers: int | None = Field(None, description="Parallel workers (default: all cores).", json_schema_extra={"cli": ("--workers", "-j")})
@@ -39,16 +38,6 @@ class CheckOptions(StageOptions):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Refuse images with more pixels than this (decompression-bomb guard).")
     bucket_steps: int | None = Field(None, description="Bucket step (default: the architecture's, else 64; Anima also allows 16, 32 and 48).")
     max_bucket_reso: int | None = Field(None, description="Largest bucket side (default: twice the resolution, at least 1024, as train_bridge config writes it).")
-
-    @field_validator("trainer")
-    @classmethod
-    def _trainer(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                get_arch(v)
-            except KeyError as exc:
-                raise ValueError(str(exc).strip('"')) from None
-        return v
 
     @model_validator(mode="after")
     def _buckets(self) -> CheckOptions:

@@ -35,7 +35,7 @@ from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, fit_without_u
 from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
 from prep.images import LoadedImage, load_image, parse_color, save_image
 from prep.manifest import Manifest, Record
-from prep.options import StageOptions
+from prep.options import ArchName, StageOptions
 
 STEP = "crop"
 REPORT_NAME = "crops.jsonl"
@@ -59,7 +59,7 @@ class CropOptions(StageOptions):
 
     framing: str = Field("bust", description="face | bust | upper-body | full.", json_schema_extra=_cli("--framing", "-f"))
     resolution: int = Field(1024, description="Training resolution (buckets of the same area).", gt=0)
-    trainer: str | None = Field(None, description="Architecture whose bucket rules the crops follow: " + ", ".join((*ARCH_NAMES, *ALIASES)) + " (default: sd-scripts rules, step 64).")
+    trainer: ArchName | None = Field(None, description="Architecture whose bucket rules the crops follow: " + ", ".join((*ARCH_NAMES, *ALIASES)) + " (default: sd-scripts rules, step 64).")
     bucket_step: int | None = Field(None, description="Bucket step (default: the architecture's; Anima also allows 16, 32 and 48).")
     min_bucket_reso: int | None = Field(None, description="Smallest bucket side (default 256).")
     max_bucket_reso: int | None = Field(None, description="Largest bucket side (default: twice the resolution, at least 1024).")
@@ -92,16 +92,6 @@ class CropOptions(StageOptions):
     def _framing(cls, v: str) -> str:
         if v not in FRAMINGS:
             raise ValueError(f"unknown framing {v!r}: use {', '.join(FRAMINGS)}")
-        return v
-
-    @field_validator("trainer")
-    @classmethod
-    def _trainer(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                get_arch(v)
-            except KeyError as exc:
-                raise ValueError(str(exc).strip('"')) from None
         return v
 
     @field_validator("no_face")

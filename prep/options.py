@@ -13,10 +13,12 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import typer
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from prep.archs import get_arch
 
 O = TypeVar("O", bound="StageOptions")
 
@@ -29,6 +31,18 @@ class StageOptions(BaseModel):
     def changed(self, **updates: Any) -> StageOptions:
         """A validated copy with `updates` applied (model_copy does not validate)."""
         return type(self).model_validate({**self.model_dump(), **updates})
+
+
+def _known_arch(name: str) -> str:
+    try:
+        get_arch(name)
+    except KeyError as exc:
+        raise ValueError(str(exc).strip('"')) from None
+    return name
+
+
+ArchName = Annotated[str, AfterValidator(_known_arch)]
+"""An architecture of `prep.archs` (or an alias), as the user wrote it; an unknown one names the closest."""
 
 
 class OptionsError(ValueError):

@@ -39,6 +39,7 @@ from train_bridge.resume import (
 )
 from train_bridge.runspec import Command, RunSpec, RunSpecError
 from train_bridge.setup import SetupError, TrainerEnv, resolve_trainer
+from train_bridge.trainers import trainer_named
 from train_bridge.watch import OutputWatcher, list_outputs
 
 # Exit codes of setup / launch / status (issue 7). OOM is 3 here, as the issue says.
@@ -190,7 +191,7 @@ def resume_initial_step(spec: RunSpec, state: StateDir | None) -> int | None:
     trained again. `--initial_step` wins over the state's step and only sets the starting epoch
     (train_network.py at 48d368fa), so launch passes the global step it recorded.
     """
-    if state is None or spec.trainer != "sd-scripts" or not state.recorded or state.own_step is None:
+    if state is None or not trainer_named(spec.trainer).resume_needs_initial_step or not state.recorded or state.own_step is None:
         return None
     return state.step if state.step != state.own_step else None
 

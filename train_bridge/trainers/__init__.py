@@ -40,6 +40,9 @@ class Trainer(Protocol):
     """Latents / text-encoder outputs are cached by the training script (sd-scripts options),
     not by separate cache commands (musubi)."""
     missing_caption_effect: str
+    resume_needs_initial_step: bool
+    """A state saved after a resume holds a session-relative step (sd-scripts), so launch passes
+    the global step it recorded as `--initial_step`."""
 
     def preset(self, spec: ArchSpec, name: str) -> Preset:
         """The preset's settings for `spec` (name already normalised)."""

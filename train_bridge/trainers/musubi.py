@@ -70,6 +70,7 @@ class MusubiTuner:
     dataset_key_choices = {"frame_extraction": FRAME_EXTRACTION}
     crop_record_keys = {"bucket_no_upscale": "no_upscale"}
     has_reg_subsets = False
+    resume_needs_initial_step = False
     caches_in_training = False
     missing_caption_effect = "skipped by musubi-tuner"
 

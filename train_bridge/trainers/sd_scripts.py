@@ -120,6 +120,7 @@ class SdScripts:
     dataset_key_choices: dict[str, tuple[str, ...]] = {}
     crop_record_keys = {"bucket_reso_steps": "steps", "min_bucket_reso": "min_reso", "max_bucket_reso": "max_reso", "bucket_no_upscale": "no_upscale"}
     has_reg_subsets = True
+    resume_needs_initial_step = True
     caches_in_training = True
     missing_caption_effect = "trained on the class tokens only"
 
