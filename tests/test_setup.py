@@ -35,7 +35,8 @@ def _git(args: list[str], cwd: Path) -> str:
     return r.stdout.strip()
 
 
-FAKE_TRAINER_NEEDS = ("tomli-w", "tqdm")  # what fake_train.py imports besides the stdlib
+# what fake_train.py imports besides the stdlib (tomllib is stdlib only from Python 3.11)
+FAKE_TRAINER_NEEDS = ("tomli-w", "tqdm", *(("tomli",) if sys.version_info < (3, 11) else ()))
 
 
 def wheel_from_installed(name: str, dest: Path) -> Path:
