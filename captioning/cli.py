@@ -12,7 +12,6 @@ from typing import Any, Optional, get_args
 
 import click
 import typer
-from rich.markup import escape
 
 from captioning.backends import UnknownBackend
 from captioning.backends.base import LoraType
@@ -28,6 +27,7 @@ from prep.cli.common import (
     emit_json,
     fail,
     make_app,
+    show,
     with_default,
 )
 from prep.models import ModelNotAvailable
@@ -141,12 +141,12 @@ def _render(report: Any) -> None:
     c = report.to_json()["counts"]
     console.print(
         f"captioned {c['ok']}, skipped {c['skipped']} (had a caption), resumed {c['resumed']}, "
-        f"failed {c['failed']}, blocked {c['blocked']} of {c['total']} images -> {report.output}"
+        f"failed {c['failed']}, blocked {c['blocked']} of {c['total']} images -> {show(report.output)}"
     )
     for o in report.problems[:20]:
-        console.print(f"  [red]{o.status}[/red] {escape(o.id)}: {escape(o.reason or '')}")
+        console.print(f"  [red]{o.status}[/red] {show(o.id)}: {show(o.reason or '')}")
     if len(report.problems) > 20:
-        console.print(f"  ... {len(report.problems) - 20} more in {report.output / 'manifest.jsonl'}")
+        console.print(f"  ... {len(report.problems) - 20} more in {show(report.output / 'manifest.jsonl')}")
     if report.pruned.identity:
         top = ", ".join(f"{t} ({n})" for t, n in report.pruned.identity.most_common(12))
         console.print(f"identity tags pruned: {top}")
@@ -183,7 +183,7 @@ def lint(
         )
         for issue in report.issues[:50]:
             color = "red" if issue.severity == "error" else "yellow"
-            console.print(f"  [{color}]{issue.code}[/{color}] {issue.id}: {escape(issue.message)}")
+            console.print(f"  [{color}]{issue.code}[/{color}] {show(issue.id)}: {show(issue.message)}")
         if len(report.issues) > 50:
             console.print(f"  ... {len(report.issues) - 50} more (use --json for all)")
         counts = report.by_code()

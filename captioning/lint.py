@@ -29,8 +29,9 @@ from captioning.tags import normalize, split_caption
 from prep.archs import ALIASES, ARCH_NAMES, get_arch
 from prep.dataset import discover
 from prep.executor import Progress
+from prep.inputs import printable
 from prep.options import StageOptions
-from prep.trigger import trigger_pattern
+from prep.trigger import Trigger, trigger_pattern, validate_trigger
 
 Severity = Literal["error", "warning"]
 
@@ -217,9 +218,22 @@ def lint_folder(
         budget = max_token_length
     count, desc, approx = token_counter(enc_key, tokenizer)
     identity = identity or IdentityRules()
+    trigger = validate_trigger(trigger) or None if trigger else None
     folder = Path(folder)
     rep = LintReport(folder, trainer, ENCODERS[enc_key].name, budget, desc, approx)
-    for item in discover(folder, recursive=recursive):
+    seen: dict[str, bool] = {}
+
+    def is_identity(tag: str) -> bool:
+        # one decision per distinct tag across the folder: lint time grows with the text, not tags x rules
+        key = normalize(tag)
+        if key not in seen:
+            seen[key] = identity.is_identity(tag)
+        return seen[key]
+
+    items = discover(folder, recursive=recursive)
+    for s in items.skipped:  # named, never opened
+        rep.issues.append(Issue(s.id, "unreadable", "error", s.message))
+    for item in items:
         rep.images += 1
         try:
             text = read_user_caption(item.caption_path)
@@ -227,7 +241,7 @@ def lint_folder(
             rep.issues.append(Issue(item.id, "unreadable", "error", str(exc)))
             continue
         if text is None:
-            rep.issues.append(Issue(item.id, "no_caption", "error", f"no caption file ({item.caption_path.name}); caption it or remove the image"))
+            rep.issues.append(Issue(item.id, "no_caption", "error", f"no caption file ({printable(item.caption_path.name)}); caption it or remove the image"))
             continue
         rep.captions += 1
         if not text.strip():
@@ -250,7 +264,7 @@ def lint_folder(
             rep.issues.append(Issue(item.id, "over_budget", "warning", f"{about}{n} tokens > {budget} for {rep.encoder} ({trainer}): the rest is cut off in training"))
         if lora_type == "character":
             cand = tags if tag_style else prose_identity_candidates(text)
-            left = [t for t in cand if not (trigger and normalize(t) == normalize(trigger)) and identity.is_identity(t)]
+            left = [t for t in cand if not (trigger and normalize(t) == normalize(trigger)) and is_identity(t)]
             if left:
                 rep.issues.append(Issue(item.id, "identity_tags", "warning",
                                         f"identity tags in a character set: {', '.join(left)} (caption with --prune-identity, or drop them)"))
@@ -260,7 +274,7 @@ def lint_folder(
 class LintOptions(StageOptions):
     """The options of `caption lint` and of the lint stage, declared once."""
 
-    trigger: str | None = Field(None, description="The trigger word every caption must start with.",
+    trigger: Trigger | None = Field(None, description="The trigger word every caption must start with.",
                                 json_schema_extra={"cli": ("--trigger", "-t")})
     trainer: str = Field("sdxl", description=f"Whose text encoder budget applies (an architecture of prep.archs): "
                          f"{', '.join([*ARCH_NAMES, *ALIASES])}.")

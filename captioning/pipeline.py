@@ -36,11 +36,13 @@ from captioning.tags import Order, TagRules, Thresholds, normalize, parse_replac
 from prep.dataset import ImageItem, discover, read_caption
 from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
 from prep.fsutil import atomic_write_text, sha256_file
+from prep.inputs import printable
+from prep.lock import output_lock
 from prep.manifest import Manifest, Record
 from prep.models import ModelNotAvailable
 from prep.options import StageOptions
 from prep.remote import redact
-from prep.trigger import apply_trigger
+from prep.trigger import Trigger, apply_trigger, validate_trigger
 
 STEP = "caption"
 __all__ = ["MODES", "SEPARATOR", "Mode", "caption_folder", "CaptionReport", "CaptionStageOptions", "STAGE"]
@@ -87,8 +89,8 @@ class CaptionReport:
         return [o for o in self.outcomes if o.status in ("failed", "blocked")]
 
     def exit_code(self) -> int:
-        """0 ok, 3 partial (some failed or blocked), 1 all attempted images failed."""
-        attempted = [o for o in self.outcomes if o.status in ("ok", "failed", "blocked")]
+        """0 ok, 3 partial (some failed or blocked, counting images done by an earlier run), 1 all failed."""
+        attempted = [o for o in self.outcomes if o.status in ("ok", "resumed", "failed", "blocked")]
         bad = len(self.problems)
         if bad == 0:
             return 0
@@ -256,7 +258,7 @@ def caption_folder(
     identity = identity or IdentityRules()
     if backend is None:
         backend = backend_class(backend_name)()
-    trigger = options.trigger.strip() if options.trigger else None
+    trigger = validate_trigger(options.trigger) or None if options.trigger else None
 
     exclude = [out_dir] if output and out_dir.resolve() != folder.resolve() else []
     items = discover(folder, recursive=recursive, exclude=exclude)
@@ -270,6 +272,8 @@ def caption_folder(
         report.keep_tokens = 1 + len(rules.always_first) + (1 if rules.include_rating and not rules.rating_last else 0)
 
     outcome: dict[str, ItemOutcome] = {}
+    # named, never opened (symlink loops, FIFOs and devices, formats we cannot read); not in the manifest: found again each run
+    skipped = [ItemOutcome(s.id, "failed", reason=s.message) for s in getattr(items, "skipped", [])]
     todo: list[ImageItem] = []
     for item in items:
         target = _target(item, output and out_dir)
@@ -279,8 +283,8 @@ def caption_folder(
             # never overwritten, never merged away: the user fixes the file and runs again
             outcome[item.id] = ItemOutcome(item.id, "failed", reason=str(exc))
             if not dry_run:
-                manifest.append(Record(STEP, item.id, "failed", source=str(item.path), reason=str(exc),
-                                       data={"backend": backend_name, "unreadable_caption": str(exc.path), "encoding": exc.encoding}))
+                manifest.append(Record(STEP, item.id, "failed", source=printable(item.path), reason=str(exc),
+                                       data={"backend": backend_name, "unreadable_caption": printable(exc.path), "encoding": exc.encoding}))
             continue
         rec = manifest.get(STEP, item.id) if resume else None
         if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
@@ -300,7 +304,7 @@ def caption_folder(
 
     if dry_run:
         report.estimate = backend.estimate(len(todo), options)
-        report.outcomes = [outcome.get(i.id) or ItemOutcome(i.id, "pending") for i in items]
+        report.outcomes = skipped + [outcome.get(i.id) or ItemOutcome(i.id, "pending") for i in items]
         return report
 
     run_opts = replace(options, state_dir=out_dir, extra={**options.extra, **rules.thresholds.to_extra()})
@@ -311,7 +315,7 @@ def caption_folder(
     # A backend may decode ahead of its calls (wd14 overlaps decoding with inference).
     prefetch = getattr(backend, "prefetch", None)
     ahead = prefetch(todo, run_opts) if callable(prefetch) and todo else nullcontext()
-    with ahead:
+    with ahead, output_lock(out_dir, f"caption --backend {backend_name}"):  # one run per folder: never paid twice
         for r in executor.run(step, todo, progress=progress, description=f"captioning ({backend_name})") if todo else ():
             if step.fatal is not None:
                 raise step.fatal
@@ -321,7 +325,7 @@ def caption_folder(
             outcome[item.id] = _finish(item, _as_caption_result(r), output and out_dir, manifest, config, backend_name, mode,
                                        trigger, rules, is_tags, prune_identity_tags, identity, report.pruned, keep_apart)
 
-    report.outcomes = [outcome[i.id] for i in items]
+    report.outcomes = skipped + [outcome[i.id] for i in items]
     if prune_core and is_tags:
         _prune_core(report, items, output and out_dir, manifest, prune_core, trigger)
     for o in report.outcomes:
@@ -334,12 +338,12 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
             mode: str, trigger: str | None, rules: TagRules, is_tags: bool, prune: bool, identity: IdentityRules,
             pruned: PruneReport, keep_apart: bool = False) -> ItemOutcome:
     """Turn one backend result into a written caption and a manifest record."""
-    source = str(item.path)
+    source = printable(item.path)
     data = {k: v for k, v in res.data.items() if k != "thresholded"}
     if res.status != "ok":
         status = "blocked" if res.status == "blocked" else ("retryable" if res.status == "retryable" else "failed")
         # redact here, where every reason reaches the manifest: no backend can leak a key into it
-        reason = redact(res.reason or f"{item.path}: the {backend_name} backend gave status {res.status} without a reason")
+        reason = redact(res.reason or f"{source}: the {backend_name} backend gave status {res.status} without a reason")
         sha = sha256_file(item.path) if status == "blocked" else None
         manifest.append(Record(STEP, item.id, status, source=source, source_sha256=sha, reason=reason,
                                data={"backend": backend_name, "config": config, **data}))
@@ -363,7 +367,7 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     else:
         text = " ".join((res.text or "").split()) if "\n" not in (res.text or "") else (res.text or "").strip()
     if not text.strip() and not (tag_caption and trigger):
-        reason = f"{item.path}: the {backend_name} backend returned an empty caption (lower the thresholds, or check the image)"
+        reason = f"{source}: the {backend_name} backend returned an empty caption (lower the thresholds, or check the image)"
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=reason)
 
@@ -376,7 +380,12 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     caption = merge_caption(existing, text, "overwrite" if keep_apart else mode, tags=tag_caption or is_tags) or ""
     if trigger:
         caption = apply_trigger(caption, trigger)
-    atomic_write_text(target, caption + "\n")
+    try:
+        atomic_write_text(target, caption + "\n")
+    except OSError as exc:  # one caption that cannot be written (name too long, a folder in the way) fails alone
+        reason = f"{printable(target)}: cannot write the caption ({printable(exc.strerror or str(exc))}); check the name and the disk"
+        manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
+        return ItemOutcome(item.id, "failed", reason=reason)
     manifest.append(
         Record(
             STEP, item.id, "ok", source=source, source_sha256=sha256_file(item.path),
@@ -428,7 +437,7 @@ class CaptionStageOptions(StageOptions):
     model: str | None = Field(None, description="Model: Hub repo id or local folder (wd14: folder holding model.onnx + selected_tags.csv).",
                               json_schema_extra={"cli": ("--model", "-m")})
     revision: str | None = Field(None, description="Hub revision (commit or tag) to pin the model.")
-    trigger: str | None = Field(None, description="Trigger word: put first, exactly once, exact casing.",
+    trigger: Trigger | None = Field(None, description="Trigger word: put first, exactly once, exact casing.",
                                 json_schema_extra={"cli": ("--trigger", "-t")})
     lora_type: LoraType = Field("character", description="Prompt preset of sentence backends; character sets may prune identity tags.")
     mode: Mode = Field("skip", description="Images that already have a caption: skip them, overwrite, append or prepend the new one.")

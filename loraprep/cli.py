@@ -16,16 +16,26 @@ from rich.table import Table
 from captioning.cli import app as caption_app
 from loraprep.project import SECTIONS, Project, _required_stand_ins
 from loraprep.run import STAGES, RunReport, check_trainer_option, preflight, run_project
+from loraprep.studio.cli import register as studio_register
+from prep.cli import app as prep_app
+from prep.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RichProgress,
+    console,
+    emit_json,
+    fail,
+    make_app,
+)
 from prep.options import OptionsError
 from prep.project import PROJECT_FILE, ProjectDirs
-from prep.cli import app as prep_app
-from prep.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, RichProgress, console, emit_json, fail, make_app
 from train_bridge.cli import app as bridge_app
 
 app = make_app("loraprep", "Raw images to a trained LoRA: run (the whole job), prep, caption, train_bridge.")
 app.add_typer(prep_app, name="prep")
 app.add_typer(caption_app, name="caption")
 app.add_typer(bridge_app, name="train_bridge")
+studio_register(app)
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """`fail` for messages holding user text and [section] names (not rich markup)."""

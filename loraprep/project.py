@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from prep.fsutil import atomic_write_text
 from prep.options import OptionsError, StageOptions, describe_error
 from prep.project import PROJECT_FILE, ProjectDirs
+from prep.trigger import Trigger
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,7 +135,7 @@ class Project(StageOptions):
 
     source: str
     """Folder or .zip of raw images."""
-    trigger: str = Field(min_length=1)
+    trigger: Trigger = Field(min_length=1)
     """Trigger word, exact casing."""
     trainer: str = "anima"
     """Architecture (prep.archs): anima, flux, sdxl, sd3, wan21-t2v, ..."""

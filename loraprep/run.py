@@ -6,7 +6,8 @@ loraprep's own): each gets its options from loraprep.toml and its folders from
 before it, and a cheap signature (names, sizes, mtimes) of the folder it reads. A stage whose
 fingerprint matches is skipped, so a second identical run does no work and a changed setting
 redoes only that stage and the ones after it. A stage whose report has failed items is never
-recorded as up to date: the next run tries them again.
+recorded as up to date: the next run tries them again. A full disk (`prep.fsutil.DiskFull`) stops
+the run at the stage that hit it, naming the path, and that stage is not recorded either.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from loraprep.project import Project, StageState, fingerprint
-from loraprep.stages import STAGES, STEPS, Step, StageStop
+from loraprep.stages import STAGES, STEPS, StageStop, Step
 from prep.executor import Progress
-from prep.fsutil import atomic_write_text
+from prep.fsutil import DiskFull, atomic_write_text
+from prep.lock import output_lock
 from prep.options import OptionsError
 from prep.project import ProjectDirs
 
@@ -153,10 +155,20 @@ class Pipeline:
         return step.options_for(self.p, self.dirs, stage).model_dump(mode="json")
 
     def run(self) -> RunReport:
+        """Run the stages, holding the project folder (prep.lock) so a second `loraprep run` on it
+        refuses (OutputLocked, exit 2, naming the holder). The stages lock their own subfolders;
+        the lock is per folder and re-entrant in one process, so nothing waits on itself."""
         if self.dry_run:
             return self.plan()
-        self.dirs.root.mkdir(parents=True, exist_ok=True)
-        self.p.save(self.dirs.file)
+        with output_lock(self.dirs.root, "loraprep run"):
+            return self._run()
+
+    def _run(self) -> RunReport:
+        try:
+            self.p.save(self.dirs.file)
+        except DiskFull as exc:
+            self.report.stopped_at, self.report.stop_reason = "start", str(exc)
+            return self.report
         prev = "start"
         for step in self.steps:
             stage = step.stage()
@@ -168,7 +180,10 @@ class Pipeline:
                 continue
             t = time.perf_counter()
             try:
-                status, summary = self._run_step(step, stage)
+                try:
+                    status, summary = self._run_step(step, stage)
+                except DiskFull as exc:
+                    raise StageStop(step.name, f"{step.name}: {exc}") from None
             except StageStop as stop:
                 self.state.forget(step.name)
                 self.report.stages.append(StageResult(step.name, "stopped", {"reason": str(stop)}, time.perf_counter() - t))
@@ -177,15 +192,24 @@ class Pipeline:
             # Stages that change their own input folder record the signature after the work,
             # so the next identical run sees them as up to date.
             fp = fingerprint(step.name, settings, prev, step.reads(self.p, self.dirs))
-            if status == "partial":
-                self.state.forget(step.name)  # failed items: never up to date
-            else:
-                self.state.record(step.name, fp, summary)
+            try:
+                if status == "partial":
+                    self.state.forget(step.name)  # failed items: never up to date
+                else:
+                    self.state.record(step.name, fp, summary)
+            except DiskFull as exc:  # the stage's work is kept but not recorded: the next run redoes it
+                self.report.stages.append(StageResult(step.name, "stopped", {"reason": str(exc)}, time.perf_counter() - t))
+                self.report.stopped_at, self.report.stop_reason = step.name, f"{step.name}: {exc}"
+                break
             self.report.stages.append(StageResult(step.name, status, summary, time.perf_counter() - t))
             prev = fp
         if self.report.ok:
             self.report.next_command = ["train_bridge", "launch", str(self.dirs.run)]
-        self._write_report("summary.json", self.report.to_json())
+        try:
+            self._write_report("summary.json", self.report.to_json())
+        except DiskFull as exc:
+            if self.report.ok:
+                self.report.stopped_at, self.report.stop_reason = "summary", str(exc)
         return self.report
 
     def _run_step(self, step: Step, stage: Any) -> tuple[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from prep.executor import Progress
 from prep.buckets import BUCKET_RECORD
 from prep.fsutil import atomic_write_text, link_or_copy
 from prep.options import StageOptions
+from prep.overrides import apply_captions, apply_rejects, overrides_path
 from prep.project import ProjectDirs
 
 from loraprep.project import Project, fingerprint
@@ -51,6 +53,8 @@ class MergeOptions(StageOptions):
     """Folder of generated captions (03_captions), mirrored by image id."""
     mode: str = "skip"
     """Captions the user already has: skip (keep), overwrite, append, prepend (captioning.merge)."""
+    project: str | None = None
+    """Project folder whose overrides.json (the studio's hand edits, `prep.overrides`) wins over both."""
 
 
 @dataclass
@@ -94,9 +98,26 @@ class MergeStage:
             atomic_write_text(dst.with_suffix(".txt"), (text or "") + "\n")
             keep.update({dst.name, dst.with_suffix(".txt").name})
             rep.captions += 1
+        if options.project:  # the studio's hand edits win over the user's and the generated caption
+            apply_captions(options.project, out)
         for stale in out.iterdir():  # crops that no longer exist upstream
             if stale.is_file() and stale.name not in keep:
                 stale.unlink()
+        return rep
+
+
+class ImportKeepingRejects:
+    """`prep import`, then the images the studio rejected set aside again (a re-import brings them back)."""
+
+    name = "import"
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.Options = inner.Options
+
+    def run(self, src: Path, out: Path, options: StageOptions, *, progress: Progress | None = None) -> Any:
+        rep = self.inner.run(src, out, options, progress=progress)
+        apply_rejects(out.parent, out)  # out is the project's 01_raw
         return rep
 
 
@@ -216,14 +237,20 @@ class Step:
 
 
 def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_names: set[str] | frozenset[str] = frozenset()) -> str:
-    """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading)."""
-    if not folder.exists():
-        return "missing"
-    if folder.is_file():
-        st = folder.stat()
-        return fingerprint(folder.name, st.st_size, st.st_mtime_ns)
+    """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading).
+
+    Uses each entry's own stat (`os.lstat`): a dangling symlink or a symlink loop in a user's
+    folder is a row like any other (the stages name it), never a crash, and links to folders
+    are not followed (os.walk's default), so a loop cannot recurse.
+    """
+    try:
+        top = os.stat(folder)  # the folder (or file) the user named, through a link they chose
+    except OSError:
+        return "missing"  # also a dangling link or a loop given as the source
+    if not stat.S_ISDIR(top.st_mode):
+        return fingerprint(folder.name, top.st_size, top.st_mtime_ns)
     rows = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in exclude_names)
         for fn in sorted(filenames):
             if fn in exclude_names or fn.startswith("."):
@@ -231,8 +258,11 @@ def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_na
             p = Path(dirpath) / fn
             if suffixes is not None and p.suffix.lower() not in suffixes:
                 continue
-            st = p.stat()
-            rows.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+            try:
+                st = os.lstat(p)
+            except OSError:  # removed while we looked
+                continue
+            rows.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))  # json escapes undecodable bytes
     return fingerprint(rows)
 
 
@@ -254,7 +284,8 @@ def _ids(items: Any) -> list[str]:
 
 
 def _import_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
-    return {"imported": rep.imported, "already_there": rep.count("skipped"), "renamed": rep.count("renamed"), "refused": len(rep.problems)}
+    # each refused or unreadable file by name (escaped) with its reason: the user fixes them at the source
+    return {"imported": rep.imported, "already_there": rep.count("skipped"), "renamed": rep.count("renamed"), "refused": {e.source: e.reason or e.status for e in rep.problems}}
 
 
 def _import_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
@@ -358,7 +389,7 @@ def _present(cls: type[Any], **values: Any) -> dict[str, Any]:
 
 STEPS: tuple[Step, ...] = (
     Step(
-        "import", lambda: _stage("prep.importer"), lambda p, d: Path(p.source), lambda d: d.raw,
+        "import", lambda: ImportKeepingRejects(_stage("prep.importer")), lambda p, d: Path(p.source), lambda d: d.raw,
         lambda p, d: tree_signature(Path(p.source)), report_file="import.json",
         summary=_import_summary, stop=_import_stop, errors=("prep.importer:ImportRefused",),
     ),
@@ -373,7 +404,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "crop", lambda: _stage("prep.crop"), lambda p, d: d.raw, lambda d: d.cropped,
-        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), options=_crop_options,
+        lambda p, d: (tree_signature(d.raw, exclude_names=REPORT_FILES), tree_signature(overrides_path(d.root))), options=_crop_options,
         summary=_crop_summary, stop=_crop_stop, errors=("prep.models:ModelNotAvailable",),
     ),
     Step(
@@ -383,8 +414,9 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "merge", MergeStage, lambda p, d: d.cropped, lambda d: d.captioned,
-        lambda p, d: (tree_signature(d.cropped, suffixes=IMAGE_SUFFIXES | {".txt"}), tree_signature(d.captions, suffixes={".txt"})),
-        options=lambda p, d, s: MergeOptions(generated=str(d.captions), mode=p.caption.mode),
+        lambda p, d: (tree_signature(d.cropped, suffixes=IMAGE_SUFFIXES | {".txt"}), tree_signature(d.captions, suffixes={".txt"}),
+                      tree_signature(overrides_path(d.root))),
+        options=lambda p, d, s: MergeOptions(generated=str(d.captions), mode=p.caption.mode, project=str(d.root)),
     ),
     Step(
         "trigger", lambda: _stage("prep.trigger_step"), lambda p, d: d.captioned, lambda d: d.captioned,

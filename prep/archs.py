@@ -277,3 +277,86 @@ def get_arch(name: str) -> ArchSpec:
         close = difflib.get_close_matches(key, [*ARCH_NAMES, *ALIASES], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise KeyError(f"unknown architecture {name!r}{hint}; choose one of {', '.join(ARCH_NAMES)}") from None
+
+
+# -- where the weights come from (train_bridge models get/list) ---------------------------------
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of the Hugging Face Hub that fills a model role of an architecture.
+
+    Sources of every repo id, file name, revision, size and sha256: docs/models.md
+    ("Training weights"). `revision` is a commit only where a public source names one for
+    this file; else "main". `size`/`sha256` only where published for this exact revision.
+    """
+
+    role: str
+    repo_id: str
+    filename: str
+    revision: str = "main"
+    size: int | None = None
+    sha256: str | None = None
+    gated: bool = False
+    """The repository asks for HF_TOKEN and an accepted licence (the Hub answers 401/403)."""
+    by_default: bool = True
+    """`models get ARCH` fetches it without --role (False: optional roles such as SDXL's VAE)."""
+    variant: str = ""
+    """"" is the default; others (`--variant schnell`) replace the default file of that role."""
+
+
+_ANIMA_REPO, _ANIMA_REV = "circlestone-labs/Anima", "f973fc41ec7545364ac9776c2440285f43ff2a30"
+_FLUX_TE_REPO, _FLUX_TE_REV = "comfyanonymous/flux_text_encoders", "6af2a98e3f615bdfa612fbd85da93d1ed5f69ef5"
+_FLUX_CLIP_L = WeightFile("clip_l", _FLUX_TE_REPO, "clip_l.safetensors", _FLUX_TE_REV, 246_144_152, "660c6f5b1abae9dc498ac2d21e1347d2abdb0cf6c0c0c8576cd796491d9a6cdd")
+_FLUX_T5 = WeightFile("t5xxl", _FLUX_TE_REPO, "t5xxl_fp16.safetensors", _FLUX_TE_REV, 9_787_841_024, "6e480b09fae049a72d2a8c5fbccb8d3e92febeb233bbe9dfe7256958a9167635")
+_SD35 = "stabilityai/stable-diffusion-3.5-large"
+_WAN21_REPO, _WAN22_REPO = "Comfy-Org/Wan_2.1_ComfyUI_repackaged", "Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+_WAN_AI = "Wan-AI/Wan2.1-I2V-14B-720P"
+_WAN_VAE_FILE = WeightFile("vae", _WAN21_REPO, "split_files/vae/wan_2.1_vae.safetensors", "ab076c7a07868990c4506a87f2f60020763a0114")
+_WAN_T5_FILE = WeightFile("t5", _WAN_AI, "models_t5_umt5-xxl-enc-bf16.pth")
+_WAN_DITS = "split_files/diffusion_models"
+
+WEIGHTS: dict[str, tuple[WeightFile, ...]] = {
+    "anima": (
+        WeightFile("dit", _ANIMA_REPO, "split_files/diffusion_models/anima-base-v1.0.safetensors", _ANIMA_REV, 4_182_218_328, "bd43b7cffe1ed1153d9c41e7beb2f18cb1273eafbaa3af3edd6a173dc90a006e"),
+        WeightFile("qwen3", _ANIMA_REPO, "split_files/text_encoders/qwen_3_06b_base.safetensors", _ANIMA_REV, 1_192_135_096, "cd2a512003e2f9f3cd3c32a9c3573f820bb28c940f73c57b1ddaa983d9223eba"),
+        WeightFile("vae", _ANIMA_REPO, "split_files/vae/qwen_image_vae.safetensors", _ANIMA_REV, 253_806_246, "a70580f0213e67967ee9c95f05bb400e8fb08307e017a924bf3441223e023d1f"),
+        WeightFile("dit", _ANIMA_REPO, "split_files/diffusion_models/anima-preview.safetensors", variant="preview"),
+    ),
+    "flux": (
+        WeightFile("dit", "black-forest-labs/FLUX.1-dev", "flux1-dev.safetensors", gated=True),
+        WeightFile("ae", "black-forest-labs/FLUX.1-dev", "ae.safetensors", gated=True),
+        _FLUX_CLIP_L,
+        _FLUX_T5,
+        WeightFile("dit", "black-forest-labs/FLUX.1-schnell", "flux1-schnell.safetensors", variant="schnell"),
+        WeightFile("ae", "black-forest-labs/FLUX.1-schnell", "ae.safetensors", variant="schnell"),
+    ),
+    "sdxl": (
+        WeightFile("checkpoint", "stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors"),
+        WeightFile("vae", "stabilityai/sdxl-vae", "sdxl_vae.safetensors", by_default=False),
+    ),
+    "sd3": (
+        WeightFile("checkpoint", _SD35, "sd3.5_large.safetensors", gated=True),
+        WeightFile("clip_l", _SD35, "text_encoders/clip_l.safetensors", gated=True),
+        WeightFile("clip_g", _SD35, "text_encoders/clip_g.safetensors", gated=True),
+        WeightFile("t5xxl", _SD35, "text_encoders/t5xxl_fp16.safetensors", gated=True),
+    ),
+    "wan21-t2v": (WeightFile("dit", _WAN21_REPO, f"{_WAN_DITS}/wan2.1_t2v_14B_bf16.safetensors"), _WAN_VAE_FILE, _WAN_T5_FILE),
+    "wan21-i2v": (
+        WeightFile("dit", _WAN21_REPO, f"{_WAN_DITS}/wan2.1_i2v_480p_14B_bf16.safetensors"),
+        _WAN_VAE_FILE,
+        _WAN_T5_FILE,
+        WeightFile("clip", _WAN_AI, "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"),
+    ),
+    "wan22-t2v": (
+        WeightFile("dit", _WAN22_REPO, f"{_WAN_DITS}/wan2.2_t2v_low_noise_14B_fp16.safetensors"),
+        WeightFile("dit_high", _WAN22_REPO, f"{_WAN_DITS}/wan2.2_t2v_high_noise_14B_fp16.safetensors"),
+        _WAN_VAE_FILE,
+        _WAN_T5_FILE,
+    ),
+    "wan22-i2v": (
+        WeightFile("dit", _WAN22_REPO, f"{_WAN_DITS}/wan2.2_i2v_low_noise_14B_fp16.safetensors"),
+        WeightFile("dit_high", _WAN22_REPO, f"{_WAN_DITS}/wan2.2_i2v_high_noise_14B_fp16.safetensors"),
+        _WAN_VAE_FILE,
+        _WAN_T5_FILE,
+    ),
+}
+"""Per architecture: the Hub files `train_bridge models get` downloads and `config` fills roles from."""

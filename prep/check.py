@@ -20,6 +20,7 @@ from prep.dataset import ImageItem, discover, orphan_captions, read_caption
 from prep.dedupe import DEFAULT_THRESHOLD, HashedImage, PixelVerifier, group_duplicates, image_hashes
 from prep.executor import Result, run_step
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from prep.inputs import printable
 from prep.options import ArchName, StageOptions
 
 CHECK_DRAFT = (256, 256)
@@ -226,7 +227,9 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
     items = discover(folder, recursive=opts.recursive)
     results = run_step(CheckStep(opts.max_pixels), items, workers=opts.workers, batch_size=4, progress=progress, description="checking")
     by_id = {it.id: it for it in items}
-    report = CheckReport(str(folder), opts)
+    report = CheckReport(printable(folder), opts)
+    # never opened: symlink loops, dangling links, FIFOs and devices, formats we cannot read
+    report.errors.extend({"file": s.id, "reason": s.reason} for s in items.skipped)
     hashed: list[HashedImage] = []
     for r in results:
         item = by_id[r.id]
@@ -236,7 +239,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
         d = r.data
         cap, cap_err = _caption_state(item)
         if cap_err:
-            report.caption_errors.append({"file": item.caption_path.relative_to(folder).as_posix(), "reason": cap_err})
+            report.caption_errors.append({"file": printable(item.caption_path.relative_to(folder).as_posix()), "reason": cap_err})
         size = (d["size"][0], d["size"][1])
         report.images.append(
             ImageFacts(
@@ -255,7 +258,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
         )
         hashed.append(HashedImage(r.id, item.path, size, d["file_size"], d["hash"], d["mirror"], d["fine"], d["fine_mirror"]))
     report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold, verify=PixelVerifier())]
-    report.orphan_captions = [p.relative_to(folder).as_posix() for p in orphan_captions(folder, items, recursive=opts.recursive)]
+    report.orphan_captions = [printable(p.relative_to(folder).as_posix()) for p in orphan_captions(folder, items, recursive=opts.recursive)]
     stems: dict[str, list[str]] = {}
     for it in items:
         stems.setdefault(it.caption_path.as_posix().lower(), []).append(it.id)

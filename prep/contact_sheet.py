@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from prep.dataset import record_report_files
 from prep.images import save_image
 
 Box = tuple[float, float, float, float]
@@ -65,6 +66,13 @@ def make_contact_sheet(rows: Sequence[Sequence[Tile]], *, cell: int = 192, pad: 
     return sheet
 
 
-def write_contact_sheet(rows: Sequence[Sequence[Tile]], path: Path | str, **kw: int) -> Path:
-    """Render and write the sheet atomically as JPEG (quality 90)."""
-    return save_image(make_contact_sheet(rows, **kw), Path(path), fmt="jpg", quality=90)
+def write_contact_sheet(rows: Sequence[Sequence[Tile]], path: Path | str, *, written_by: str = "loraprep", **kw: int) -> Path:
+    """Render and write the sheet atomically as JPEG (quality 90), recorded as a report of its folder.
+
+    The record is what keeps the sheet out of that folder's images (`prep.dataset.discover`);
+    a user's own image of the same name anywhere else is a training image.
+    """
+    path = Path(path)
+    save_image(make_contact_sheet(rows, **kw), path, fmt="jpg", quality=90)
+    record_report_files(path.parent, [path.name], written_by=written_by)
+    return path

@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,17 @@ from pydantic import Field, field_validator, model_validator
 from prep.archs import ALIASES, ARCH_NAMES, get_arch
 from prep.buckets import BucketSpec, write_bucket_record
 from prep.contact_sheet import Tile, write_contact_sheet
-from prep.dataset import ImageItem, discover
+from prep.dataset import ImageItem, UnreadableCaption, discover, read_caption
 from prep.detectors import Box, create_detector
 from prep.executor import LocalExecutor, Progress, Result, default_workers
 from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, fit_without_upscale, parse_aspect, plan_face_crop, plan_full_crop
 from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
 from prep.images import LoadedImage, load_image, parse_color, save_image
+from prep.inputs import printable, read_input_bytes
+from prep.lock import output_lock
 from prep.manifest import Manifest, Record
 from prep.options import ArchName, StageOptions
+from prep.overrides import override_plan
 
 STEP = "crop"
 REPORT_NAME = "crops.jsonl"
@@ -243,7 +247,7 @@ def report_line(r: Result) -> dict[str, Any]:
     d = r.data
     return {
         "id": r.id,
-        "source": r.source,
+        "source": printable(r.source),
         "outputs": r.outputs,
         "faces": d.get("faces", []),
         "crop": d.get("crop", []),
@@ -287,8 +291,10 @@ def _is_multi(faces: Sequence[Box]) -> bool:
 class CropStep:
     """Picklable `step(batch) -> list[Result]`; the detector is created lazily, once per worker."""
 
-    def __init__(self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0):
+    def __init__(self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0, overrides: dict[str, list[float]] | None = None):
         self.options = options
+        self.overrides = overrides or {}
+        """Hand-drawn crop boxes by source id (`prep.overrides`, the studio): used instead of the face."""
         self.out = Path(out)
         self.names = names
         self.threads = threads
@@ -361,6 +367,10 @@ class CropStep:
         faces = [b.scaled(factor / first.scale).clipped(width, height) for b in self.detector.detect(det_image)]
         subject = _alpha_bbox(first)
         plans, flags = self.plan((width, height), faces, subject)
+        override = self.overrides.get(item.id)
+        if override is not None:
+            plans = [override_plan(override, (width, height), self.spec)]
+            flags.append("override")
         for p in plans:
             if not self.spec.is_fixed_point(p.bucket):  # the whole point of the step
                 raise AssertionError(f"bucket {p.bucket} is not a fixed point of {self.spec}")
@@ -429,6 +439,11 @@ class CropStep:
             reasons.append(f"upscaled {max(p.scale for p in small):.2f}x with Lanczos")
         if "padded" in flags:
             reasons.append("crop ran past the image edge: padded with the background colour")
+        try:
+            read_caption(item.caption_path)  # the one caption rule: reported here, never rewritten
+        except UnreadableCaption as exc:
+            flags.append("caption_unreadable")
+            reasons.append(str(exc))
         status = "skipped" if (not plans and "no_face" in flags) else ("flagged" if reasons else "ok")
         data = {
             "faces": [b.to_list() for b in faces],
@@ -444,6 +459,7 @@ class CropStep:
             "size": [width, height],
             "sha256": sha,
             "options": self.key,
+            "override": override,
         }
         return Result(id=item.id, status=status, source=str(item.path), outputs=outputs, reason="; ".join(reasons) or None, data=data)
 
@@ -469,8 +485,8 @@ class CropStep:
         return src.resize(plan.bucket, Image.Resampling.LANCZOS, box=(x0, y0, x1, y1), reducing_gap=3.0)
 
     def _copy_caption(self, item: ImageItem, dest: Path) -> None:
-        if item.caption_path.is_file():
-            atomic_write_bytes(dest.with_suffix(".txt"), item.caption_path.read_bytes())
+        if item.caption_path.is_file():  # a folder, FIFO or device named like the caption is never opened
+            atomic_write_bytes(dest.with_suffix(".txt"), read_input_bytes(item.caption_path, what="caption file"))
 
 
 # --- the folder-level driver ----------------------------------------------------------------
@@ -522,18 +538,51 @@ def _remove_stale(out: Path, old: Sequence[str], new: Sequence[str]) -> None:
                 pass
 
 
+def crop_overrides_for(src: Path) -> dict[str, list[float]]:
+    """The studio's crop boxes when `src` is a project's 01_raw (keys are its image ids), else none."""
+    from prep.overrides import OverridesError, load_overrides
+    from prep.project import find_project
+
+    proj = find_project(src)
+    if proj is None or Path(src).resolve() != proj.raw.resolve():
+        return {}
+    try:
+        ov = load_overrides(proj.root)
+    except OverridesError:
+        raise ValueError(f"{proj.root / 'overrides.json'}: cannot read the studio's hand edits; fix or delete it") from None
+    return {sid: ov.crop(sid) for sid in ov.crops}  # type: ignore[misc]
+
+
+def previous_all(manifest: Manifest) -> dict[str, Record]:
+    """Every image the manifest has a crop record of (latest per id)."""
+    return {rec.id: rec for rec in manifest.step_records(STEP)}
+
+
 def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = None, *, progress: Progress | None = None) -> CropReport:
-    """Crop every image of `src` into `out` (see the module docstring). Raises ValueError on bad options."""
-    options = options or CropOptions()
+    """Crop every image of `src` into `out` (see the module docstring). Raises ValueError on bad options.
+
+    A real run holds `out` (prep.lock) from reading its manifest to writing its report, so a
+    second run on the same folder refuses (OutputLocked) instead of redoing the same crops.
+    """
+    with ExitStack() as held:
+        return _crop_folder(src, out, options or CropOptions(), progress, held)
+
+
+def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progress: Progress | None, held: ExitStack) -> CropReport:
     options.validate()
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ValueError(f"{out}: the output folder must differ from the source folder (originals are never overwritten)")
     items = discover(src, recursive=options.recursive, exclude=[out])
+    if not options.dry_run:
+        held.enter_context(output_lock(out, "prep crop"))
     report = CropReport(out=out, dry_run=options.dry_run, resolution=options.resolution)
+    # named, never opened: symlink loops, FIFOs, devices, formats we cannot read
+    report.results.extend(Result(s.id, "failed", str(s.path), reason=s.message) for s in items.skipped)
     names = output_stems(items)
     manifest = Manifest.in_folder(out)
     key = options.key()
+    overrides = crop_overrides_for(src)
 
     todo: list[ImageItem] = []
     previous: dict[str, Record] = {}
@@ -541,7 +590,7 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
         rec = manifest.get(STEP, it.id)
         if rec is not None:
             previous[it.id] = rec
-        if rec is not None and not options.overwrite and rec.data.get("options") == key:
+        if rec is not None and not options.overwrite and rec.data.get("options") == key and rec.data.get("override") == overrides.get(it.id):
             try:
                 sha = sha256_file(it.path)
             except OSError:
@@ -553,7 +602,7 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
 
     workers = options.workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    step = CropStep(options, out, names, threads=threads)
+    step = CropStep(options, out, names, threads=threads, overrides=overrides)
     try:
         det = step.detector
         if hasattr(det, "check"):
@@ -571,10 +620,15 @@ def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = 
             if old is not None and r.status != "failed":
                 _remove_stale(out, old.outputs, r.outputs)
             manifest.append(
-                Record(step=STEP, id=r.id, status=r.status, source=r.source, source_sha256=r.data.get("sha256"), outputs=r.outputs, reason=r.reason, data=r.data)  # type: ignore[arg-type]
+                Record(step=STEP, id=r.id, status=r.status, source=printable(r.source), source_sha256=r.data.get("sha256"), outputs=r.outputs, reason=r.reason, data=r.data)  # type: ignore[arg-type]
             )
         report.results.append(r)
     report.results.sort(key=lambda r: r.id)
+    if not options.dry_run:  # sources that left the input folder (rejected in the studio, deleted): their crops go too
+        present = {it.id for it in items}
+        for gone, rec in previous_all(manifest).items():
+            if gone not in present and gone not in {r.id for r in report.results}:
+                _remove_stale(out, rec.outputs, [])
 
     if not options.dry_run:
         out.mkdir(parents=True, exist_ok=True)
@@ -648,8 +702,8 @@ def write_sheets(results: Sequence[Result], out: Path, *, background: tuple[int,
         for r in results[start : start + rows_per_page]:
             rows.append([_source_tile(r, background, cell), *(_output_tile(out, n, cell) for n in r.outputs)])
         name = SHEET_NAME if page == 1 else f"contact_sheet_{page:03d}.jpg"
-        paths.append(write_contact_sheet(rows, out / name, cell=cell))
-    for stale in sorted(out.glob("contact_sheet_*.jpg")):
+        paths.append(write_contact_sheet(rows, out / name, written_by="prep crop", cell=cell))  # recorded as out's report
+    for stale in sorted(out.glob("contact_sheet_*.jpg")):  # crop's own output folder: earlier pages
         if stale not in paths:
             stale.unlink()
     return paths

@@ -2,10 +2,18 @@
 
 `ImageItem` is plain data (never pixels) so it pickles cheaply to worker processes and can
 be a row in a distributed engine later.
+
+Discovery never opens a file and never stops at one: a symlink loop, a dangling symlink, a
+FIFO or device named like an image, or an image format we cannot read is left out and listed
+in `Discovery.skipped` with its name and the reason, which every command reports. The files a
+command writes into its own output folder (contact sheets) are recorded there as reports
+(`record_report_files`) and only those are left out, so a user's own `contact_sheet.jpg` is a
+training image like any other. Captions are read by one rule (`read_caption`).
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterable
@@ -13,18 +21,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prep.images import is_image_path
+from prep.images import is_image_path, unsupported_reason
+from prep.inputs import NotRegularFile, input_problem, printable, read_input_bytes
+from prep.manifest import MANIFEST_NAME, Manifest, Record
 
 CAPTION_EXTENSION = ".txt"
 _SKIP_DIRS = {"__MACOSX", ".git", ".loraprep", "__pycache__"}
 _SKIP_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-REPORT_IMAGE = re.compile(r"^contact_sheet(?:[_-]\d+)?\.jpe?g$", re.IGNORECASE)
-"""Contact sheets loraprep writes into its output folders: reports, never training images."""
+REPORT_STEP = "report"
+"""Manifest step under which a command records the report files it wrote into its output folder."""
+LEGACY_REPORT_IMAGE = re.compile(r"^contact_sheet(?:[_-]\d+)?\.jpe?g$", re.IGNORECASE)
+"""Contact sheets of `prep crop` runs from before reports were recorded: reserved only in a
+folder that also holds that run's `crops.jsonl`."""
+_LEGACY_REPORT_MARK = "crops.jsonl"
 
 
 @dataclass
 class ImageItem:
-    """One image of a dataset. `id` is the path relative to the dataset root (posix form)."""
+    """One image of a dataset. `id` is the path relative to the dataset root (posix form).
+
+    `path` is the name as the OS gives it; `id` is `prep.inputs.printable` of the relative path,
+    so a name that is not valid UTF-8 is shown and recorded with `\\xNN` escapes.
+    """
 
     id: str
     path: Path
@@ -40,26 +58,145 @@ class ImageItem:
         return read_caption(self.caption_path)
 
 
+@dataclass
+class Skipped:
+    """A file discovery left out, with the reason and the fix."""
+
+    id: str
+    path: Path
+    reason: str
+
+    @property
+    def message(self) -> str:
+        """The file (as shown) and the reason, like every per-item reason of the project."""
+        return f"{printable(self.path)}: {self.reason}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.id, "reason": self.reason}
+
+
+class Discovery(list):  # list[ImageItem]: every caller keeps working on the images
+    """The images found (a list, as before) and `skipped`: what was left out, each named with the reason."""
+
+    def __init__(self, items: Iterable[ImageItem] = (), skipped: Iterable[Skipped] = ()):
+        super().__init__(items)
+        self.skipped: list[Skipped] = list(skipped)
+
+
+class UnreadableCaption(ValueError):
+    """A caption that cannot be read; left untouched. The message names the file, the cause and the fix.
+
+    `encoding` is the guess for a file that is not UTF-8 (None: unknown, or not a decoding problem).
+    """
+
+    def __init__(self, path: Path, encoding: str | None = None, *, reason: str | None = None):
+        self.path = Path(path)
+        self.encoding = encoding
+        name = printable(self.path.name)
+        if reason is None:
+            guess = f"it looks like {encoding}" if encoding else "its encoding is unknown"
+            src = encoding.split(" ")[0] if encoding else "ENCODING"
+            reason = (
+                f"caption is not UTF-8 ({guess}); it was left untouched. Re-save it as UTF-8 "
+                f"(e.g. `iconv -f {src} -t UTF-8 '{name}' > fixed.txt` and rename fixed.txt to '{name}'), then run again"
+            )
+        self.reason = reason
+        super().__init__(f"{printable(self.path)}: {reason}")
+
+
+def guess_encoding(data: bytes) -> str | None:
+    """A likely encoding of caption bytes that are not UTF-8 (None when no guess fits).
+
+    Our heuristic: byte-order marks, the NUL pattern of UTF-16, else whether the bytes decode as
+    Windows-1252. It names the likely encoding; it does not prove it.
+    """
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32BE"),
+                      (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE")):
+        if data.startswith(bom):
+            return f"{name} (byte-order mark)"
+    if len(data) >= 4:
+        even, odd = data[0::2], data[1::2]
+        if odd.count(0) > len(odd) // 2 and even.count(0) < len(even) // 4:
+            return "UTF-16LE"
+        if even.count(0) > len(even) // 2 and odd.count(0) < len(odd) // 4:
+            return "UTF-16BE"
+    try:
+        data.decode("cp1252")
+        return "CP1252 (Windows-1252 / Latin-1)"
+    except UnicodeDecodeError:
+        return None
+
+
 def caption_path_for(image_path: Path, ext: str = CAPTION_EXTENSION) -> Path:
     return image_path.with_suffix(ext)
 
 
 def read_caption(path: Path) -> str | None:
-    """Read a caption as UTF-8 (BOM tolerated); None if missing. Raises ValueError if undecodable."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    """The one rule for reading a caption: UTF-8 (BOM tolerated), stripped; None if there is none.
+
+    Raises `UnreadableCaption` (a ValueError) for a file that is not UTF-8 (with its encoding
+    guess and the fix) and for a path that is not a regular file (a folder, a FIFO or device,
+    which is never opened, a dangling or looping symlink). Every command leaves such a caption
+    untouched and reports it.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
         return None
+    try:
+        data = read_input_bytes(path, what="caption file")
+    except NotRegularFile as exc:
+        if not os.path.lexists(path):
+            return None  # removed while we looked
+        raise UnreadableCaption(path, reason=f"{exc.reason}; it was left untouched") from None
+    except OSError as exc:
+        raise UnreadableCaption(path, reason=f"cannot read it ({exc.strerror or exc}); it was left untouched") from None
     try:
         return data.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: caption is not UTF-8 text; re-save it as UTF-8") from None
+        raise UnreadableCaption(path, guess_encoding(data)) from None
+
+
+def record_report_files(folder: Path | str, names: Iterable[str], *, written_by: str) -> None:
+    """Record report files (contact sheets, ...) a command wrote into its output `folder`.
+
+    Discovery leaves exactly these out of the folder; a user's file of the same name elsewhere
+    is an image like any other.
+    """
+    folder = Path(folder)
+    manifest = Manifest.in_folder(folder)
+    known = {r.id for r in manifest.step_records(REPORT_STEP) if r.status == "ok"}
+    for name in names:
+        if name not in known:
+            manifest.append(Record(REPORT_STEP, name, "ok", outputs=[name], data={"written_by": written_by}))
+
+
+def report_files(folder: Path | str) -> set[str]:
+    """Names (relative to `folder`) of the report files recorded there; see `record_report_files`."""
+    folder = Path(folder)
+    names: set[str] = set()
+    if (folder / MANIFEST_NAME).is_file():
+        names |= {r.id for r in Manifest.in_folder(folder).step_records(REPORT_STEP) if r.status == "ok"}
+    if (folder / _LEGACY_REPORT_MARK).is_file():
+        try:
+            names |= {e.name for e in os.scandir(folder) if LEGACY_REPORT_IMAGE.match(e.name)}
+        except OSError:
+            pass
+    return names
 
 
 def _walk(root: Path, recursive: bool) -> Iterable[Path]:
+    """Every non-folder entry (files, symlinks of any kind, FIFOs, devices) under `root`; links to folders are not followed."""
     if not recursive:
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.is_file() and entry.name not in _SKIP_FILES and not entry.name.startswith("._"):
+        entries = []
+        for entry in os.scandir(root):
+            try:
+                is_dir = entry.is_dir()  # follows a symlink; a loop or dangling link is not a folder
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                entries.append(entry)
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name not in _SKIP_FILES and not entry.name.startswith("._"):
                 yield Path(entry.path)
         return
     for dirpath, dirnames, filenames in os.walk(root):
@@ -70,36 +207,53 @@ def _walk(root: Path, recursive: bool) -> Iterable[Path]:
             yield Path(dirpath) / name
 
 
-def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Path] = ()) -> list[ImageItem]:
-    """All images under `root` (sorted by id), each with its caption path.
+def _real(p: Path) -> Path:
+    """Where `p` is, without following `p` itself (a looping link must not raise)."""
+    return Path(os.path.realpath(p.parent)) / p.name
 
-    Hidden folders, `__MACOSX` and macOS `._*` resource forks are skipped. `exclude` lists
-    folders (for example an output folder inside the input) to leave out.
+
+def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Path] = ()) -> Discovery:
+    """All images under `root` (sorted by id), each with its caption path; `skipped` names the rest.
+
+    Hidden folders, `__MACOSX` and macOS `._*` resource forks are left out silently, and so are
+    the report files recorded in a folder (`record_report_files`). `exclude` lists folders (for
+    example an output folder inside the input) to leave out.
     """
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a folder")
-    excluded = [Path(e).resolve() for e in exclude]
-    items: list[ImageItem] = []
+        raise NotADirectoryError(f"{printable(root)}: not a folder")
+    excluded = [Path(os.path.realpath(e)) for e in exclude]
+    found = Discovery()
+    reports: dict[Path, set[str]] = {}
     for p in _walk(root, recursive):
-        if not is_image_path(p) or REPORT_IMAGE.match(p.name):
+        supported = is_image_path(p)
+        unsupported = None if supported else unsupported_reason(p)
+        if not supported and unsupported is None:
             continue
-        if excluded and any(_is_within(p.resolve(), e) for e in excluded):
+        if excluded and any(_is_within(_real(p), e) for e in excluded):
             continue
-        rel = p.relative_to(root).as_posix()
-        items.append(ImageItem(id=rel, path=p, caption_path=caption_path_for(p)))
-    items.sort(key=lambda it: it.id)
-    return items
+        if p.name in reports.setdefault(p.parent, report_files(p.parent)):
+            continue
+        rel = printable(p.relative_to(root).as_posix())
+        problem = unsupported or input_problem(p, what="image file")
+        if problem is not None:
+            found.skipped.append(Skipped(rel, p, problem))
+            continue
+        found.append(ImageItem(id=rel, path=p, caption_path=caption_path_for(p)))
+    found.sort(key=lambda it: it.id)
+    found.skipped.sort(key=lambda s: s.id)
+    return found
 
 
 def orphan_captions(root: Path | str, items: list[ImageItem], *, recursive: bool = False) -> list[Path]:
     """Caption files with no image of the same stem."""
     root = Path(root)
-    have = {it.caption_path.resolve() for it in items}
+    have = {_real(it.caption_path) for it in items}
+    have |= {_real(caption_path_for(s.path)) for s in getattr(items, "skipped", [])}
     return [
         p
         for p in _walk(root, recursive)
-        if p.suffix.lower() == CAPTION_EXTENSION and p.resolve() not in have and p.name != "sample_prompts.txt"
+        if p.suffix.lower() == CAPTION_EXTENSION and _real(p) not in have and p.name != "sample_prompts.txt"
     ]
 
 

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from prep.dataset import ImageItem, discover
+from prep.dataset import ImageItem, Skipped, discover
 from prep.executor import Progress, Result, run_step
 from prep.fsutil import atomic_write_bytes, unique_path
 from prep.images import ImageLoadError, load_image
@@ -267,10 +267,12 @@ class DedupeReport:
     images: int = 0
     captions_copied: list[tuple[str, str]] = field(default_factory=list)
     """(duplicate's caption, kept image's new caption) where the kept image had none."""
+    skipped: list[Skipped] = field(default_factory=list)
+    """What discovery left out (symlink loops, FIFOs, formats Pillow cannot read), each with the reason: never hashed."""
 
     @property
     def n_failed(self) -> int:
-        return len(self.failed)
+        return len(self.failed) + len(self.skipped)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -282,6 +284,7 @@ class DedupeReport:
             "moved": [{"from": a, "to": b} for a, b in self.moved],
             "captions_copied": [{"from": a, "to": b} for a, b in self.captions_copied],
             "errors": [{"file": r.source, "reason": r.reason} for r in self.failed],
+            "skipped": [sk.to_json() for sk in self.skipped],
         }
 
 
@@ -307,7 +310,7 @@ def dedupe_folder(
     items = discover(folder, recursive=recursive, exclude=exclude)
     hashed, failed = hash_items(items, workers=workers, progress=progress)
     groups = group_duplicates(hashed, threshold, mirror=mirror, verify=PixelVerifier() if verify else None)
-    report = DedupeReport(str(folder), groups, failed, threshold=threshold, images=len(items))
+    report = DedupeReport(str(folder), groups, failed, threshold=threshold, images=len(items), skipped=list(getattr(items, "skipped", [])))
     if move_to is None:
         return report
     dest_root = Path(move_to)

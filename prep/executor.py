@@ -4,7 +4,9 @@ A step is a picklable callable `step(batch: list[T]) -> list[Result]` that loads
 lazily (once per worker). The same callable can later be handed to a distributed engine
 (for example Ray Data's `map_batches`) unchanged. The executor guarantees that one bad item
 never aborts the run: if a batch raises, its items are retried one by one and the item that
-still raises is recorded as failed with the file named.
+still raises is recorded as failed with the file named. The exception is a full disk
+(`prep.fsutil.DiskFull`): every later item would fail the same way, so it stops the run and the
+command reports "no space left on <path>".
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from prep.fsutil import DiskFull
 from prep.images import ImageLoadError
 
 T = TypeVar("T")
@@ -72,7 +82,7 @@ def run_guarded(step: StepFn, batch: list[Any]) -> list[Result]:
         if len(results) != len(batch):
             raise RuntimeError(f"step returned {len(results)} results for {len(batch)} items")
         return results
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, DiskFull):
         raise
     except BaseException:
         if len(batch) == 1:
@@ -82,7 +92,7 @@ def run_guarded(step: StepFn, batch: list[Any]) -> list[Result]:
         try:
             r = step([item])
             out.extend(r if r else [failure_for(item, RuntimeError("step returned nothing"))])
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, DiskFull):
             raise
         except BaseException as exc:
             out.append(failure_for(item, exc))

@@ -15,12 +15,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from prep.fsutil import atomic_write_with
+from prep.inputs import NotRegularFile, open_input, printable
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-"""Extensions we read, compared lower-cased (so `.JPG` and `.Png` count)."""
+Image.init()
+_PILLOW_OPENS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+_OPTIONAL_FORMATS: dict[str, tuple[str, ...]] = {
+    "AVIF": (".avif", ".avifs"),
+    "HEIF": (".heic", ".heif", ".hif"),
+}
+"""Formats Pillow reads only when built with (AVIF: Pillow >= 11.3 wheels) or given (HEIF: the
+pillow-heif plugin) support; their extensions are read when this Pillow can, else named as
+unsupported with the fix (see `unsupported_reason`)."""
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    | {ext for exts in _OPTIONAL_FORMATS.values() for ext in exts if ext in _PILLOW_OPENS}
+)
+"""Extensions we read, compared lower-cased (so `.JPG` and `.Png` count). `.jfif`/`.jpe` are
+JPEG; AVIF and HEIC join when the installed Pillow can open them."""
+
+_UNSUPPORTED_FIX: dict[str, str] = {
+    **{ext: "HEIC/HEIF needs the pillow-heif plugin (`pip install pillow-heif`), or convert it to JPEG or PNG"
+       for ext in _OPTIONAL_FORMATS["HEIF"]},
+    **{ext: ("this Pillow was built without AVIF: `pip install -U 'pillow>=11.3'` (its wheels read AVIF), "
+             "or convert it to JPEG or PNG") for ext in _OPTIONAL_FORMATS["AVIF"]},
+    ".jxl": "JPEG XL needs a Pillow plugin (`pip install pillow-jxl-plugin`), or convert it to JPEG or PNG",
+    ".svg": "vector images are not read: render it to PNG at the training size",
+    ".psd": "convert the layered file to PNG (flattened) first",
+    **{ext: "camera RAW is not read: develop it to JPEG or 16-bit TIFF first (darktable, RawTherapee, Lightroom)"
+       for ext in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".srw", ".pef")},
+}
+"""Image formats users bring that we do not read (our list; .psd is refused on purpose: Pillow
+would read only its merged preview), each with the fix. Discovery names them, never ignores them."""
+
+
+def unsupported_reason(path: Path | str) -> str | None:
+    """Why an image of this extension is not read and what to do, or None (not an image we know of, or readable)."""
+    ext = Path(path).suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return None
+    fix = _UNSUPPORTED_FIX.get(ext)
+    return f"unsupported image format {ext}: {fix}" if fix else None
+
+
+def avif_supported() -> bool:
+    """This Pillow reads AVIF (Pillow >= 11.3 built with libavif)."""
+    return ".avif" in _PILLOW_OPENS and bool(features.check("avif"))
 
 DEFAULT_MAX_PIXELS = 178_956_970
 """Same ceiling as Pillow's hard decompression-bomb limit (2 x 89.5 MP)."""
@@ -44,7 +88,7 @@ class ImageLoadError(Exception):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable(self.path)}: {reason}")
 
 
 @dataclass
@@ -195,7 +239,7 @@ def load_image(
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # let a raised --max-pixels through Pillow's own guard
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as im:
+        with (io.BytesIO(data) if data is not None else open_input(path)) as fh, Image.open(fh) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageLoadError(
@@ -221,6 +265,8 @@ def load_image(
                 has_alpha = True
     except ImageLoadError:
         raise
+    except NotRegularFile as exc:
+        raise ImageLoadError(path, exc.reason) from None
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found (moved or deleted during the run)") from None
     except PermissionError:
@@ -243,14 +289,28 @@ def load_image(
     )
 
 
+VERIFY_DRAFT = (64, 64)
+
+
+def verify_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Prove `path` decodes (what may reach a dataset): the one loader, at a reduced JPEG decode.
+
+    A header check alone passes truncated files; decoding every pixel row (JPEG at 1/8 scale)
+    catches truncation and corrupt data for a fraction of a full decode. Raises ImageLoadError.
+    """
+    return load_image(path, draft_size=VERIFY_DRAFT, max_pixels=max_pixels)
+
+
 def probe_image(path: Path | str) -> tuple[int, int, str]:
     """Upright (width, height, format) from the header only; raises ImageLoadError."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_input(path) as fh, Image.open(fh) as im:
             w, h = im.size
             o = _exif_orientation(im)
             fmt = im.format or ""
+    except NotRegularFile as exc:
+        raise ImageLoadError(path, exc.reason) from None
     except Exception as exc:
         raise ImageLoadError(path, _reason_for(exc, path)) from exc
     return (h, w, fmt) if o in (5, 6, 7, 8) else (w, h, fmt)
@@ -267,8 +327,10 @@ def stored_size(path: Path | str) -> tuple[int, int]:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_input(path) as fh, Image.open(fh) as im:
             return im.size
+    except NotRegularFile as exc:
+        raise ImageLoadError(path, exc.reason) from None
     except Exception as exc:
         raise ImageLoadError(path, _reason_for(exc, path)) from exc
 
@@ -277,8 +339,10 @@ def exif_orientation(path: Path | str) -> int:
     """The EXIF orientation tag (1 when absent); trainers do not apply it."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_input(path) as fh, Image.open(fh) as im:
             return _exif_orientation(im)
+    except NotRegularFile as exc:
+        raise ImageLoadError(path, exc.reason) from None
     except Exception as exc:
         raise ImageLoadError(path, _reason_for(exc, path)) from exc
 

@@ -18,6 +18,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,12 @@ from pydantic import Field, field_validator
 from prep.buckets import BUCKET_RECORD, read_bucket_record
 from prep.dataset import ImageItem, discover, read_caption
 from prep.fsutil import atomic_write_bytes, atomic_write_text, link_or_copy, safe_component, sha256_file
-from prep.images import ImageLoadError, exif_orientation, load_image, save_image
+from prep.images import ImageLoadError, load_image, save_image, verify_image
+from prep.inputs import printable
+from prep.lock import output_lock
 from prep.manifest import Manifest, Record
 from prep.options import StageOptions
-from prep.trigger import apply_trigger
+from prep.trigger import Trigger, apply_trigger
 
 STEP = "layout"
 LAYOUT_FILE = "layout.json"
@@ -40,7 +43,7 @@ _CACHE_FILES = re.compile(r"(\.npz|^metadata_cache\.json)$")
 class LayoutOptions(StageOptions):
     """The options of `prep layout` (its flags and `loraprep.toml`'s [layout]), declared once."""
 
-    trigger: str = Field("", description="Trigger word; first in every caption and in the folder name (inside a project: its [project] trigger).", json_schema_extra={"cli": ("--trigger", "-t")})
+    trigger: Trigger = Field("", description="Trigger word; first in every caption and in the folder name (inside a project: its [project] trigger).", json_schema_extra={"cli": ("--trigger", "-t")})
     repeats: int = Field(10, ge=1, description="Repeats per epoch for the training images.", json_schema_extra={"cli": ("--repeats", "-n")})
     class_token: str | None = Field(None, description="Class word (folder '{repeats}_{trigger} {class}'); needed with --reg.", json_schema_extra={"cli": ("--class-token", "-c")})
     reg_dir: str | None = Field(None, description="Folder of regularisation images (reg/{r}_{class}/).", json_schema_extra={"cli": ("--reg",)})
@@ -185,14 +188,20 @@ def _write_subset(
         dst = folder / f"{stem}{'.png' if convert else ext}"
         cap_dst = dst.with_suffix(".txt")
         rel = dst.relative_to(out_root).as_posix()
+        source = printable(it.path)
         try:
             caption = caption_for(it)
-        except ValueError as exc:
-            report.items.append(LayoutItem(it.id, str(it.path), rel, "", "failed", str(exc)))
+        except ValueError as exc:  # the caption is left untouched and the image kept out
+            report.items.append(LayoutItem(it.id, source, rel, "", "failed", str(exc)))
             continue
         written.update({dst.name, cap_dst.name})
         if opts.dry_run:
-            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink")))
+            try:
+                verify_image(it.path)
+            except ImageLoadError as exc:
+                report.items.append(LayoutItem(it.id, source, rel, caption, "failed", f"{exc}; it is kept out of the dataset"))
+                continue
+            report.items.append(LayoutItem(it.id, source, rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink")))
             continue
         try:
             sha = sha256_file(it.path)
@@ -206,8 +215,10 @@ def _write_subset(
                 and cap_dst.is_file()
                 and read_caption(cap_dst) == caption
             ):
-                report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "skipped"))
+                report.items.append(LayoutItem(it.id, source, rel, caption, "skipped"))
                 continue
+            # only what the one loader can decode reaches a dataset (truncated, corrupt, empty files do not)
+            verified = verify_image(it.path)
             if convert:
                 loaded = load_image(it.path)
                 save_image(loaded.image, dst, fmt="png")
@@ -216,17 +227,23 @@ def _write_subset(
                 method = "hardlink"
             else:
                 method = link_or_copy(it.path, dst, link=opts.link == "auto")
-                if exif_orientation(dst) != 1:
+                if verified.exif_rotated:
                     report.warnings.append(f"{it.id}: EXIF-rotated; trainers ignore EXIF, so it trains sideways (bake it with `prep crop` or `prep import`)")
             atomic_write_text(cap_dst, caption + "\n")
             if manifest:
-                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "ok", str(it.path), sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method}))
-            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, method))
+                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "ok", source, sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method}))
+            report.items.append(LayoutItem(it.id, source, rel, caption, method))
         except (OSError, ImageLoadError) as exc:
-            reason = f"{exc}; check the file is readable and the output disk has space"
+            if isinstance(exc, ImageLoadError):
+                reason = f"{exc}; it is kept out of the dataset"
+            else:
+                reason = f"{printable(str(exc))}; check the file is readable and the output disk has space"
+            for stale in (dst, cap_dst):  # an earlier layout's copy of a file that no longer reads
+                if isinstance(exc, ImageLoadError) and stale.is_file():
+                    stale.unlink()
             if manifest:
-                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "failed", str(it.path), None, [], reason))
-            report.items.append(LayoutItem(it.id, str(it.path), rel, caption, "failed", reason))
+                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "failed", source, None, [], reason))
+            report.items.append(LayoutItem(it.id, source, rel, caption, "failed", reason))
     return written
 
 
@@ -244,7 +261,16 @@ def _clean_folder(folder: Path, keep: set[str], report: LayoutReport, dry_run: b
 
 
 def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> LayoutReport:
-    """Lay `src` out under `out` for kohya trainers; returns what was (or would be) done."""
+    """Lay `src` out under `out` for kohya trainers; returns what was (or would be) done.
+
+    A real run holds `out` (prep.lock): a second layout into the same dataset refuses
+    (OutputLocked) instead of cleaning files the first is writing.
+    """
+    with ExitStack() as held:
+        return _layout_dataset(src, out, options, held)
+
+
+def _layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions, held: ExitStack) -> LayoutReport:
     src, out = Path(src).resolve(), Path(out).resolve()
     opts = options
     if not opts.trigger or not opts.trigger.strip():
@@ -264,7 +290,10 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
     trigger = opts.trigger.strip()
     items = discover(src, recursive=opts.recursive, exclude=[out])
     if not items:
-        raise ValueError(f"{src}: no images found")
+        named = "; ".join(f"{s.id}: {s.reason}" for s in items.skipped[:5])
+        raise ValueError(f"{src}: no images found" + (f" that can be read ({named})" if named else ""))
+    if not opts.dry_run:
+        held.enter_context(output_lock(out, "prep layout"))
     img_folder = out / "img" / subset_folder_name(opts.repeats, trigger, opts.class_token)
     reg_folder = out / "reg" / subset_folder_name(opts.reg_repeats, opts.class_token or "") if opts.reg_dir else None
     report = LayoutReport(str(out), str(img_folder), str(reg_folder) if reg_folder else None, dry_run=opts.dry_run)
@@ -305,6 +334,7 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
             text = ""
         return apply_trigger(text, trigger) if text else trigger
 
+    report.items.extend(LayoutItem(s.id, printable(s.path), "", "", "failed", s.message) for s in items.skipped)
     keep = _write_subset(items, img_folder, trigger, train_caption, opts, manifest, report, out)
     _clean_folder(img_folder, keep, report, opts.dry_run)
     if missing:
@@ -320,6 +350,7 @@ def layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions) -> 
             return it.read_caption() or cls
 
         start = len(report.items)
+        report.items.extend(LayoutItem(s.id, printable(s.path), "", "", "failed", s.message) for s in reg_items.skipped)
         keep_r = _write_subset(reg_items, reg_folder, cls, reg_caption, opts, manifest, report, out)
         for it in report.items[start:]:
             it.reg = True

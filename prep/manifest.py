@@ -2,7 +2,10 @@
 
 JSON Lines, one record per item per step. A record is appended with a single `write()` on an
 `O_APPEND` file descriptor, so a killed run leaves at most one torn last line, which reading
-ignores. The latest record for (step, id) wins, which lets a rerun skip finished work.
+ignores, and the next append cuts away (a record without only its newline is kept and ended),
+so a torn line never swallows a good record nor stays behind. A full disk truncates the short write away and raises `prep.fsutil.DiskFull`: a record
+is either whole or absent. The latest record for (step, id) wins, which lets a rerun skip
+finished work.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from prep.fsutil import DiskFull, is_disk_full, sweep_stale_temps
 
 Status = Literal["ok", "skipped", "failed", "retryable", "blocked", "flagged"]
 DONE_STATUSES = frozenset({"ok", "skipped", "flagged", "blocked"})
@@ -66,11 +71,14 @@ class Manifest:
 
     @classmethod
     def in_folder(cls, folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
+        """The manifest of an output folder; a stage opening it is about to write there, so the
+        temp files a killed run left in that folder are swept now (even if nothing is redone)."""
+        sweep_stale_temps(folder)
         return cls(Path(folder) / name)
 
     def records(self) -> Iterator[Record]:
         try:
-            fh = open(self.path, encoding="utf-8")
+            fh = open(self.path, encoding="utf-8", errors="replace")  # a torn multi-byte tail
         except FileNotFoundError:
             return
         with fh:
@@ -104,12 +112,17 @@ class Manifest:
         return all((base / o).exists() if not os.path.isabs(o) else Path(o).exists() for o in rec.outputs)
 
     def append(self, record: Record) -> None:
-        line = (json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        line = _encode_line(record.to_json())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(self.path, exc) from exc
+                raise
+            try:
+                _append_line(fd, line, self.path)
             finally:
                 os.close(fd)
             if self._latest is not None:
@@ -121,3 +134,57 @@ class Manifest:
 
     def step_records(self, step: str) -> list[Record]:
         return [r for (s, _), r in self.latest().items() if s == step]
+
+
+def _encode_line(d: dict[str, Any]) -> bytes:
+    """One JSON line; a name the OS gave as undecodable bytes (surrogates) is \\u-escaped."""
+    try:
+        return (json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(d, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
+
+
+def _append_line(fd: int, line: bytes, path: Path) -> None:
+    """Append `line` whole or not at all (a short write on a full disk is cut away)."""
+    end = os.fstat(fd).st_size
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        end = _mend_tail(fd, end)
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            line = b"\n" + line
+    written = 0
+    try:
+        while written < len(line):
+            n = os.write(fd, line[written:])
+            if n <= 0:
+                raise OSError(28, "No space left on device")
+            written += n
+    except OSError as exc:
+        if written and os.fstat(fd).st_size == end + written:  # nobody else appended meanwhile
+            os.ftruncate(fd, end)
+        if is_disk_full(exc):
+            raise DiskFull(path, exc) from exc
+        raise
+
+
+def _mend_tail(fd: int, end: int) -> int:
+    """Cut a torn last line (a writer killed mid-record) off the file; returns the new size.
+
+    A last line that is whole JSON and lacks only its newline is kept.
+    """
+    start = end
+    step = 1 << 16
+    while start > 0:
+        lo = max(0, start - step)
+        chunk = os.pread(fd, start - lo, lo)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            start = lo + nl + 1
+            break
+        start = lo
+    tail = os.pread(fd, end - start, start)
+    try:
+        json.loads(tail)
+        return end
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        os.ftruncate(fd, start)
+        return start

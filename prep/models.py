@@ -79,6 +79,25 @@ def hub_endpoint() -> str:
         return "https://huggingface.co"
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub would pick it, read now (HF_HUB_CACHE > HF_HOME/hub).
+
+    huggingface_hub reads these at import; passing this as `cache_dir` lets a program (or a test)
+    that sets them at run time get the same answer everywhere.
+    """
+    for var, sub in (("HF_HUB_CACHE", None), ("HUGGINGFACE_HUB_CACHE", None), ("HF_HOME", "hub")):
+        value = os.environ.get(var)
+        if value:
+            return Path(value).expanduser() / sub if sub else Path(value).expanduser()
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - core dependency
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
 def download_command(ref: ModelRef, filename: str | None = None) -> str:
     """The `hf download` command that puts the file in the cache where this resolver finds it."""
     rev = f" --revision {ref.revision}" if ref.revision != "main" else ""

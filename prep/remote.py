@@ -225,6 +225,10 @@ class StateStore:
         with self._lock:
             return list(self._data)
 
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            return [(k, dict(v)) for k, v in self._data.items()]
+
 
 def redact(text: str, secrets: list[str | None] | None = None) -> str:
     """Remove API keys from a message before it is logged, stored or shown."""

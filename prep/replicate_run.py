@@ -5,7 +5,8 @@ every retry (and on every rerun after a crash), paying again for work that alrea
 prediction is tied to a caller key (an image id): its id is written to a `StateStore` the moment
 the create call returns, and any later attempt for that key reloads it instead of creating a new
 one. A create whose response was lost (timeout, connection reset, kill) is recovered by looking
-the prediction up in the account's recent predictions by its exact input before creating again.
+the prediction up by its idempotency key (the hash of the exact input sent, stored before the
+create) through every page of the account's predictions made since, before creating again.
 
 Used by captioning (Replicate captioners) and by `prep render-variations --backend replicate`.
 The `replicate` package is imported lazily so `prep` works without it.
@@ -206,31 +207,61 @@ def _created_ts(value: Any) -> float | None:
         return None
 
 
-def _find_lost(client: Any, input_hash: str, model_ref: str = "", since: float | None = None, max_gets: int = 10) -> Any | None:
-    """A prediction whose create response was lost: same exact input, among the most recent
-    predictions (first list page). List entries without their input are fetched one by one,
-    only those of the same model created since `since` (at most `max_gets`)."""
-    try:
-        page = client.predictions.list()
-    except Exception:
-        return None
+LOST_LOOKBACK_S = 900.0
+"""How long before the create (by our clock) a lost prediction may be dated by Replicate's: covers
+clock skew between the two (chosen value). Older entries end the search: the list is newest first."""
+MAX_LOST_PAGES = 100
+"""Pages of the list API a lost-create search reads at most (100 predictions a page, so 10 000
+predictions created in the window; chosen value). Beyond it the search gives up with an error
+rather than create (and pay) again."""
+
+
+def _find_lost(
+    client: Any, input_hash: str, model_ref: str = "", since: float | None = None, *, exclude: frozenset[str] = frozenset(), max_pages: int = MAX_LOST_PAGES
+) -> Any | None:
+    """The prediction a create whose response was lost made, found by its idempotency key.
+
+    Replicate's API takes no idempotency key, so the key is the sha256 of the exact input sent
+    (unique per attempt: it holds the file's upload URL), written to the state before the
+    create. The list API answers newest first, 100 a page, with a `next` cursor URL: every page
+    is read, however many predictions are in flight, until entries are older than the create
+    (`since` minus LOST_LOOKBACK_S). Entries listed without their input are fetched one by one
+    (only those of the same model). `exclude`: ids other keys already own. API errors are
+    raised, not swallowed: the caller retries, since creating again after a failed look-up
+    could pay twice.
+    """
     model = model_ref.split(":")[0]
-    gets = 0
-    for p in getattr(page, "results", []) or []:
-        inp = getattr(p, "input", None)
-        if inp is None:
+    cursor: Any = ...
+    for _ in range(max_pages):
+        page = client.predictions.list() if cursor is ... else client.predictions.list(cursor)
+        for p in getattr(page, "results", []) or []:
+            if p.id in exclude:
+                continue
             created = _created_ts(getattr(p, "created_at", None))
-            if gets >= max_gets or (model and getattr(p, "model", model) != model) or (since and created and created < since - 120):
-                continue
-            try:
+            if since is not None and created is not None and created < since - LOST_LOOKBACK_S:
+                return None  # older than the create: it cannot be there
+            inp = getattr(p, "input", None)
+            if inp is None:
+                if model and getattr(p, "model", None) not in (None, "", model):
+                    continue
                 p = client.predictions.get(p.id)
-            except Exception:
-                continue
-            gets += 1
-            inp = p.input
-        if _input_hash(inp) == input_hash:
-            return p
-    return None
+                inp = p.input
+            if _input_hash(inp) == input_hash:
+                return p
+        cursor = getattr(page, "next", None)
+        if not cursor:
+            return None
+    raise RemoteError(
+        f"could not finish looking for a prediction whose create answer was lost ({max_pages} pages of predictions read); "
+        "rerun later: it is not created again until it is known not to exist",
+        retryable=False,
+        kind="lookup",
+    )
+
+
+def _claimed_ids(state: StateStore, key: str) -> frozenset[str]:
+    """Prediction ids other keys own: a lost create never adopts one of them."""
+    return frozenset(str(v["prediction_id"]) for k, v in state.items() if k != key and v.get("prediction_id"))
 
 
 def _result(p: Any, model_ref: str, resumed: bool) -> PredictionResult:
@@ -289,7 +320,9 @@ def run_prediction(
     else:
         if st.get("phase") == "creating" and st.get("input_hash"):
             # A previous create may have reached Replicate with its response lost: find it first.
-            pred = _find_lost(client, st["input_hash"], model_ref, st.get("time"))
+            ih0 = st["input_hash"]
+            pred = call_with_retry(lambda: _find_lost(client, ih0, model_ref, st.get("time"), exclude=_claimed_ids(state, key)),
+                                   classify=classify_error, policy=policy, limiter=limiter, sleep=sleep)
             if pred is not None:
                 resumed = True
                 state.put(key, {"fingerprint": fp, "prediction_id": pred.id, "status": pred.status, "model": model_ref, "recovered": True})
@@ -303,14 +336,15 @@ def run_prediction(
 
             def create() -> Any:
                 if ambiguous:  # the last create may have gone through: look before paying again
-                    lost = _find_lost(client, ih, model_ref, started)
+                    lost = _find_lost(client, ih, model_ref, started, exclude=_claimed_ids(state, key))
                     if lost is not None:
                         return lost
                 return _create(client, model_ref, encoded, wait)
 
             def note(attempt: int, err: RemoteError, delay: float) -> None:
                 nonlocal ambiguous
-                ambiguous = err.kind in AMBIGUOUS_KINDS
+                # sticky: once a create may have gone through, every later attempt looks first
+                ambiguous = ambiguous or err.kind in AMBIGUOUS_KINDS
 
             pred = call_with_retry(create, classify=classify_error, policy=policy, limiter=limiter, sleep=sleep, on_retry=note)
             state.put(key, {"fingerprint": fp, "prediction_id": pred.id, "status": pred.status, "model": model_ref})

@@ -8,9 +8,43 @@ gives the same caption.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 PLACEHOLDER = "[trigger]"
+SAMPLE_OPTION_MARK = " --"
+"""sd-scripts splits each sample-prompt line on " --" into the prompt and its options (--n, --w,
+--s ...; ../shared/reference/train_bridge.md), so a trigger holding it would add options."""
+
+
+def trigger_problem(trigger: str) -> str | None:
+    """Why `trigger` cannot be a trigger word, or None. Checked once, by every option that takes one."""
+    if "\n" in trigger or "\r" in trigger or "\u2028" in trigger or "\u2029" in trigger:
+        return "it holds a line break: captions would become two lines and sample prompts two prompts; use one line"
+    bad = sorted({f"U+{ord(c):04X}" for c in trigger if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+    if bad:
+        return f"it holds control character(s) {', '.join(bad)}, invisible in captions and prompts; type the word plainly"
+    text = trigger.strip()
+    if SAMPLE_OPTION_MARK in f" {text}":
+        return ("it holds ' --', which sd-scripts reads as the start of a sample-prompt option (--n, --w ...): "
+                "drop the dashes or write it without the space")
+    return None
+
+
+def validate_trigger(trigger: str) -> str:
+    """`trigger` stripped; ValueError with the reason for a line break, control character or ' --'."""
+    problem = trigger_problem(trigger)
+    if problem is not None:
+        raise ValueError(f"trigger {trigger!r} is refused: {problem}")
+    return trigger.strip()
+
+
+Trigger = Annotated[str, AfterValidator(validate_trigger)]
+"""A trigger word option (stripped; refused with the reason when it would break captions or sample
+prompts). Every options class that takes a trigger uses it, like `prep.options.ArchName`."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +77,13 @@ def apply_trigger(caption: str, trigger: str, *, separator: str = ", ", refer_as
     - Prose that mentions the trigger mid-sentence keeps its meaning: later mentions become
       `refer_as`, so the trigger still appears exactly once.
     """
-    trig = trigger.strip()
+    trig = validate_trigger(trigger)
     if not trig:
         raise ValueError("the trigger word is empty")
     text = caption.replace("\r\n", "\n").strip()
     pat = trigger_pattern(trig)
-    text = re.sub(re.escape(PLACEHOLDER), trig, text, flags=re.IGNORECASE)
+    # replacements are functions: the trigger and `refer_as` are literal text, never regex templates
+    text = re.sub(re.escape(PLACEHOLDER), lambda _m: trig, text, flags=re.IGNORECASE)
 
     # Leading occurrence: "trig, ..." or "Trig is a woman ..." → keep one, fix casing.
     lead = re.match(rf"^\s*({pat.pattern})\s*(?:,\s*)?", text, flags=re.IGNORECASE)
@@ -62,7 +97,7 @@ def apply_trigger(caption: str, trigger: str, *, separator: str = ", ", refer_as
     for seg in segments:
         if pat.fullmatch(seg.strip()):
             continue
-        kept.append(pat.sub(refer_as, seg))
+        kept.append(pat.sub(lambda _m: refer_as, seg))
     rest = ", ".join(s for s in kept if s != "")
 
     if starts_sentence and rest:

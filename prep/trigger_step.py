@@ -12,26 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from prep.dataset import discover, read_caption
 from prep.fsutil import atomic_write_text, link_or_copy
 from prep.options import StageOptions
-from prep.trigger import apply_trigger
+from prep.trigger import Trigger, apply_trigger, validate_trigger
 
 
 class TriggerOptions(StageOptions):
     """The options of `prep trigger`, declared once."""
 
-    trigger: str = Field("", description="The trigger word, exact casing (inside a loraprep project: its [project] trigger).", json_schema_extra={"cli": ("--trigger", "-t")})
+    trigger: Trigger = Field("", description="The trigger word, exact casing (inside a loraprep project: its [project] trigger).", json_schema_extra={"cli": ("--trigger", "-t")})
     recursive: bool = Field(False, description="Include subfolders.", json_schema_extra={"cli": ("--recursive", "-r")})
     create_missing: bool = Field(False, description="Write a caption holding only the trigger for images without one.", json_schema_extra={"cli": ("--create-missing",)})
     dry_run: bool = Field(False, description="Report what would change; write nothing.", json_schema_extra={"cli": ("--dry-run",)})
-
-    @field_validator("trigger")
-    @classmethod
-    def _trigger(cls, v: str) -> str:
-        return v.strip()
 
 
 @dataclass
@@ -55,10 +50,13 @@ def apply_trigger_to_folder(
     """Make `trigger` first, exactly once, in each `.txt` caption under `folder` (or in copies under `out`)."""
     if not trigger or not trigger.strip():
         raise ValueError("a trigger word is required: pass --trigger/-t WORD (inside a loraprep project: [project] trigger)")
+    trigger = validate_trigger(trigger)
     folder = Path(folder)
     dest_root = None if out is None or Path(out).resolve() == folder.resolve() else Path(out)
     rep = TriggerReport()
-    for item in discover(folder, recursive=recursive, exclude=[dest_root] if dest_root else []):
+    items = discover(folder, recursive=recursive, exclude=[dest_root] if dest_root else [])
+    rep.errors.extend(s.message for s in items.skipped)  # named, never opened
+    for item in items:
         try:
             text = read_caption(item.caption_path)
         except ValueError as exc:

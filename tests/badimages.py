@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import stat
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 
 
 def gradient(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
@@ -81,3 +84,92 @@ def write_bad_folder(folder: Path) -> dict[str, str]:
     (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     gradient(seed=12).save(add("latin1.png", "caption-not-utf8"), "PNG")
     return kinds
+
+
+# --- hostile folders: what a user's disk can hold besides images (issue 12) ----------------
+
+NON_UTF8_NAME = os.fsdecode(b"caf\xe9_photo.png")
+"""A name whose bytes are Latin-1, not UTF-8: the OS gives it with a surrogate escape."""
+NON_UTF8_SHOWN = "caf\\xe9_photo.png"
+"""How every report shows it."""
+LONG_NAME = "n" * 246 + ".png"
+"""250 bytes: near the 255-byte limit of one name (its caption name is as long)."""
+MARKUP_NAME = "[bold]loud[/bold].png".replace("/", "")  # '[bold]loud[bold].png': rich would eat '[bold]'
+BIG_CAPTION_BYTES = 5 * 1024 * 1024
+
+
+def _solid(path: Path, rgb: tuple[int, int, int], fmt: str | None = None) -> None:
+    Image.new("RGB", (64, 64), rgb).save(path, fmt)
+
+
+def write_hostile_folder(folder: Path) -> dict[str, str]:
+    """Good images beside every special file and awkward name a folder can hold.
+
+    Returns {name: kind}; kind "ok" marks images that must reach a dataset, every other kind
+    must be named in each command's report. Device nodes need CAP_MKNOD: made where allowed.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds: dict[str, str] = {}
+
+    def add(name: str, kind: str) -> Path:
+        kinds[name] = kind
+        return folder / name
+
+    _solid(add("red.png", "ok"), (255, 0, 0))
+    _solid(add("blue.jpg", "ok"), (0, 0, 255), "JPEG")
+    (folder / "blue.txt").write_text("1girl, solo\n", encoding="utf-8")
+    _solid(add("contact_sheet.jpg", "ok"), (0, 128, 0), "JPEG")  # the user's own image of that name
+    _solid(add("photo.jfif", "ok"), (10, 20, 200), "JPEG")
+    _solid(add(NON_UTF8_NAME, "ok"), (200, 100, 0))
+    _solid(add(LONG_NAME, "ok"), (0, 200, 200))
+    _solid(add(MARKUP_NAME, "ok"), (120, 0, 120))
+    _solid(add("big.png", "ok"), (250, 250, 0))
+    tags = "".join(f"tag{i % 997}, " for i in range(BIG_CAPTION_BYTES // 8))
+    (folder / "big.txt").write_text(tags[:BIG_CAPTION_BYTES], encoding="utf-8")
+
+    os.symlink("loop.jpg", add("loop.jpg", "symlink loop"))
+    os.symlink("missing-target.png", add("dangling.png", "dangling symlink"))
+    os.symlink("/dev/zero", add("devzero.jpg", "symlink to a device"))
+    os.mkfifo(add("pipe.jpg", "FIFO"))
+    try:
+        os.mknod(add("node.png", "device"), 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+    except (PermissionError, OSError):
+        del kinds["node.png"]
+    # captions that must never be opened or overwritten
+    _solid(add("capfifo.png", "caption is a FIFO"), (1, 2, 3))
+    os.mkfifo(folder / "capfifo.txt")
+    _solid(add("capdir.png", "caption is a folder"), (4, 5, 6))
+    (folder / "capdir.txt").mkdir()
+    (folder / "capdir.txt" / "inner.txt").write_text("not a caption")
+    _solid(add("latin1.png", "caption not UTF-8"), (7, 8, 9))
+    (folder / "latin1.txt").write_bytes("caf\xe9, 1girl".encode("latin-1"))
+    # images that do not decode
+    add("empty.jpg", "zero-byte").write_bytes(b"")
+    buf = io.BytesIO()
+    gradient(400, 300, seed=2).save(buf, "JPEG", quality=95)
+    add("truncated.jpg", "truncated").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    add("corrupt.png", "corrupt").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    # formats users bring: AVIF reads where this Pillow can (>= 11.3 wheels), else it is named with the fix
+    if features.check("avif"):
+        _solid(add("modern.avif", "ok"), (90, 180, 30), "AVIF")
+    else:
+        add("modern.avif", "unsupported").write_bytes(b"\x00\x00\x00\x1cftypavif" + b"\x00" * 64)
+    add("phone.heic", "unsupported").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
+    return kinds
+
+
+def hostile_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under `folder` and the kind of everything else, never opening a special file."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = os.fsencode(p.relative_to(folder)).hex()
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = "link:" + os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[rel] = f"mode:{stat.S_IFMT(st.st_mode):o}"
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,13 @@ SHARED = Path(os.environ.get("LORAPREP_SHARED", ROOT.parent / "shared"))
 
 os.environ.setdefault("LORAPREP_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The machine's own caches never leak into a test: an empty HF cache and loraprep home for the
+# session (a test that needs a cached model builds it there, or passes a path).
+_ISOLATED = Path(tempfile.mkdtemp(prefix="loraprep-tests-"))
+for _var, _sub in (("HF_HOME", "hf"), ("HF_HUB_CACHE", "hf/hub"), ("LORAPREP_HOME", "loraprep"), ("XDG_CACHE_HOME", "cache")):
+    os.environ[_var] = str(_ISOLATED / _sub)
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+os.environ.pop("HF_TOKEN", None)
 
 
 def _need_shared(rel: str) -> Path:

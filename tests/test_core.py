@@ -163,9 +163,12 @@ def test_json_manifest_is_valid_jsonl(tmp_path):
     assert rec["faces"] == [[1, 2, 3, 4, 0.9]] and rec["id"] == "é.png"
 
 
-def test_discovery_skips_contact_sheets_and_mac_litter(tmp_path):
-    from prep.dataset import discover
+def test_discovery_skips_recorded_reports_and_mac_litter_but_not_a_users_contact_sheet(tmp_path):
+    """Report files are reserved by where a command wrote them (recorded), not by their name."""
+    from prep.dataset import discover, record_report_files
 
     for n in ("a.png", "contact_sheet.jpg", "contact_sheet_002.jpg", "._a.png", "my_contact_sheet.jpg"):
         (tmp_path / n).write_bytes(b"x")
+    assert [i.id for i in discover(tmp_path)] == ["a.png", "contact_sheet.jpg", "contact_sheet_002.jpg", "my_contact_sheet.jpg"]
+    record_report_files(tmp_path, ["contact_sheet.jpg", "contact_sheet_002.jpg"], written_by="prep crop")
     assert [i.id for i in discover(tmp_path)] == ["a.png", "my_contact_sheet.jpg"]

@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from prep.remote import RateLimiter, RemoteError, RetryPolicy, StateStore, call_with_retry, classify_status, parse_retry_after, redact
+from prep.remote import (
+    RateLimiter,
+    RemoteError,
+    RetryPolicy,
+    StateStore,
+    call_with_retry,
+    classify_status,
+    parse_retry_after,
+    redact,
+)
 
 
 class FakeClock:

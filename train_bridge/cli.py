@@ -1,4 +1,4 @@
-"""`train_bridge`: config, estimate, check (cli_config) and setup, launch, status (cli_launch)."""
+"""`train_bridge`: config, estimate, check (cli_config); setup, launch, status (cli_launch); models get/list (cli_models)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ app = make_app("train_bridge", "Write trainer configs, estimate, check, set up a
 
 
 def _register() -> None:
-    from train_bridge import cli_config, cli_launch
+    from train_bridge import cli_config, cli_launch, cli_models
 
     cli_config.register(app)
     cli_launch.register(app)
+    cli_models.register(app)
 
 
 _register()
@@ -19,3 +20,7 @@ _register()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # `python -m train_bridge.cli`, as on a remote box without the console scripts
+    main()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prep.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, emit_json, fail
+from prep.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, console, emit_json, fail, show
 from train_bridge.trainers import ARCH_NAMES
 
 
@@ -47,7 +47,10 @@ def config(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be written; write nothing."),
     as_json: bool = typer.Option(False, "--json", help="run.json content on stdout."),
 ) -> None:
-    """Write trainer configs that sd-scripts / musubi-tuner accept as written, plus run.json."""
+    """Write trainer configs that sd-scripts / musubi-tuner accept as written, plus run.json.
+
+    Model roles not given are filled from the Hugging Face cache (`train_bridge models get ARCH`); run.json says which.
+    """
     from train_bridge.config import ConfigError, write_run_config
 
     models = {
@@ -64,7 +67,7 @@ def config(
         issues = getattr(exc, "issues", None)
         if issues:
             for i in issues:
-                console.print(f"[red]error:[/red] {i}")
+                console.print(f"[red]error:[/red] {show(i)}")  # a trigger or path may hold [brackets]
             raise typer.Exit(EXIT_USAGE) from None
         raise fail(str(exc).strip("'\""), EXIT_USAGE) from None
     except NotADirectoryError as exc:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from prep.cli.common import console, emit_json
+from prep.cli.common import console, emit_json, fail, show
 from train_bridge.launch import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -55,7 +55,7 @@ def setup_cmd(
             system_site_packages=system_site_packages, force=force,
         )
     except SetupError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     for note in plan.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -78,7 +78,7 @@ def setup_cmd(
     try:
         run_setup(plan, on_step=lambda s: console.print(f"[bold]→[/bold] {s.what}"))
     except SetupError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to finish setup.")
@@ -260,6 +260,19 @@ def launch_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands that would run; start nothing."),
     plain: bool = typer.Option(False, "--plain", help="Plain progress lines instead of a live bar (notebooks, log files)."),
     as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Train on another machine: ssh://USER@HOST[:PORT], or `runpod` (a pod made from RUNPOD_API_KEY; see --gpu). docs/remote.md"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="With --remote runpod: the GPU type, e.g. \"A100 80GB\" or a RunPod GPU type id."),
+    on_finish: str = typer.Option("stop", "--on-finish", help="With --remote: stop (pod stopped), terminate (pod deleted after the last pull) or keep (left running: billed)."),
+    identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="With --remote: the ssh private key (default: your ssh agent / ssh's defaults)."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="With --remote: trust and record a host key seen for the first time (a changed key is always refused)."),
+    remote_dir: str = typer.Option("loraprep-runs", "--remote-dir", help="With --remote: the folder on the remote that holds runs (relative to the remote home)."),
+    remote_python: str = typer.Option("python3", "--remote-python", help="With --remote: the Python on the remote that has loraprep installed."),
+    remote_trainer_dir: Optional[str] = typer.Option(None, "--remote-trainer-dir", help="With --remote: a trainer checkout on the remote (skips `train_bridge setup` there)."),
+    remote_trainer_python: Optional[str] = typer.Option(None, "--remote-trainer-python", help="With --remote-trainer-dir: the Python that runs it."),
+    remote_env: list[str] = typer.Option([], "--remote-env", help="With --remote: NAME=VALUE set for the remote commands (not for secrets: HF_TOKEN etc. are forwarded from your environment)."),
+    reconnect: int = typer.Option(3, "--reconnect", help="With --remote: times to retry a dropped connection before leaving the run to `train_bridge attach`."),
+    pull_every: float = typer.Option(5.0, "--pull-every", help="With --remote: seconds between pulls of new checkpoints and samples."),
+    disk: int = typer.Option(50, "--disk", help="With --remote runpod: the pod's disk in GB."),
 ) -> None:
     """Run the trainer for a run folder with live progress, OOM advice and resume.
 
@@ -285,7 +298,7 @@ def launch_cmd(
         try:
             written = _config_then_launch(str(target), dataset, extra, resume, dry_run)
         except (ConfigError, ValueError, KeyError, FileNotFoundError, NotADirectoryError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         if written is None:
             return
@@ -295,6 +308,24 @@ def launch_cmd(
             f"[red]error:[/red] {target} is not a run folder. Write one first with "
             f"`train_bridge config ... -o RUN_DIR`, or use `train_bridge launch ARCH DATASET --<model> PATH ...`."
         )
+        raise typer.Exit(EXIT_USAGE)
+    if remote is not None:
+        from train_bridge.cli_remote import remote_options, run_remote
+        from train_bridge.remote.session import launch_remote
+
+        try:
+            ropts = remote_options(
+                remote, gpu=gpu, on_finish=on_finish, identity=identity, accept_new_host_key=accept_new_host_key, remote_dir=remote_dir,
+                remote_python=remote_python, trainer_dir=remote_trainer_dir, trainer_python=remote_trainer_python, remote_env=remote_env,
+                reconnect=reconnect, pull_every_s=pull_every, disk_gb=disk, gpu_check=not no_gpu_check, resume=resume, restart=restart,
+                auto_retry_oom=auto_retry_oom, accelerate=False if no_accelerate else None, recache=recache, grace_s=grace, dry_run=dry_run,
+            )
+        except ValueError as exc:
+            console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        run_remote(launch_remote, target, ropts, plain, as_json)
+    elif gpu is not None:
+        console.print("[red]error:[/red] --gpu is for --remote runpod; a local launch uses this machine's GPU.")
         raise typer.Exit(EXIT_USAGE)
     opts = LaunchOptions(
         resume=resume, restart=restart, gpu_check=not no_gpu_check, auto_retry_oom=auto_retry_oom,
@@ -309,10 +340,9 @@ def launch_cmd(
         res = launch_run(target, opts, view)
     except LaunchError as exc:
         view.close()
-        console.print(f"[red]error:[/red] {exc}")
         if as_json:
             emit_json({"status": "error", "exit_code": exc.code, "message": str(exc)})
-        raise typer.Exit(exc.code) from None
+        raise fail(str(exc), exc.code) from None
     except KeyboardInterrupt:
         view.close()
         console.print("[yellow]interrupted[/yellow] before training started")
@@ -351,7 +381,7 @@ def status_cmd(
     try:
         st = collect_status(run_dir)
     except (FileNotFoundError, RunSpecError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         emit_json(st)
@@ -364,6 +394,9 @@ def status_cmd(
     console.print(f"[bold]{st['run_dir']}[/bold]: {st['state']}" + (f" (exit {st['exit_code']})" if st.get("exit_code") is not None else ""))
     if st.get("message"):
         console.print(f"  {st['message']}")
+    if st.get("remote"):
+        r = st["remote"]
+        console.print(f"  remote: {r.get('host')} (pid {r.get('pid')}) · as of {st.get('last_contact') or '?'} · follow it with `train_bridge attach {run_dir}`")
     console.print(f"  {progress_line(tp)}")
     console.print(f"  last loss: {st['last_loss'] if st['last_loss'] is not None else '-'}")
     console.print(f"  checkpoints ({len(st['checkpoints'])}):")
@@ -385,3 +418,6 @@ def register(app: typer.Typer) -> None:
     app.command("setup")(setup_cmd)
     app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(launch_cmd)
     app.command("status")(status_cmd)
+    from train_bridge import cli_remote  # `attach` (remote runs)
+
+    cli_remote.register(app)

@@ -26,6 +26,7 @@ import tomli_w
 
 from prep.buckets import BucketRecord, read_bucket_record
 from prep.fsutil import atomic_write_text
+from prep.trigger import trigger_problem
 from train_bridge import presets as _presets
 from train_bridge.estimate import COLAB_BUDGET, estimate_from
 from train_bridge.model_paths import missing_text_encoders, resolve_model
@@ -34,7 +35,7 @@ from train_bridge.runspec import RUN_FILE, RunSpec, RunSpecError
 from train_bridge.subsets import read_dataset
 from train_bridge.trainers import ArchSpec, CommandContext, Trainer, get_arch, trainer_for
 from train_bridge.trainers.base import dataset_value, safe_name
-from train_bridge.validate import Issue, OptionError, coerce, parse_set, validate_flat
+from train_bridge.validate import Issue, OptionError, coerce, names_a_path, parse_set, path_value_issues, validate_flat
 
 TRAIN_TOML = "train.toml"
 DATASET_TOML = "dataset.toml"
@@ -194,6 +195,9 @@ def split_overrides(spec: ArchSpec, items: list[str] | dict[str, Any] | None, op
         train_typed.update(parse_set(train_items, options))
     except OptionError as exc:
         issues.extend(exc.issues)
+    for key, value in train_typed.items():  # no file outside the run folder unless named absolutely
+        if key == "output_name" or names_a_path(key, options.get(key)):
+            issues.extend(path_value_issues(key, value))
     for key in {i.partition("=")[0].strip() for i in train_items} | set(train_typed):
         if key in spec.ignored_keys:
             issues.append(Issue("error", key, f"{spec.name} accepts {key} but never uses it (reference §1.2); leave it out"))
@@ -314,11 +318,23 @@ def _resolve_models(spec: ArchSpec, models: dict[str, Any]) -> tuple[dict[str, s
     for name in models:
         if models[name] is not None and name not in known:
             issues.append(Issue("error", name, f"{spec.name} takes no {name!r} model (it takes {', '.join(sorted(known))})"))
+    from train_bridge.models import WeightsError, cached_role_files
+
+    try:
+        cached = cached_role_files(spec) if any(models.get(m.name) is None for m in spec.models) else {}
+    except WeightsError as exc:  # a bad $LORAPREP_WEIGHTS
+        cached = {}
+        issues.append(Issue("error", "models", str(exc)))
     for m in spec.models:
         val = models.get(m.name)
+        if val is None and m.name in cached:  # `train_bridge models get` put it there
+            w, path = cached[m.name]
+            out[m.name] = str(path)
+            notes[m.name] = f"filled from the Hugging Face cache: {w.repo_id}/{w.filename} @ {w.revision} ({path})"
+            continue
         if val is None:
             if m.required:
-                issues.append(Issue("error", m.name, f"missing: {m.help} (--{m.name.replace('_', '-')})"))
+                issues.append(Issue("error", m.name, f"missing: {m.help} (--{m.name.replace('_', '-')}, or `train_bridge models get {spec.name}` to fill it from the Hugging Face cache)"))
             continue
         ref = resolve_model(m, val)
         out[m.name] = ref.value
@@ -368,6 +384,12 @@ def write_run_config(
     trig = trigger or ds.trigger
     if not trig:
         issues.append(Issue("error", "trigger", "unknown: pass --trigger (or lay the dataset out with `prep layout --trigger`)"))
+    elif (problem := trigger_problem(trig)) is not None:
+        # it is written into sample_prompts.txt: a line break or ' --' would add prompts or options
+        where = "--trigger" if trigger else f"{ds.root}/layout.json trigger"
+        issues.append(Issue("error", "trigger", f"{trig!r} ({where}) is refused: {problem}"))
+    else:
+        trig = trig.strip()
     model_paths, model_notes, miss = _resolve_models(spec, models)
     issues += miss
     te_issues, warnings = _text_encoder_issues(spec, model_paths)
@@ -377,6 +399,8 @@ def write_run_config(
     except ConfigError as exc:
         issues += exc.issues
         train_o, general_o, subset_o = {}, {}, {}
+    if output_name is not None:
+        issues += path_value_issues("output_name", output_name)
     if issues:
         raise ConfigError(issues)
     record, record_notes = apply_crop_record(spec, trainer, ds.root, general_o, ignore=ignore_crop_record)

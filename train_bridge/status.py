@@ -1,6 +1,7 @@
 """What a run folder says about its training: state, progress, last loss, checkpoints, samples.
 
-Reads run/status.json (kept current by `launch`) and re-parses the newest log in run/logs, so
+Reads run/status.json (kept current by `launch`; for `launch --remote` a copy of the remote's,
+paths mapped back, as of the last contact) and re-parses the newest log in run/logs, so
 it also works when the launcher died without a last update, or for a run started by hand.
 """
 
@@ -49,7 +50,8 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
     run: dict[str, Any] = spec.raw if spec is not None else {}
     st = read_status(run_dir)
     state = st.get("state", "not started")
-    if state in ("running", "starting") and not pid_alive(st.get("launcher_pid")):
+    remote = st.get("remote")  # a `launch --remote` run: the launcher lives on the remote, not here
+    if state in ("running", "starting") and not remote and not pid_alive(st.get("launcher_pid")):
         state = "stopped (launcher gone)"
     log = Path(st["log"]) if st.get("log") else latest_log(run_dir)
     if log is not None and not log.is_file():
@@ -81,4 +83,6 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
         "oom_retries": run.get("oom_retries", []),
         "advice": st.get("advice"),
         "estimate": run.get("estimate"),
+        "remote": remote,
+        "last_contact": st.get("last_contact"),
     }

@@ -212,3 +212,54 @@ def validate_flat(flat: dict[str, Any], options: OptionList, *, ignored: frozens
         if key in ignored:
             issues.append(Issue("warning", key, "accepted by the parser but ignored by this architecture"))
     return issues
+
+
+# -- options that name files --------------------------------------------------------------------
+
+PATH_KEYS = frozenset({"sample_prompts", "resume", "log_tracker_config", "pretrained_model_name_or_path", "dataset_config"})
+"""Options that name a file or folder beside the `*_dir` / `*_path` / `*_file` ones (and `path`-typed ones)."""
+
+
+def names_a_path(key: str, opt: Option | None = None) -> bool:
+    """Whether `key` names a file or folder (what the trainer reads or writes there)."""
+    return key in PATH_KEYS or key.endswith(("_dir", "_path", "_file")) or (opt is not None and opt.type == "path")
+
+
+def _escapes(value: str) -> bool:
+    """A relative path whose `..` parts climb out of the folder it is resolved against."""
+    depth = 0
+    for part in value.replace("\\", "/").split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def path_value_issues(key: str, value: Any) -> list[Issue]:
+    """Refuse a value that would put or read a file outside the run folder without the user
+    saying so with an absolute path (the trainer runs in the run folder, so a relative path is
+    resolved there). `output_name` is a file name, never a path.
+    """
+    vals = value if isinstance(value, list) else [value]
+    issues: list[Issue] = []
+    for v in vals:
+        if not isinstance(v, str):
+            continue
+        if key == "output_name":
+            if "/" in v or "\\" in v or v in ("", ".", "..") or "\0" in v:
+                issues.append(Issue("error", key, f"{v!r} is a name, not a path: it must not contain / or \\ (to save elsewhere, set output_dir=/absolute/folder)"))
+            continue
+        if v.startswith("~"):
+            issues.append(Issue("error", key, f"{v!r}: the trainer does not expand ~; write the absolute path"))
+        elif not _is_absolute(v) and _escapes(v):
+            issues.append(Issue("error", key, f"{v!r} names a file outside the run folder (relative paths are resolved against it); give an absolute path if you mean that place"))
+    return issues
+
+
+def _is_absolute(v: str) -> bool:
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return PurePosixPath(v).is_absolute() or PureWindowsPath(v).is_absolute()

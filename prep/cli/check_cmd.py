@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from prep.check import STAGE, CheckOptions, CheckReport
-from prep.cli.common import EXIT_FAILED, RichProgress, console, emit_json
+from prep.cli.common import EXIT_FAILED, RichProgress, console, emit_json, show
 from prep.cli.where import resolve_folders, with_project_options
 from prep.options import options_command
 from prep.project import find_project
@@ -47,7 +47,7 @@ def check(
 
 def render(report: CheckReport) -> None:
     s = report.summary()
-    t = Table(title=f"prep check {report.folder}", show_header=False, title_justify="left")
+    t = Table(title=f"prep check {show(report.folder)}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     t.add_row("images", f"{s['images']} ({s['readable']} readable, {s['errors']} errors)")
@@ -69,7 +69,7 @@ def render(report: CheckReport) -> None:
         "animated": "animated (first frame is used)",
         "caption_missing": "no caption",
         "caption_empty": "empty caption",
-        "caption_unreadable": "caption not UTF-8",
+        "caption_unreadable": "caption unreadable",
         "caption_orphans": "caption without an image",
         "caption_shared_stem": "two images share one caption name",
         "duplicates": "duplicate groups (kept first)",
@@ -80,12 +80,12 @@ def render(report: CheckReport) -> None:
         console.print(f"[bold yellow]{labels[kind]}[/bold yellow]: {len(entries)}")
         for e in entries[:25]:
             if isinstance(e, dict) and "keep" in e:
-                console.print(f"  keep {e['keep']}; duplicates: {', '.join(e['others'])}")
+                console.print(f"  keep {show(e['keep'])}; duplicates: {', '.join(show(o) for o in e['others'])}")
             elif isinstance(e, dict):
-                console.print(f"  {e['file']}: {e['reason']}")
+                console.print(f"  {show(e['file'])}: {show(e['reason'])}")
             elif isinstance(e, list):
-                console.print(f"  {', '.join(e)}")
+                console.print(f"  {', '.join(show(x) for x in e)}")
             else:
-                console.print(f"  {e}")
+                console.print(f"  {show(e)}")
         if len(entries) > 25:
             console.print(f"  ... and {len(entries) - 25} more (use --json for all)")

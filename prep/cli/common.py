@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
+from prep.inputs import printable
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -29,8 +31,29 @@ EXIT_INTERRUPTED = 130
 console = Console(stderr=True, highlight=False)
 
 
+class Group(TyperGroup):
+    """Every command's group: problems of the shared pieces end as one clean error, not a traceback.
+
+    A full disk (`prep.fsutil.DiskFull`) or an output folder another run holds
+    (`prep.lock.OutputLocked`) can surface from any command that writes; they are reported
+    here once instead of in each command.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from prep.fsutil import DiskFull
+        from prep.lock import OutputLocked
+
+        try:
+            return super().invoke(ctx)
+        except OutputLocked as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except DiskFull as exc:
+            raise fail(str(exc), EXIT_FAILED) from None
+
+
 def make_app(name: str, help: str, **kw: Any) -> typer.Typer:
     """A typer app that is always a group (even with one command), help on -h too."""
+    kw.setdefault("cls", Group)
     app = typer.Typer(
         name=name,
         help=help,
@@ -84,9 +107,23 @@ class RichProgress:
 
 
 def emit_json(data: Any) -> None:
-    """Machine output: one JSON document on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Machine output: one JSON document on stdout.
+
+    A file name that is not UTF-8 reaches here as a lone surrogate (the OS's bytes); it is
+    written as the JSON escape `\\udcXX`, which `json.loads` turns back into the same name.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     sys.stdout.flush()
+
+
+def show(name: object) -> str:
+    """A file name (or any user text) for a rich message: shown literally, never as markup.
+
+    `[bold]x.png` stays `[bold]x.png`, and bytes that are not UTF-8 are shown as `\\xNN`.
+    Every CLI wraps the names it interpolates into `console.print` with it.
+    """
+    return escape(printable(str(name)))
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -95,7 +132,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     The message is shown literally (a file name with `[brackets]` is not rich markup) and not
     re-wrapped, so the paths it names can be copied whole.
     """
-    console.print("[red]error:[/red] " + escape(message), soft_wrap=True)
+    console.print("[red]error:[/red] " + show(message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -105,7 +142,7 @@ def exit_code_for(n_failed: int, n_total: int) -> int:
     return EXIT_FAILED if n_failed >= n_total else EXIT_PARTIAL
 
 
-class DefaultCommandGroup(TyperGroup):
+class DefaultCommandGroup(Group):
     """A group whose first argument may be a path instead of a subcommand.
 
     `caption DIR ...` runs the default command while `caption lint DIR` runs `lint`.

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from prep.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, RichProgress, console, emit_json, exit_code_for, fail
+from prep.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, RichProgress, console, emit_json, exit_code_for, fail, show
 from prep.cli.where import resolve_folders, with_project_options
 from prep.crop import STAGE, CropOptions, CropReport
 from prep.models import ModelNotAvailable
@@ -60,11 +60,11 @@ def render(report: CropReport) -> None:
     s = report.summary()
     verb = "would write" if report.dry_run else "wrote"
     console.print(
-        f"{verb} {s['outputs']} crops from {s['total']} images into {report.out}: {s['ok']} ok, {s['flagged']} flagged, "
+        f"{verb} {s['outputs']} crops from {s['total']} images into {show(report.out)}: {s['ok']} ok, {s['flagged']} flagged, "
         f"{s['skipped']} skipped, {s['failed']} failed" + (f" ({s['resumed']} done earlier)" if s["resumed"] else "")
     )
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {show(w)}")
     problems = [r for r in report.results if r.status in ("flagged", "skipped", "failed")]
     if problems:
         t = Table(show_header=True, title_justify="left")
@@ -72,13 +72,13 @@ def render(report: CropReport) -> None:
         t.add_column("status")
         t.add_column("why")
         for r in problems[:40]:
-            t.add_row(r.id, r.status, r.reason or "")
+            t.add_row(show(r.id), r.status, show(r.reason or ""))
         console.print(t)
         if len(problems) > 40:
             console.print(f"... and {len(problems) - 40} more in crops.jsonl")
     if report.report_path:
-        console.print(f"report: {report.report_path}")
+        console.print(f"report: {show(report.report_path)}")
     if report.bucket_record:
-        console.print(f"buckets: {report.bucket_record}" + (" (bucket_no_upscale: small sources kept their size)" if report.no_upscale else ""))
+        console.print(f"buckets: {show(report.bucket_record)}" + (" (bucket_no_upscale: small sources kept their size)" if report.no_upscale else ""))
     for p in report.contact_sheets:
-        console.print(f"contact sheet: {p}")
+        console.print(f"contact sheet: {show(p)}")

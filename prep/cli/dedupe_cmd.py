@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from prep.cli.common import EXIT_PARTIAL, RichProgress, console, emit_json
+from prep.cli.common import EXIT_PARTIAL, RichProgress, console, emit_json, show
 from prep.dedupe import STAGE, DedupeOptions
 from prep.options import options_command
 
@@ -36,15 +36,17 @@ def dedupe(
         console.print(f"{report.images} images, {len(report.groups)} duplicate groups, {n} duplicates (threshold {options.threshold}/64)")
         for g in report.groups:
             mirrored = f" (mirrored: {', '.join(g.mirrored)})" if g.mirrored else ""
-            console.print(f"  keep {g.keep}  <-  {', '.join(f'{o} [{g.distances[o]}]' for o in g.others)}{mirrored}")
+            console.print(f"  keep {show(g.keep)}  <-  {', '.join(f'{show(o)} [{g.distances[o]}]' for o in g.others)}{show(mirrored)}")
         if move_to is not None:
             verb = "would move" if options.dry_run else "moved"
-            console.print(f"{verb} {len(report.moved)} files to {move_to}")
+            console.print(f"{verb} {len(report.moved)} files to {show(move_to)}")
             for a, b in report.captions_copied:
-                console.print(f"  caption {'would be ' if options.dry_run else ''}copied to the kept image: {a} -> {b}")
+                console.print(f"  caption {'would be ' if options.dry_run else ''}copied to the kept image: {show(a)} -> {show(b)}")
         elif report.groups:
             console.print("nothing moved: pass --move-to DUPES to move duplicates out (nothing is ever deleted)")
         for r in report.failed:
-            console.print(f"  [red]unreadable[/red] {r.reason}")
+            console.print(f"  [red]unreadable[/red] {show(r.reason)}")
+        for sk in report.skipped:  # never opened: symlink loops, FIFOs, formats Pillow cannot read
+            console.print(f"  [red]skipped[/red] {show(sk.message)}")
     if report.n_failed:
         raise typer.Exit(EXIT_PARTIAL)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from prep.cli.common import EXIT_FAILED, EXIT_PARTIAL, console, emit_json, fail
+from prep.cli.common import EXIT_FAILED, EXIT_PARTIAL, console, emit_json, fail, show
 from prep.cli.where import resolve_folders, with_project_options
 from prep.importer import DEFAULT_MAX_TOTAL_BYTES, STAGE, ImportOptions, ImportRefused
 from prep.options import options_command
@@ -44,13 +44,13 @@ def import_cmd(
     else:
         verb = "would import" if dry_run else "imported"
         console.print(
-            f"{verb} {report.imported} files into {out} "
+            f"{verb} {report.imported} files into {show(out)} "
             f"({report.count('skipped')} already there, {report.count('renamed')} renamed, {report.count('ignored')} ignored)"
         )
         for e in report.entries:
             if e.status == "renamed":
-                console.print(f"  renamed  {e.source!r} -> {e.output}: {e.reason}")
+                console.print(f"  renamed  {show(repr(e.source))} -> {show(e.output)}: {show(e.reason)}")
         for e in report.problems:
-            console.print(f"  [red]{e.status:8}[/red] {e.source!r}: {e.reason}")
+            console.print(f"  [red]{e.status:8}[/red] {show(repr(e.source))}: {show(e.reason)}")
     if report.problems:
         raise typer.Exit(EXIT_PARTIAL if report.imported or report.count("skipped") else EXIT_FAILED)

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from prep.buckets import BUCKET_RECORD
-from prep.cli.common import EXIT_USAGE, console, emit_json, exit_code_for, fail
+from prep.cli.common import EXIT_USAGE, console, emit_json, exit_code_for, fail, show
 from prep.cli.where import resolve_folders, with_project_options
 from prep.layout import STAGE, LayoutOptions
 from prep.options import options_command
@@ -47,17 +47,17 @@ def layout(
     else:
         verb = "would write" if dry_run else "wrote"
         methods = {m: report.count(m) for m in ("hardlink", "copy", "convert", "skipped")}
-        console.print(f"{verb} {report.n_images} training image(s) to {report.image_dir}")
+        console.print(f"{verb} {report.n_images} training image(s) to {show(report.image_dir)}")
         if report.reg_dir:
-            console.print(f"{verb} {report.n_reg} regularisation image(s) to {report.reg_dir}")
+            console.print(f"{verb} {report.n_reg} regularisation image(s) to {show(report.reg_dir)}")
         console.print("  " + ", ".join(f"{k}: {v}" for k, v in methods.items() if v))
         if report.removed:
             console.print(f"  {'would remove' if dry_run else 'removed'} {len(report.removed)} stale file(s) (trainer caches, earlier layouts)")
         if report.bucket_record:
-            console.print(f"  buckets: {report.bucket_record} (train_bridge config trains at the crops' buckets)")
+            console.print(f"  buckets: {show(report.bucket_record)} (train_bridge config trains at the crops' buckets)")
         for w in report.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[yellow]warning:[/yellow] {show(w)}")
         for it in report.failed:
-            console.print(f"[red]failed:[/red] {it.id}: {it.reason}")
+            console.print(f"[red]failed:[/red] {show(it.id)}: {show(it.reason)}")
     total = len(report.items)
     raise typer.Exit(exit_code_for(len(report.failed), total))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from prep.cli.common import EXIT_PARTIAL, EXIT_USAGE, console, emit_json, fail
+from prep.cli.common import EXIT_PARTIAL, EXIT_USAGE, console, emit_json, fail, show
 from prep.cli.where import with_project_options
 from prep.options import options_command
 from prep.project import find_project
@@ -40,9 +40,9 @@ def trigger(
         verb = "would change" if options.dry_run else "changed"
         console.print(f"{verb} {len(report.changed)} of {report.total} captions; {len(report.missing)} images have no caption")
         for c in report.changed[:20]:
-            console.print(f"  {c}")
+            console.print(f"  {show(c)}")
         for e in report.errors:
-            console.print(f"[red]  {e}[/red]")
+            console.print(f"[red]  {show(e)}[/red]")
         if report.missing and not options.create_missing:
             console.print("  images without a caption are left alone: pass --create-missing, or caption them first")
     if report.errors:

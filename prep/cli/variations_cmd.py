@@ -16,7 +16,7 @@ from typing import Any
 import click
 import typer
 
-from prep.cli.common import EXIT_OK, EXIT_USAGE, RichProgress, console, emit_json, exit_code_for, fail, interrupted_exit
+from prep.cli.common import EXIT_OK, EXIT_USAGE, RichProgress, console, emit_json, exit_code_for, fail, interrupted_exit, show
 from prep.cli.where import resolve_folders, with_project_options
 from prep.options import options_command
 from prep.project import find_project
@@ -89,7 +89,7 @@ def render_variations_cmd(
         folder, style_list = resolve_styles_and_src(src or "", list(ctx.args), style, styles, styles_file)
         extra = parse_inputs(model_input)
     except click.BadParameter as exc:
-        console.print(f"[red]error:[/red] {exc.format_message()}")
+        console.print(f"[red]error:[/red] {show(exc.format_message())}")
         raise typer.Exit(EXIT_USAGE) from None
     where = resolve_folders(
         "prep render-variations", folder, out, project_src=lambda p: p.raw, project_out=lambda p: p.renders, src_help="a folder of 3D renders", project=project
@@ -117,18 +117,18 @@ def render_variations_cmd(
 
 def _print(r: Any) -> None:
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {show(w)}")
     if r.dry_run:
         console.print(f"would copy {r.originals} originals and make {r.planned} variations ({r.resumed} already done) with {r.backend} {r.model}, strength {r.strength}")
         for v in r.variations[:40]:
-            console.print(f"  {v['id']}  seed {v['seed']}  [dim]{v['caption']}[/dim]")
+            console.print(f"  {show(v['id'])}  seed {v['seed']}  [dim]{show(v['caption'])}[/dim]")
         if len(r.variations) > 40:
             console.print(f"  ... {len(r.variations) - 40} more")
         return
     console.print(f"{r.originals} originals copied, {r.generated} variations made, {r.resumed} already done, {len(r.failed)} failed  ({r.backend} {r.model}, strength {r.strength})")
     for f in r.failed[:20]:
-        console.print(f"[red]  {f['id']}: {f['reason']}[/red]")
+        console.print(f"[red]  {show(f['id'])}: {show(f['reason'])}[/red]")
     if r.contact_sheet:
-        console.print(f"contact sheet: {r.contact_sheet}")
+        console.print(f"contact sheet: {show(r.contact_sheet)}")
     if any(f.get("status") == "retryable" for f in r.failed):
         console.print("  some predictions did not finish in time: run the same command again to resume them (nothing is billed twice)")

@@ -14,6 +14,7 @@ instead of paying for a new one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,30 @@ from prep.dataset import caption_path_for, discover, read_caption
 from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
 from prep.fsutil import atomic_write_text, link_or_copy, sha256_file
 from prep.images import ImageLoadError, load_image, save_image
+from prep.lock import output_lock
 from prep.manifest import Manifest, Record
 from prep.options import StageOptions
 from prep.remote import RemoteError, redact
-from prep.variations.backends import DEFAULT_MODELS, GenRequest, VariationBackend, make_backend
-from prep.variations.captions import DEFAULT_ORIGINAL_TAG, img2img_prompt, original_caption, variation_caption
+from prep.trigger import Trigger
+from prep.variations.backends import (
+    DEFAULT_MODELS,
+    GenRequest,
+    VariationBackend,
+    make_backend,
+)
+from prep.variations.captions import (
+    DEFAULT_ORIGINAL_TAG,
+    img2img_prompt,
+    original_caption,
+    variation_caption,
+)
 from prep.variations.families import Family, family_of, strength_warning
-from prep.variations.plan import PlannedVariation, Source, is_variation_name, plan_variations
+from prep.variations.plan import (
+    PlannedVariation,
+    Source,
+    is_variation_name,
+    plan_variations,
+)
 
 STEP = "render-variations"
 STATE_DIR = ".loraprep"
@@ -65,7 +83,7 @@ class VariationOptions(StageOptions):
     strength: float | None = Field(None, ge=0.01, le=1.0, description="img2img strength; default by model family (FLUX 0.6, SDXL 0.45).")
     backend: str = Field("replicate", description="replicate (hosted, default) or diffusers (local GPU).", json_schema_extra=_cli("--backend", "-b"))
     model: str | None = Field(None, description="replicate: owner/name[:version] (flux-dev, sdxl presets); diffusers: HF id or local folder.", json_schema_extra=_cli("--model", "-m"))
-    trigger: str | None = Field(None, description="Trigger word put first in every caption (inside a loraprep project: its [project] trigger).", json_schema_extra=_cli("--trigger", "-t"))
+    trigger: Trigger | None = Field(None, description="Trigger word put first in every caption (inside a loraprep project: its [project] trigger).", json_schema_extra=_cli("--trigger", "-t"))
     original_tag: str = Field(DEFAULT_ORIGINAL_TAG, description="Tag added to the originals' captions.")
     max_synthetic_share: float = Field(0.5, ge=0.0, le=1.0, description="Cap variations at this share of the output set (1 = no cap).")
     seed: int = Field(0, description="Mixed into every per-image seed; change it for fresh samples.")
@@ -302,8 +320,25 @@ def render_variations(
     backend: VariationBackend | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> VariationsReport:
-    """Copy the renders in `src` to `out` and add `per_image` style variations of each."""
-    options = options or VariationOptions()
+    """Copy the renders in `src` to `out` and add `per_image` style variations of each.
+
+    A real run (not a dry run) holds `out` (prep.lock) while it bills: a second copy on the
+    same folder refuses (OutputLocked) instead of paying for the same variations again.
+    """
+    with ExitStack() as held:
+        return _render_variations(src, out, options or VariationOptions(), progress=progress, backend=backend, on_result=on_result, held=held)
+
+
+def _render_variations(
+    src: Path | str,
+    out: Path | str,
+    options: VariationOptions,
+    *,
+    progress: Progress | None,
+    backend: VariationBackend | None,
+    on_result: Callable[[Result], None] | None,
+    held: ExitStack,
+) -> VariationsReport:
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ValueError("the output folder must differ from the source folder (sources are never modified)")
@@ -359,15 +394,18 @@ def render_variations(
         report.originals = len(sources) if options.copy_originals else 0
         report.resumed = sum(1 for j in jobs if _is_finished(manifest, j, report.backend, model))
         return report
-
+    if backend is None and any(not _is_finished(manifest, j, report.backend, model) for j in jobs):
+        backend = _make_backend(options, model, out)  # fails early (no token, no extra) before writing
+    # Hold the folder while billing; what is finished is read again under the lock, so a run that
+    # ended while this one started is not paid for twice.
+    held.enter_context(output_lock(out, "prep render-variations"))
+    manifest = Manifest.in_folder(out)
     todo: list[VariationJob] = []
     for j in jobs:
         if _is_finished(manifest, j, report.backend, model):
             report.resumed += 1
         else:
             todo.append(j)
-    if todo and backend is None:
-        backend = _make_backend(options, model, out)  # fails early (no token, no extra) before writing
 
     out.mkdir(parents=True, exist_ok=True)
     pending = {j.id: j for j in todo}

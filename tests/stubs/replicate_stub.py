@@ -4,7 +4,9 @@ by model (`/v1/models/{o}/{n}/predictions`) or version (`/v1/predictions`), get,
 Predictions finish after `polls_before_done` GETs. Faults: `fail_plan` maps "METHOD /path-prefix"
 to answers for the first matching requests (an HTTP status, or "hang" = create the prediction but
 answer only after `hang_seconds`, so the client times out with the prediction already billed);
-`fail_if(image_bytes)` makes the prediction itself fail; `missing_models` answer 404.
+`fail_if(image_bytes)` makes the prediction itself fail; `missing_models` answer 404. The list
+endpoint pages like the real one (newest first, `page_size` per page, `next` = URL with a cursor);
+`list_omits_input` drops inputs from list entries (the client must then GET each candidate).
 `log` records every request; `creates` counts billed predictions per image sha256."""
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import json
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ._http import StubServer
 
@@ -36,6 +39,8 @@ class ReplicateStub(StubServer):
         hang_seconds: float = 3.0,
         delay: float = 0.0,
         output: Callable[[dict[str, Any], bytes], Any] | None = None,
+        page_size: int = 100,
+        list_omits_input: bool = False,
     ):
         super().__init__()
         self.polls_before_done = polls_before_done
@@ -45,6 +50,8 @@ class ReplicateStub(StubServer):
         self.missing_models = set(missing_models)
         self.hang_seconds = hang_seconds
         self.delay = delay
+        self.page_size = page_size
+        self.list_omits_input = list_omits_input
         self.output = output or (lambda inp, img: {"text": "{'<MORE_DETAILED_CAPTION>': 'A woman in a red coat walks through a snowy street.'}", "img": None})
         self.files: dict[str, tuple[str, str, bytes]] = {}
         self.preds: dict[str, dict[str, Any]] = {}
@@ -77,7 +84,7 @@ class ReplicateStub(StubServer):
     def public(self, p: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in p.items() if not k.startswith("_")}
 
-    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes):  # noqa: ANN201
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes):
         rec = {"method": method, "path": path, "auth": bool(headers.get("Authorization")), "prefer": headers.get("Prefer")}
         self.log.append(rec)
         planned = self._planned(method, path)
@@ -135,8 +142,19 @@ class ReplicateStub(StubServer):
             rec["answer"] = 200
             return 200, self.public(p), []
         if method == "GET" and path.split("?")[0] == "/v1/predictions":
+            # Like the real API: newest first, `page_size` (100) per page, `next` a full URL whose
+            # cursor points past the last entry shown (stable while new predictions arrive).
+            after = dict(parse_qsl(urlsplit(path).query)).get("cursor")
+            with self._mu:
+                start = self.order.index(after) + 1 if after in self.order else 0
+                ids = self.order[start : start + self.page_size]
+                more = start + self.page_size < len(self.order)
+            results = [self.public(self.preds[i]) for i in ids]
+            if self.list_omits_input:
+                results = [{k: v for k, v in r.items() if k not in ("input", "output")} for r in results]
             rec["answer"] = 200
-            return 200, {"results": [self.public(self.preds[i]) for i in self.order[:100]], "next": None, "previous": None}, []
+            nxt = f"{base}/v1/predictions?cursor={ids[-1]}" if more and ids else None
+            return 200, {"results": results, "next": nxt, "previous": None}, []
         if method == "GET" and path.startswith("/v1/files/"):
             name, ctype, data = self.files[path.rsplit("/", 1)[1]]
             return 200, data, [("Content-Type", ctype)]
