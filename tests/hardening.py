@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +107,22 @@ def records(path: Path) -> list[dict]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
     return out
+
+
+def within(seconds: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn` in a daemon thread: a call that blocks (a FIFO opened for reading) fails the test instead of hanging it."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

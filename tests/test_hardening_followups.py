@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hardening import leftovers, tmpfs
+from hardening import leftovers, tmpfs, within
 from PIL import Image
 
 from prep.lock import LOCK_NAME, OutputLocked, output_lock
@@ -28,23 +27,6 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")
 
 
-def within(seconds: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run `fn` in a daemon thread so a call that blocks (a FIFO opened) fails the test instead of hanging it."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def png(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: int = 64) -> Path:

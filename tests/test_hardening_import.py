@@ -17,6 +17,7 @@ import pytest
 from badimages import gradient
 
 from prep.importer import ImportRefused, import_source
+from hardening import figure
 
 
 def _png(seed: int = 0) -> bytes:
@@ -79,6 +80,7 @@ def test_each_bad_member_is_skipped_with_a_reason_and_the_rest_imported(tmp_path
     deep = next(e for e in rep.entries if e.source.endswith("/deep.png"))
     assert deep.status == "refused" and "longer than" in deep.reason
     assert rep.imported == 3 and rep.n_failed == 5
+    figure("bad_input", 5, 5, note="zip members: encrypted, deflate64, false UTF-8 flag, 300-byte name, too-deep path")
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["good/one.png", "good/one.txt", "good/two.png", "manifest.jsonl"]  # no temp files, no lock left
 
@@ -144,6 +146,7 @@ def test_overlapping_entry_zip_bomb_is_refused_before_extracting(tmp_path):
         import_source(z, out)
     assert "zip bomb" in str(ei.value) and str(z) in str(ei.value)
     assert not out.exists()  # nothing written, not even the folder
+    figure("bad_input", 1, 1, note="overlapping-entry zip bomb refused before extracting")
 
 
 def test_clashing_image_is_renamed_with_its_caption(tmp_path):

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from badimages import (
     hostile_digest,
     write_hostile_folder,
 )
-from hardening import figure
+from hardening import figure, within
 from PIL import Image
 from wd_tiny import build_tiny_wd14
 
@@ -69,23 +68,6 @@ def shown(name: str) -> str:
     return printable(name)
 
 
-def within(seconds: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run `fn` in a daemon thread: a call that blocks (a FIFO opened for reading) fails the test instead of hanging it."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} blocked for {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 @pytest.fixture()

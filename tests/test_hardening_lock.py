@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from hardening import figure
+
 from prep.lock import LOCK_NAME, OutputLocked, lock_holder, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +157,5 @@ def test_two_copies_of_a_paid_caption_run_pay_once(tmp_path, monkeypatch):
         assert first.returncode == 0, so + se
     assert sorted(stub.creates.values()) == [1, 1, 1, 1]
     assert not (out / LOCK_NAME).exists()
+    figure("paid", 4, sum(1 for v in stub.creates.values() if v == 1), note="two copies of a paid caption run on one folder")
+    figure("fault", 1, 1, note="a second concurrent run refused, naming the holder")

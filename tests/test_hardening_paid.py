@@ -22,6 +22,7 @@ from stubs.replicate_stub import ReplicateStub
 
 from prep.remote import RemoteError, RetryPolicy, StateStore
 from prep.replicate_run import FileInput, make_client, run_prediction
+from hardening import figure
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "r8_fake_token_for_tests_123456"
@@ -82,6 +83,7 @@ def test_lost_create_found_among_many_in_flight(tmp_path):
         assert res["r"].status == "timeout" and res["r"].id == stub.order[-1]  # it adopted the lost one
         assert set(_creates(stub).values()) == {1} and len(_creates(stub)) == 16, _creates(stub)
         assert any("cursor=" in r["path"] for r in stub.log)  # it read past the first page
+        figure("paid", 16, sum(1 for v in _creates(stub).values() if v == 1), note="16 in flight, a lost create among them")
 
 
 def test_failed_lookup_never_creates_again(tmp_path):
@@ -147,3 +149,5 @@ def test_kill_9_while_creates_hang_then_rerun_pays_once(tmp_path):
         # a second rerun sends no create at all
         again = [run_prediction(client, MODEL, _inputs(i), key=f"k{i}", state=StateStore(state_path), policy=FAST, poll_interval=0.01) for i in range(n)]
         assert all(r.resumed for r in again) and sum(_creates(stub).values()) == n
+        figure("paid", n, sum(1 for v in _creates(stub).values() if v == 1), note="kill -9 with creates unanswered, then reruns")
+        figure("fault", 1, 1, note="kill -9 while creates hang")
