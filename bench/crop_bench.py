@@ -9,7 +9,9 @@ images/s for:
 - decode-only bound: `load_image` at full size (what any crop tool must at least do);
 - prep crop, `decode=draft` (detect on a DCT-reduced decode, decode again only as large as the
   crop needs) and `decode=full` (one full decode, reduced for detection), 1 worker and all cores;
-- autocrop 2.0 (`Cropper.crop`, YuNet via cv2) when a Python with it installed is given.
+- autocrop 2.0 (`Cropper.crop`, YuNet via cv2) when a Python with it installed is given;
+- with `--rerun`: a first run with contact sheets, the rerun with nothing to do, and the rerun
+  after one source changed (reruns recognise unchanged sources by their stat, redraw no sheet).
 Prints a Markdown table. Not part of the test suite.
 """
 
@@ -79,6 +81,27 @@ def bench_prep(src: Path, yunet: Path, workers: int, decode: str, framing: str, 
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bench_rerun(src: Path, yunet: Path, workers: int, fmt: str) -> list[tuple[str, float]]:
+    """Seconds for a first run with contact sheets, an identical rerun, and a rerun after one edit."""
+    out = Path(tempfile.mkdtemp(prefix="cropbench_rerun_"))
+    try:
+        opts = CropOptions(resolution=1024, detector="photo", detector_model=str(yunet), workers=workers, upscale=True, format=fmt)
+        times = []
+        for what in ("first run, contact sheet on", "rerun, nothing to do", "rerun, one source changed"):
+            if what.endswith("changed"):
+                first = min(src.glob("*.jpg"))
+                im = Image.open(first)
+                im.load()
+                exif = im.getexif()
+                im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first, quality=90, exif=exif)
+            t = time.perf_counter()
+            crop_folder(src, out, opts)
+            times.append((what, time.perf_counter() - t))
+        return times
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 AUTOCROP_SCRIPT = r"""
 import sys, time, json
 from pathlib import Path
@@ -111,6 +134,7 @@ def main() -> None:
     ap.add_argument("--yunet", type=Path, default=Path(__file__).resolve().parents[2] / "shared/models/face_detection_yunet_2023mar.onnx")
     ap.add_argument("--framing", default="bust")
     ap.add_argument("--format", default="png", help="output format of the crops (png, jpg, webp)")
+    ap.add_argument("--rerun", action="store_true", help="also time reruns (nothing to do; one source changed)")
     ap.add_argument("--autocrop-python", default=None, help="a Python that has autocrop==2.0.0 installed (its own venv)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
@@ -123,6 +147,7 @@ def main() -> None:
             for decode in ("draft", "full"):
                 ips, found = bench_prep(src, args.yunet, workers, decode, args.framing, args.format)
                 rows.append((f"prep crop --framing {args.framing} --format {args.format}, decode={decode}, {workers} worker(s)", ips, f"{found}/{args.n}"))
+        reruns = bench_rerun(src, args.yunet, cores, args.format) if args.rerun else []
         if args.autocrop_python:
             r = bench_autocrop(args.autocrop_python, src)
             if r:
@@ -132,6 +157,10 @@ def main() -> None:
         print("|---|---:|---:|")
         for name, ips, found in rows:
             print(f"| {name} | {ips:.2f} | {found} |")
+        if reruns:
+            print(f"\n| prep crop, {cores} worker(s), --format {args.format} | seconds |\n|---|---:|")
+            for name, secs in reruns:
+                print(f"| {name} | {secs:.2f} |")
     finally:
         shutil.rmtree(src, ignore_errors=True)
 

@@ -19,6 +19,12 @@ sd-scripts is not part of this repository: fetch a checkout yourself and give it
 The thresholds are general 0.35 and character 1.01 (character disabled) because current
 sd-scripts crashes with UnboundLocalError as soon as a character tag passes; `--crash-demo`
 shows that crash on 2 images with sd-scripts' default thresholds.
+
+`--memory` skips sd-scripts and measures our peak RSS (the caption process alone) and
+throughput, per setting given with `--variant` (e.g. `--variant "" --variant "--batch-size 8"`),
+against the model-only throughput (session.run on preprocessed arrays, batch 1, no decode):
+
+    python bench/wd14_bench.py --memory --images 32 --reps 2 --variant "" --variant "--batch-size 8"
 """
 
 from __future__ import annotations
@@ -165,10 +171,71 @@ def read_tags(folder: Path) -> dict[str, list[str]]:
     return {p.stem: [t.strip() for t in p.read_text(encoding="utf-8").split(",") if t.strip()] for p in sorted(folder.glob("*.txt"))}
 
 
+_PEAK_RSS = (
+    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
+)
+"""Runs the command as the only child of a fresh interpreter, so RUSAGE_CHILDREN's peak is its own."""
+
+
+def model_only_rate(model_dir: Path, images: list[Path], threads: int = 0) -> float:
+    """Images/s of session.run alone (batch 1, arrays preprocessed beforehand): the inference limit."""
+    from captioning.backends.wd14 import prepare
+    from prep.onnx import onnx_session
+
+    sess = onnx_session(model_dir / "model.onnx", "cpu", threads or (os.cpu_count() or 1), allow_spinning=False)
+    name = sess.get_inputs()[0].name
+    arrays = [prepare(p, SIZE)[None] for p in images]
+    sess.run(None, {name: arrays[0]})
+    t = time.perf_counter()
+    for a in arrays:
+        sess.run(None, {name: a})
+    return len(arrays) / (time.perf_counter() - t)
+
+
+def memory_main(args: argparse.Namespace, images: Path, model_dir: Path) -> int:
+    """Peak RSS (MiB) and images/s of `caption --backend wd14` per variant, and the model-only rate."""
+    import shlex
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORAPREP_NO_PROGRESS": "1"}
+    caption = shutil.which("caption") or str(Path(sys.executable).with_name("caption"))
+    paths = sorted(images.glob("*.jpg"))[: args.images]
+    summary: dict[str, object] = {"images": len(paths), "cpu_count": os.cpu_count(),
+                                  "model_only_images_per_s": round(model_only_rate(model_dir, paths), 2), "variants": {}}
+    tags: dict[str, dict[str, list[str]]] = {}
+    for i, variant in enumerate(args.variant or [""]):
+        rss, rate = [], []
+        out = args.work / f"mem_out_{i}"
+        for _ in range(args.reps):
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-c", _PEAK_RSS, caption, str(images), "--backend", "wd14", "--model", str(model_dir),
+                   "-o", str(out), "--mode", "overwrite", "--no-resume", "--keep-underscores", *shlex.split(variant)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"caption failed: {variant!r}")
+            rss.append(int(proc.stdout.strip().splitlines()[-1]) / 1024)
+            rate.append(len(paths) / wall)
+        tags[variant] = read_tags(out)
+        summary["variants"][variant or "(default)"] = {  # type: ignore[index]
+            "peak_rss_mib": round(statistics.median(rss)), "images_per_s_whole_process": round(statistics.median(rate), 2),
+            "tags_identical_to_first_variant": tags[variant] == next(iter(tags.values())),
+        }
+        print(variant or "(default)", summary["variants"][variant or "(default)"], flush=True)  # type: ignore[index]
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sd-scripts", type=Path, required=True, help="sd-scripts checkout (not vendored here)")
-    ap.add_argument("--sd-python", type=Path, required=True, help="python of a venv with sd-scripts' requirements")
+    ap.add_argument("--sd-scripts", type=Path, help="sd-scripts checkout (not vendored here)")
+    ap.add_argument("--sd-python", type=Path, help="python of a venv with sd-scripts' requirements")
+    ap.add_argument("--memory", action="store_true", help="our peak RSS and throughput only (no sd-scripts)")
+    ap.add_argument("--variant", action="append", default=None, help="with --memory: extra caption args, one setting")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wd14bench/run"))
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--reps", type=int, default=2)
@@ -188,6 +255,10 @@ def main() -> int:
         build_model(model_dir)
     for p in images.glob("*.jpg"):
         p.read_bytes()  # warm the page cache for both tools alike
+    if args.memory:
+        return memory_main(args, images, model_dir)
+    if args.sd_scripts is None or args.sd_python is None:
+        ap.error("--sd-scripts and --sd-python are needed (or --memory)")
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORAPREP_NO_PROGRESS": "1", "PYTHONPATH": str(args.sd_scripts)}
     sd_cmd = [str(args.sd_python), "finetune/tag_images_by_wd14_tagger.py", None, "--onnx", "--batch_size", "8",

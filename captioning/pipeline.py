@@ -132,7 +132,8 @@ def _config_key(backend: str, options: CaptionOptions, rules: TagRules, mode: st
             "backend": backend, "model": options.model, "revision": options.revision, "trigger": options.trigger,
             "prompt": options.prompt, "lora_type": options.lora_type, "mode": mode, "rules": repr(rules),
             "identity": repr(identity), "core": prune_core,
-            "extra": {k: v for k, v in sorted(options.extra.items()) if isinstance(v, (str, int, float, bool, type(None)))},
+            "extra": {k: v for k, v in sorted(options.extra.items())
+                      if k != "batch" and isinstance(v, (str, int, float, bool, type(None)))},  # batch: speed, not captions
         },
         sort_keys=True,
     )
@@ -463,7 +464,8 @@ class CaptionStageOptions(StageOptions):
     keep_tag: list[str] = Field(default_factory=list, description="Never prune these tags (e.g. a hairstyle that changes).")
     prune_core: float | None = Field(None, gt=0.0, le=1.0, description="Drop tags present in at least this share of the captions (e.g. 0.6).")
     device: str = Field("auto", description=f"auto | cpu | cuda | tensorrt | coreml | dml (local backends: {_LOCAL}).")
-    batch_size: int = Field(8, ge=1, description="Images per inference batch (local backends).")
+    batch_size: int = Field(8, ge=1, description="Images per backend call (local backends); given explicitly, also the "
+                            "model's batch (wd14 otherwise runs 1 at a time on CPU, where larger batches only cost memory).")
     workers: int | None = Field(None, ge=1, description="Image decode threads (local backends).")
     concurrency: int = Field(4, ge=1, description="Requests in flight (remote backends).")
     rpm: float | None = Field(None, gt=0, description="Requests per minute cap (remote backends).")
@@ -503,6 +505,8 @@ class CaptionStageOptions(StageOptions):
         extra = parse_set(self.settings)
         if self.preprocess is not None:
             extra["preprocess"] = self.preprocess
+        # The model's batch: the user's --batch-size when given, else the backend's per-device choice (wd14: 1 on CPU).
+        extra.setdefault("batch", self.batch_size if "batch_size" in self.model_fields_set else "auto")
         return CaptionOptions(
             trigger=self.trigger, lora_type=self.lora_type, model=self.model, revision=self.revision, device=self.device,
             batch_size=self.batch_size, workers=self.workers, prompt=self.prompt, max_new_tokens=self.max_new_tokens,

@@ -5,7 +5,9 @@ loraprep's own): each gets its options from loraprep.toml and its folders from
 `prep.project.ProjectDirs`, and records a fingerprint: its options, the fingerprint of the stage
 before it, and a cheap signature (names, sizes, mtimes) of the folder it reads. A stage whose
 fingerprint matches is skipped, so a second identical run does no work and a changed setting
-redoes only that stage and the ones after it. A stage whose report has failed items is never
+redoes only that stage and the ones after it. The recorded fingerprint also holds a signature of
+what the stage wrote (`Step.output_signature`, taken again at the end of the run, after later
+stages that edit the same folder): an output deleted or changed by hand is redone, never trusted. A stage whose report has failed items is never
 recorded as up to date: the next run tries them again. A full disk (`prep.fsutil.DiskFull`) stops
 the run at the stage that hit it, naming the path, and that stage is not recorded either.
 """
@@ -170,12 +172,14 @@ class Pipeline:
             self.report.stopped_at, self.report.stop_reason = "start", str(exc)
             return self.report
         prev = "start"
+        finished: list[tuple[Step, str]] = []
         for step in self.steps:
             stage = step.stage()
             settings = self._settings(step, stage)
             fp = fingerprint(step.name, settings, prev, step.reads(self.p, self.dirs))
-            if self.state.fresh(step.name, fp) and step.name not in self.force:
+            if step.name not in self.force and self._fresh(step, fp):
                 self.report.stages.append(StageResult(step.name, "up-to-date", self.state.summary(step.name)))
+                finished.append((step, fp))
                 prev = fp
                 continue
             t = time.perf_counter()
@@ -196,7 +200,8 @@ class Pipeline:
                 if status == "partial":
                     self.state.forget(step.name)  # failed items: never up to date
                 else:
-                    self.state.record(step.name, fp, summary)
+                    self.state.record(step.name, self._recorded(step, fp), summary)
+                    finished.append((step, fp))
             except DiskFull as exc:  # the stage's work is kept but not recorded: the next run redoes it
                 self.report.stages.append(StageResult(step.name, "stopped", {"reason": str(exc)}, time.perf_counter() - t))
                 self.report.stopped_at, self.report.stop_reason = step.name, f"{step.name}: {exc}"
@@ -210,7 +215,32 @@ class Pipeline:
         except DiskFull as exc:
             if self.report.ok:
                 self.report.stopped_at, self.report.stop_reason = "summary", str(exc)
+        self._record_outputs(finished)
         return self.report
+
+    def _recorded(self, step: Step, fp: str) -> str:
+        """What the state keeps for a finished stage: its input fingerprint and what it wrote."""
+        return fingerprint(fp, step.output_signature(self.p, self.dirs))
+
+    def _fresh(self, step: Step, fp: str) -> bool:
+        return self.state.fresh(step.name, self._recorded(step, fp))
+
+    def _record_outputs(self, finished: list[tuple[Step, str]]) -> None:
+        """Take each finished stage's output signature again, now that the later stages that edit
+        the same folders (trigger in 04_captioned, dedupe in 01_raw) are done, in one state write."""
+        changed = None
+        for step, fp in finished:
+            entry = self.state.data.get(step.name)
+            rec = self._recorded(step, fp)
+            if entry is not None and entry.get("fingerprint") != rec:
+                entry["fingerprint"] = rec
+                changed = step.name
+        if changed is None:
+            return
+        try:
+            self.state.record(changed, self.state.data[changed]["fingerprint"], self.state.summary(changed))  # writes them all
+        except DiskFull:
+            pass  # each stage was recorded when it finished: the next run at worst redoes one
 
     def _run_step(self, step: Step, stage: Any) -> tuple[str, dict[str, Any]]:
         if not step.enabled(self.p):
@@ -261,7 +291,7 @@ class Pipeline:
                 status, info["note"] = "would-run", "after the stages before it"
             elif step.name in self.force:
                 status, info["note"] = "would-run", "--redo"
-            elif self.state.fresh(step.name, fp):
+            elif self._fresh(step, fp):
                 status = "up-to-date"
             else:
                 status = "would-run"

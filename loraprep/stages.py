@@ -34,6 +34,10 @@ from loraprep.project import Project, fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 REPORT_FILES = {"manifest.jsonl", "crops.jsonl", "layout.json"}
+RUN_TRAINING_FILES = {"logs", "output", "status.json"}
+"""What `train_bridge launch` writes into run/: never a reason to redo config or estimate."""
+TRAINER_CACHES = {"metadata_cache.json"}, {".npz"}
+"""Names and suffixes of the caches a trainer writes into the dataset (prep.layout removes stale ones)."""
 
 
 class StageStop(Exception):
@@ -229,6 +233,14 @@ class Step:
     enabled: Callable[[Project], bool] = lambda p: True
     errors: tuple[str, ...] = ()
     """`module:Exception` raised by the stage for problems the user must fix (stop, not crash)."""
+    writes: Callable[[Project, ProjectDirs], Any] | None = None
+    """A cheap signature of what it writes (default: its whole `out` folder). Recorded at the end
+    of a run and compared before the next: an output deleted or edited by hand redoes the stage."""
+
+    def output_signature(self, project: Project, dirs: ProjectDirs) -> Any:
+        if self.writes is not None:
+            return self.writes(project, dirs)
+        return tree_signature(self.out(dirs))
 
     def options_for(self, project: Project, dirs: ProjectDirs, stage: Any, **given: Any) -> StageOptions:
         if self.options is not None:
@@ -236,7 +248,9 @@ class Step:
         return project.stage_options(self.name, stage.Options, **given)
 
 
-def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_names: set[str] | frozenset[str] = frozenset()) -> str:
+def tree_signature(
+    folder: Path, *, suffixes: set[str] | None = None, exclude_names: set[str] | frozenset[str] = frozenset(), exclude_suffixes: set[str] | frozenset[str] = frozenset()
+) -> str:
     """Cheap fingerprint of a folder: relative names, sizes and mtimes (no reading).
 
     Uses each entry's own stat (`os.lstat`): a dangling symlink or a symlink loop in a user's
@@ -256,7 +270,7 @@ def tree_signature(folder: Path, *, suffixes: set[str] | None = None, exclude_na
             if fn in exclude_names or fn.startswith("."):
                 continue
             p = Path(dirpath) / fn
-            if suffixes is not None and p.suffix.lower() not in suffixes:
+            if (suffixes is not None and p.suffix.lower() not in suffixes) or p.suffix.lower() in exclude_suffixes:
                 continue
             try:
                 st = os.lstat(p)
@@ -372,6 +386,11 @@ def _signature_of(folder: Callable[[ProjectDirs], Path], **kw: Any) -> Callable[
     return lambda p, d: tree_signature(folder(d), **kw)
 
 
+def _dataset_signature(p: Project, d: ProjectDirs) -> str:
+    """The dataset without the caches a trainer adds to it (training is not a change of the dataset)."""
+    return tree_signature(d.dataset, exclude_names=TRAINER_CACHES[0], exclude_suffixes=TRAINER_CACHES[1])
+
+
 def _crop_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
     # disabled: the whole image, bucket fit only
     return p.stage_options("crop", stage.Options, **({} if p.crop.enabled else {"framing": "full"}))
@@ -396,6 +415,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "check", lambda: _stage("prep.check"), lambda p, d: d.raw, lambda d: d.reports,
         _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), report_file="check.json", summary=_check_summary, stop=_check_stop,
+        writes=lambda p, d: tree_signature(d.reports / "check.json"),
     ),
     Step(
         "dedupe", lambda: _stage("prep.dedupe"), lambda p, d: d.raw, lambda d: d.dupes,
@@ -427,7 +447,7 @@ STEPS: tuple[Step, ...] = (
         "lint", lambda: _stage("captioning.lint"), lambda p, d: d.captioned, lambda d: d.reports,
         _signature_of(lambda d: d.captioned),
         options=lambda p, d, s: s.Options.model_validate(_present(s.Options, trigger=p.trigger, trainer=p.trainer, lora_type=p.caption.lora_type)),
-        report_file="lint.json", summary=_lint_summary,
+        report_file="lint.json", summary=_lint_summary, writes=lambda p, d: tree_signature(d.reports / "lint.json"),
     ),
     Step(
         "layout", lambda: _stage("prep.layout"), lambda p, d: d.captioned, lambda d: d.dataset,
@@ -435,15 +455,17 @@ STEPS: tuple[Step, ...] = (
         # the bucket record crop wrote travels with the dataset (merge copies only images and captions)
         options=lambda p, d, s: p.stage_options("layout", s.Options, **_present(s.Options, buckets_from=str(d.cropped))),
         summary=_layout_summary, stop=_layout_stop,
+        writes=_dataset_signature,
     ),
     Step(
-        "config", ConfigStage, lambda p, d: d.dataset, lambda d: d.run, _signature_of(lambda d: d.dataset),
+        "config", ConfigStage, lambda p, d: d.dataset, lambda d: d.run, _dataset_signature,
+        writes=_signature_of(lambda d: d.run, exclude_names=RUN_TRAINING_FILES),
         options=lambda p, d, s: ConfigOptions(trainer=p.trainer, trigger=p.trigger, preset=p.train.preset, models=dict(p.train.models), set=dict(p.train.set)),
     ),
     Step(
         "estimate", EstimateStage, lambda p, d: d.run, lambda d: d.reports,
-        _signature_of(lambda d: d.run, exclude_names={"logs", "output", "status.json"}),
-        options=lambda p, d, s: EstimateOptions(max_steps=p.train.max_steps),
+        _signature_of(lambda d: d.run, exclude_names=RUN_TRAINING_FILES),
+        options=lambda p, d, s: EstimateOptions(max_steps=p.train.max_steps), writes=lambda p, d: None,  # its report is in summary.json
     ),
 )
 STAGES = tuple(s.name for s in STEPS)

@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
 from prep.archs import ALIASES, ARCH_NAMES, get_arch
-from prep.buckets import BucketSpec, write_bucket_record
+from prep.buckets import BUCKET_RECORD, BucketSpec, bucket_record, write_bucket_record
 from prep.contact_sheet import Tile, write_contact_sheet
 from prep.dataset import ImageItem, UnreadableCaption, discover, read_caption
 from prep.detectors import Box, create_detector
@@ -37,7 +37,7 @@ from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, s
 from prep.images import LoadedImage, load_image, parse_color, save_image
 from prep.inputs import printable, read_input_bytes
 from prep.lock import output_lock
-from prep.manifest import Manifest, Record
+from prep.manifest import Manifest, Record, stat_key
 from prep.options import ArchName, StageOptions
 from prep.overrides import override_plan
 
@@ -49,6 +49,10 @@ DETECT_SIZE = 640
 MULTI_FACE_RATIO = 0.5
 """Flag an image when its second face is at least this fraction of the largest (box height)."""
 SHEET_ROWS_PER_PAGE = 40
+SHEET_STEP = "crop.contact_sheet"
+"""Manifest step of the contact sheet pages: what each was built from."""
+SHEET_RULES = 1
+"""Bump when the drawing changes, so recorded pages are drawn again."""
 SHEET_MAX_ROWS = 1000
 """Contact sheets are for looking at: past 25 pages, nobody does."""
 
@@ -291,8 +295,13 @@ def _is_multi(faces: Sequence[Box]) -> bool:
 class CropStep:
     """Picklable `step(batch) -> list[Result]`; the detector is created lazily, once per worker."""
 
-    def __init__(self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0, overrides: dict[str, list[float]] | None = None):
+    def __init__(
+        self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0, overrides: dict[str, list[float]] | None = None,
+        digests: dict[str, tuple[str, list[int]]] | None = None,
+    ):
         self.options = options
+        self.digests = digests or {}
+        """Content hash and stat of sources the driver already hashed: never read twice for it."""
         self.overrides = overrides or {}
         """Hand-drawn crop boxes by source id (`prep.overrides`, the studio): used instead of the face."""
         self.out = Path(out)
@@ -359,7 +368,12 @@ class CropStep:
 
     def process(self, item: ImageItem) -> Result:
         o = self.options
-        sha = sha256_file(item.path)
+        known = self.digests.get(item.id)
+        if known is not None:
+            sha, source_stat = known
+        else:
+            source_stat = stat_key(item.path)  # before the read: a change during it shows next time
+            sha = sha256_file(item.path)
         draft = (DETECT_SIZE, DETECT_SIZE) if o.decode == "draft" else None
         first = load_image(item.path, background=self.background, draft_size=draft, keep_alpha=True)
         width, height = first.size
@@ -458,6 +472,7 @@ class CropStep:
             "detector": getattr(faces[0], "detector", None) if faces else self.options.detector,
             "size": [width, height],
             "sha256": sha,
+            "source_stat": source_stat,
             "options": self.key,
             "override": override,
         }
@@ -586,23 +601,29 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
 
     todo: list[ImageItem] = []
     previous: dict[str, Record] = {}
+    digests: dict[str, tuple[str, list[int]]] = {}
     for it in items:
         rec = manifest.get(STEP, it.id)
         if rec is not None:
             previous[it.id] = rec
         if rec is not None and not options.overwrite and rec.data.get("options") == key and rec.data.get("override") == overrides.get(it.id):
-            try:
-                sha = sha256_file(it.path)
+            try:  # an unchanged stat is an unchanged source: its recorded hash, no read
+                st = stat_key(it.path)
+                sha = manifest.recorded_sha256(STEP, it.id, st) or sha256_file(it.path)
             except OSError:
                 sha = None
             if sha and manifest.is_done(STEP, it.id, sha):
+                if rec.data.get("source_stat") != st and not options.dry_run:  # touched, same bytes: trust the stat next time
+                    manifest.append(Record(rec.step, rec.id, rec.status, rec.source, rec.source_sha256, list(rec.outputs), rec.reason, {**rec.data, "source_stat": st}))
                 report.results.append(_previous_result(rec))
                 continue
+            if sha:
+                digests[it.id] = (sha, st)
         todo.append(it)
 
     workers = options.workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    step = CropStep(options, out, names, threads=threads, overrides=overrides)
+    step = CropStep(options, out, names, threads=threads, overrides=overrides, digests=digests)
     try:
         det = step.detector
         if hasattr(det, "check"):
@@ -634,15 +655,21 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
         out.mkdir(parents=True, exist_ok=True)
         report.report_path = out / REPORT_NAME
         lines = "".join(json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results)
-        atomic_write_text(report.report_path, lines)
+        if _read_text_or_none(report.report_path) != lines:  # an unchanged report keeps its file (and mtime)
+            atomic_write_text(report.report_path, lines)
         if options.contact_sheet and report.results:
             rows = sorted(report.results, key=lambda r: (r.status == "ok", r.id))  # problems first
             if len(rows) > SHEET_MAX_ROWS:
                 report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(rows)} images (flagged ones first); crops.jsonl lists all")
                 rows = rows[:SHEET_MAX_ROWS]
-            report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background))
+            report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background), manifest=manifest)
         arch = get_arch(options.trainer).name if options.trainer else None
-        report.bucket_record = write_bucket_record(out, options.spec(no_upscale=report.no_upscale), arch=arch, written_by="prep crop")
+        spec = options.spec(no_upscale=report.no_upscale)
+        record_path = out / BUCKET_RECORD
+        if _read_json_or_none(record_path) == bucket_record(spec, arch=arch, written_by="prep crop"):
+            report.bucket_record = record_path  # unchanged: kept with its mtime
+        else:
+            report.bucket_record = write_bucket_record(out, spec, arch=arch, written_by="prep crop")
     if report.suggested_resolution:
         report.warnings.append(
             f"{len(report.small_sources)} of {len(report.results)} sources are smaller than the {options.resolution} px buckets "
@@ -693,16 +720,66 @@ def _output_tile(out: Path, name: str, cell: int) -> Tile:
         return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), f"{name} missing")
 
 
-def write_sheets(results: Sequence[Result], out: Path, *, background: tuple[int, int, int] = (255, 255, 255), cell: int = 192, rows_per_page: int = SHEET_ROWS_PER_PAGE) -> list[Path]:
+def _read_text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_json_or_none(path: Path) -> Any:
+    text = _read_text_or_none(path)
+    try:
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _stat_or_none(path: Path | str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _page_key(rows: Sequence[Result], out: Path, background: tuple[int, int, int], cell: int) -> str:
+    """What one sheet page shows: its rows (report lines), their sources' content hashes, their
+    crops' sizes and mtimes, and how it is drawn. The same key means the same picture."""
+    parts: list[Any] = [SHEET_RULES, cell, list(background)]
+    for r in rows:
+        source = r.data.get("sha256") or _stat_or_none(r.source)  # the same bytes draw the same tile
+        parts.append([report_line(r), source, [_stat_or_none(out / n) for n in r.outputs]])
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True, default=str).encode()).hexdigest()
+
+
+def write_sheets(
+    results: Sequence[Result], out: Path, *, background: tuple[int, int, int] = (255, 255, 255), cell: int = 192,
+    rows_per_page: int = SHEET_ROWS_PER_PAGE, manifest: Manifest | None = None,
+) -> list[Path]:
     """`contact_sheet.jpg` (then `contact_sheet_002.jpg`, ...): each source with its face (red)
-    and crop (green) boxes, followed by its crops."""
+    and crop (green) boxes, followed by its crops.
+
+    With `manifest`, each page records what it was built from (`_page_key`) and its own size and
+    mtime; a page whose rows and file are unchanged is kept, not drawn again (a rerun with
+    nothing to do decodes nothing)."""
     paths: list[Path] = []
     for page, start in enumerate(range(0, len(results), rows_per_page), start=1):
-        rows = []
-        for r in results[start : start + rows_per_page]:
-            rows.append([_source_tile(r, background, cell), *(_output_tile(out, n, cell) for n in r.outputs)])
+        page_rows = results[start : start + rows_per_page]
         name = SHEET_NAME if page == 1 else f"contact_sheet_{page:03d}.jpg"
-        paths.append(write_contact_sheet(rows, out / name, written_by="prep crop", cell=cell))  # recorded as out's report
+        path = out / name
+        if manifest is not None:
+            page_key = _page_key(page_rows, out, background, cell)
+            rec = manifest.get(SHEET_STEP, name)
+            if rec is not None and rec.data.get("rows") == page_key and rec.data.get("sheet") == _stat_or_none(path):
+                paths.append(path)
+                continue
+        rows = []
+        for r in page_rows:
+            rows.append([_source_tile(r, background, cell), *(_output_tile(out, n, cell) for n in r.outputs)])
+        paths.append(write_contact_sheet(rows, path, written_by="prep crop", cell=cell))  # recorded as out's report
+        if manifest is not None:
+            manifest.append(Record(SHEET_STEP, name, "ok", outputs=[name], data={"rows": page_key, "sheet": _stat_or_none(path)}))
     for stale in sorted(out.glob("contact_sheet_*.jpg")):  # crop's own output folder: earlier pages
         if stale not in paths:
             stale.unlink()

@@ -30,7 +30,7 @@ from prep.fsutil import atomic_write_bytes, atomic_write_text, link_or_copy, saf
 from prep.images import ImageLoadError, load_image, save_image, verify_image
 from prep.inputs import printable
 from prep.lock import output_lock
-from prep.manifest import Manifest, Record
+from prep.manifest import Manifest, Record, stat_key
 from prep.options import StageOptions
 from prep.trigger import Trigger, apply_trigger
 
@@ -204,8 +204,10 @@ def _write_subset(
             report.items.append(LayoutItem(it.id, source, rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink")))
             continue
         try:
-            sha = sha256_file(it.path)
-            prev = manifest.get(STEP, f"{folder.name}/{it.id}") if manifest else None
+            rec_id = f"{folder.name}/{it.id}"
+            prev = manifest.get(STEP, rec_id) if manifest else None
+            st = stat_key(it.path)  # an unchanged stat: the recorded hash, no read
+            sha = (manifest.recorded_sha256(STEP, rec_id, st) if manifest else None) or sha256_file(it.path)
             if (
                 prev is not None
                 and prev.status == "ok"
@@ -215,6 +217,8 @@ def _write_subset(
                 and cap_dst.is_file()
                 and read_caption(cap_dst) == caption
             ):
+                if manifest and prev.data.get("source_stat") != st:  # touched, same bytes: known by its stat next time
+                    manifest.append(Record(STEP, rec_id, "ok", prev.source, sha, list(prev.outputs), data={**prev.data, "source_stat": st}))
                 report.items.append(LayoutItem(it.id, source, rel, caption, "skipped"))
                 continue
             # only what the one loader can decode reaches a dataset (truncated, corrupt, empty files do not)
@@ -231,7 +235,7 @@ def _write_subset(
                     report.warnings.append(f"{it.id}: EXIF-rotated; trainers ignore EXIF, so it trains sideways (bake it with `prep crop` or `prep import`)")
             atomic_write_text(cap_dst, caption + "\n")
             if manifest:
-                manifest.append(Record(STEP, f"{folder.name}/{it.id}", "ok", source, sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method}))
+                manifest.append(Record(STEP, rec_id, "ok", source, sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method, "source_stat": st}))
             report.items.append(LayoutItem(it.id, source, rel, caption, method))
         except (OSError, ImageLoadError) as exc:
             if isinstance(exc, ImageLoadError):

@@ -6,6 +6,10 @@ ignores, and the next append cuts away (a record without only its newline is kep
 so a torn line never swallows a good record nor stays behind. A full disk truncates the short write away and raises `prep.fsutil.DiskFull`: a record
 is either whole or absent. The latest record for (step, id) wins, which lets a rerun skip
 finished work.
+
+A record may carry its source's `source_stat` (size, mtime_ns, inode, device, `stat_key`): a
+rerun that finds the same stat trusts the recorded content hash (`Manifest.recorded_sha256`)
+instead of reading the file again, so only what changed is hashed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ class Record:
         )
 
 
+def stat_key(path: Path | str) -> list[int]:
+    """size, mtime_ns, inode and device of a file (following links, as reading it does): the same
+    four numbers mean the same bytes for every writer that does not forge mtimes, without a read.
+    Raises OSError when the file cannot be stat'ed."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
 class Manifest:
     """Append-only JSONL log of step results in an output folder."""
 
@@ -110,6 +122,13 @@ class Manifest:
             return False
         base = self.path.parent
         return all((base / o).exists() if not os.path.isabs(o) else Path(o).exists() for o in rec.outputs)
+
+    def recorded_sha256(self, step: str, item_id: str, stat: list[int]) -> str | None:
+        """The recorded content hash of (step, id) when its source still has the recorded stat."""
+        rec = self.get(step, item_id)
+        if rec is None or rec.source_sha256 is None or rec.data.get("source_stat") != stat:
+            return None
+        return rec.source_sha256
 
     def append(self, record: Record) -> None:
         line = _encode_line(record.to_json())

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 
-def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = True) -> Any:
+def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = True,
+                 cpu_arena: bool = True) -> Any:
     """An onnxruntime session for `path` on `device`; `threads` caps intra-op threads (0: ort default).
 
     `allow_spinning=False` stops intra-op threads busy-waiting between runs: a caller that
     decodes images on other threads while the model runs (the WD tagger) needs those cores.
+    `cpu_arena=False` returns activation buffers to the allocator after each run instead of
+    keeping onnxruntime's CPU arena at its high-water mark.
     Raises `prep.models.ModelNotAvailable` when `device` has no provider here.
     """
     import onnxruntime as ort
@@ -25,5 +28,7 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, all
         so.inter_op_num_threads = 1
     if not allow_spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not cpu_arena:
+        so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=so, providers=providers)

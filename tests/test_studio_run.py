@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner

@@ -14,6 +14,13 @@ Throughput: the pipeline runs `caption_batch` on prep's executor batch by batch;
 `prefetch` images are decoded on a thread pool (Pillow and numpy release the GIL) ahead of
 those calls, so decoding batch i+1 overlaps inference of batch i; tag selection is vectorised
 over the whole batch. The session comes from `prep.onnx.onnx_session`, with spinning off.
+
+Memory (issue 17): the executor's `--batch-size` is how many images one call gets (and how
+often progress is saved); how many go through the model at once is `inference_batch`: 1 on
+CPU (batch 8 there cost 2.86 GiB of peak RSS against 1.21 GiB at batch 1 with a real-size v3
+model, for no speed), `--batch-size` on an accelerator, or what the user gave (`--batch-size`
+on the command line, `--set batch=N`). At most `DECODE_AHEAD_BATCHES` batches of decoded
+images wait for the model.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from captioning.backends.base import CaptionOptions, CaptionResult, Estimate, Ta
 from captioning.tags import CATEGORY_NAMES, Thresholds
 from prep.dataset import ImageItem
 from prep.images import ImageLoadError, load_image, probe_image
-from prep.models import ModelNotAvailable, ModelRef, resolve_model_file
+from prep.models import ModelNotAvailable, ModelRef, onnx_providers, resolve_model_file
 from prep.onnx import onnx_session
 
 DEFAULT_REPO = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -86,14 +93,48 @@ def model_files(model: str | None, revision: str | None = None) -> tuple[Path, P
     return resolve_model_file(ref), resolve_model_file(ref, filename=TAGS_FILE), spec
 
 
+CPU_BATCH = 1
+"""Images per session.run on CPU unless the user asks: larger batches only raise peak memory there
+(issue 17 measured 2.86 against 1.21 GiB at batch 8 vs 1 with a real-size v3 model; ours in
+docs/benchmarks.md); an accelerator gets `--batch-size`."""
+
+DECODE_AHEAD_BATCHES = 2
+"""Batches decoded ahead of the one being tagged (our choice: enough to hide decoding behind
+inference, while the decoded images held stay a few batches)."""
+
+
+def is_cpu_only(providers: list[str]) -> bool:
+    return all(p == "CPUExecutionProvider" for p in providers)
+
+
+def inference_batch(options: CaptionOptions, providers: list[str]) -> int:
+    """Images per session.run. `batch=auto` (what the caption stage passes unless the user gave
+    --batch-size): 1 on CPU, `batch_size` on an accelerator. A number (`--set batch=N`, an
+    explicit --batch-size): that. No `batch` (a library caller): `batch_size`, as asked."""
+    given = options.extra.get("batch")
+    if given in (None, ""):
+        return max(1, options.batch_size)
+    if str(given).lower() == "auto":
+        return CPU_BATCH if is_cpu_only(providers) else max(1, options.batch_size)
+    try:
+        n = int(given)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(f"batch={given!r}: use auto or a whole number >= 1")
+    return n
+
+
 class WD14Model:
     """An onnxruntime session plus its labels, with the input contract read from the session."""
 
-    def __init__(self, onnx_path: Path, tags_path: Path, *, device: str = "auto", threads: int | None = None, label: str = ""):
+    def __init__(self, onnx_path: Path, tags_path: Path, *, device: str = "auto", threads: int | None = None, label: str = "",
+                 cpu_arena: bool = True):
         self.label = label or str(onnx_path)
         self.labels = Labels.read(tags_path)
         # No busy-waiting between runs: the decode threads need those cores.
-        self.session = onnx_session(onnx_path, device, threads or max(1, os.cpu_count() or 1), allow_spinning=False)
+        self.session = onnx_session(onnx_path, device, threads or max(1, os.cpu_count() or 1), allow_spinning=False,
+                                    cpu_arena=cpu_arena)
         self.providers = list(self.session.get_providers())
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -113,12 +154,15 @@ class WD14Model:
                 "use the selected_tags.csv from the same repo"
             )
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities `[n, K]` for an `[n, S, S, 3]` batch, padding to a fixed batch size if needed."""
+    def run(self, batch: np.ndarray, per_run: int | None = None) -> np.ndarray:
+        """Probabilities `[n, K]` for an `[n, S, S, 3]` batch, `per_run` images per session.run
+        (all at once when None); a fixed-batch model always gets its own batch size, padded."""
         n = batch.shape[0]
         fb = self.fixed_batch
         if fb is None:
-            return self.session.run([self.output_name], {self.input_name: batch})[0][:n]
+            step = per_run or n
+            outs = [self.session.run([self.output_name], {self.input_name: batch[i : i + step]})[0] for i in range(0, n, step)]
+            return (outs[0] if len(outs) == 1 else np.concatenate(outs))[:n]
         out = []
         for i in range(0, n, fb):
             chunk = batch[i : i + fb]
@@ -254,11 +298,17 @@ class WD14Backend:
 
     def model(self, options: CaptionOptions) -> WD14Model:
         """The loaded model for these options (loaded once, reloaded if model/device change)."""
-        key = (options.model, options.revision, options.device, options.extra.get("threads"))
+        providers = onnx_providers(options.device)
+        # CPU arena off only for batches > 1 there: it would keep their high-water mark for the
+        # whole run (batch 8: 363 against 407 MiB), while at batch 1 it saves nothing and turning
+        # it off cost 6 % of model throughput (docs/benchmarks.md).
+        arena = not (is_cpu_only(providers) and inference_batch(options, providers) > 1)
+        key = (options.model, options.revision, options.device, options.extra.get("threads"), arena)
         if self._model is None or self._model_key != key:
             onnx_path, tags_path, label = model_files(options.model, options.revision)
             threads = options.extra.get("threads")
-            self._model = WD14Model(onnx_path, tags_path, device=options.device, threads=int(threads) if threads else None, label=label)
+            self._model = WD14Model(onnx_path, tags_path, device=options.device, threads=int(threads) if threads else None,
+                                    label=label, cpu_arena=arena)
             self._model_key = key
         return self._model
 
@@ -272,12 +322,12 @@ class WD14Backend:
         if pre is not None:
             batch = [(it, pre.take(it)) for it in items]
             pre.fill()  # the next batches decode while this one runs
-            return self._infer(model, batch, thresholds, *self._label_arrays(model))
+            return self._infer(model, batch, thresholds, inference_batch(options, model.providers), *self._label_arrays(model))
         decode = _decoder(options, model.size)
         workers = min(len(items), _workers(options))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-decode") as pool:
             batch = [(it, pool.submit(decode, it.path)) for it in items]
-            return self._infer(model, batch, thresholds, *self._label_arrays(model))
+            return self._infer(model, batch, thresholds, inference_batch(options, model.providers), *self._label_arrays(model))
 
     @contextmanager
     def prefetch(self, items: list[ImageItem], options: CaptionOptions) -> Iterator[None]:
@@ -287,10 +337,11 @@ class WD14Backend:
         inference the pool decodes the next batches (Pillow and numpy release the GIL). Loads
         the model first, so a missing model is reported before any image is decoded.
         """
-        model = self.model(options)
+        model = self.model(options)  # also checks batch=, so a bad value is reported before any image
         decode = _decoder(options, model.size)
         workers = _workers(options)
-        ahead = max(options.batch_size * 2, workers * 2) + options.batch_size
+        # Decoded images held: the batch being tagged plus at most this many waiting.
+        ahead = max(DECODE_AHEAD_BATCHES * max(1, options.batch_size), workers)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wd14-decode") as pool:
             self._prefetch = _Prefetch(pool, decode, items, ahead)
             try:
@@ -316,7 +367,7 @@ class WD14Backend:
         cat_names = np.array([CATEGORY_NAMES.get(int(c), "general") for c in cats], dtype=object)
         return names, cats, cat_names
 
-    def _infer(self, model: WD14Model, batch: list[tuple[ImageItem, Future[np.ndarray]]], thresholds: Thresholds,
+    def _infer(self, model: WD14Model, batch: list[tuple[ImageItem, Future[np.ndarray]]], thresholds: Thresholds, per_run: int,
                names: np.ndarray, cats: np.ndarray, cat_names: np.ndarray) -> list[CaptionResult]:
         results: dict[str, CaptionResult] = {}
         good: list[ImageItem] = []
@@ -330,7 +381,7 @@ class WD14Backend:
             except Exception as exc:  # one bad image never aborts the batch
                 results[item.id] = CaptionResult(item.id, "failed", reason=f"{item.path}: {type(exc).__name__}: {exc}")
         if good:
-            probs = model.run(np.stack(arrays))
+            probs = model.run(np.stack(arrays), per_run)
             mask = thresholds.select(probs, cats)
             for row, item in enumerate(good):
                 idx = np.flatnonzero(mask[row])
