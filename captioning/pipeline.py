@@ -38,7 +38,7 @@ from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
 from prep.fsutil import atomic_write_text, sha256_file
 from prep.inputs import printable
 from prep.lock import output_lock
-from prep.manifest import Manifest, Record
+from prep.manifest import Manifest, Record, stat_key
 from prep.models import ModelNotAvailable
 from prep.options import StageOptions
 from prep.remote import redact
@@ -291,7 +291,7 @@ def caption_folder(
         if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
             # Finished earlier with the same settings on the same bytes. Blocked stays blocked
             # (no second paid request); pass resume=False to try it again.
-            if (rec.status == "blocked" or target.exists()) and rec.source_sha256 in (None, sha256_file(item.path)):
+            if (rec.status == "blocked" or target.exists()) and _same_source(manifest, rec, item, record=not dry_run):
                 if rec.status == "ok":
                     outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
                 else:
@@ -335,6 +335,33 @@ def caption_folder(
     return report
 
 
+def _source_digest(item: ImageItem) -> tuple[str, list[int]]:
+    """The source's content hash and its stat, taken before the read: a change during it shows next run."""
+    st = stat_key(item.path)
+    return sha256_file(item.path), st
+
+
+def _same_source(manifest: Manifest, rec: Record, item: ImageItem, record: bool = True) -> bool:
+    """True when the source still has the bytes `rec` was made from. An unchanged stat trusts the
+    recorded hash without a read; a touched file with the same bytes is hashed once and its new
+    stat recorded, so the next rerun reads nothing (as prep crop does)."""
+    if rec.source_sha256 is None:
+        return True
+    try:
+        st = stat_key(item.path)
+        if manifest.recorded_sha256(STEP, item.id, st) is not None:
+            return True
+        sha = sha256_file(item.path)
+    except OSError:
+        return False  # gone or unreadable: captioned again, where the backend names the problem
+    if sha != rec.source_sha256:
+        return False
+    if record:  # a dry run writes nothing
+            manifest.append(Record(rec.step, rec.id, rec.status, rec.source, rec.source_sha256, list(rec.outputs), rec.reason,
+                               {**rec.data, "source_stat": st}))
+    return True
+
+
 def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: Manifest, config: str, backend_name: str,
             mode: str, trigger: str | None, rules: TagRules, is_tags: bool, prune: bool, identity: IdentityRules,
             pruned: PruneReport, keep_apart: bool = False) -> ItemOutcome:
@@ -345,9 +372,9 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
         status = "blocked" if res.status == "blocked" else ("retryable" if res.status == "retryable" else "failed")
         # redact here, where every reason reaches the manifest: no backend can leak a key into it
         reason = redact(res.reason or f"{source}: the {backend_name} backend gave status {res.status} without a reason")
-        sha = sha256_file(item.path) if status == "blocked" else None
+        sha, st = _source_digest(item) if status == "blocked" else (None, None)
         manifest.append(Record(STEP, item.id, status, source=source, source_sha256=sha, reason=reason,
-                               data={"backend": backend_name, "config": config, **data}))
+                               data={"backend": backend_name, "config": config, **data, **({"source_stat": st} if st else {})}))
         return ItemOutcome(item.id, "blocked" if status == "blocked" else "failed", reason=reason)
 
     has_text = bool(res.text and res.text.strip())
@@ -387,11 +414,12 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
         reason = f"{printable(target)}: cannot write the caption ({printable(exc.strerror or str(exc))}); check the name and the disk"
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=reason)
+    sha, st = _source_digest(item)
     manifest.append(
         Record(
-            STEP, item.id, "ok", source=source, source_sha256=sha256_file(item.path),
+            STEP, item.id, "ok", source=source, source_sha256=sha,
             outputs=[rel_or_abs(target, manifest.path.parent)],
-            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {})},
+            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {}), "source_stat": st},
         )
     )
     return ItemOutcome(item.id, "ok", caption=caption)

@@ -131,6 +131,8 @@ ANIMA = ArchSpec(
     te_cache_allows_caption_dropout=True,
     max_blocks_to_swap=26,  # 28 blocks (reference train_bridge.md §1)
     fp8_ignored=True,
+    # library/anima_train_utils.py --attn_mode help (48d368fa): "xformers requires --split_attn.
+    # sageattn does not support training (inference only)."
     training_attn_modes_refused=frozenset({"sageattn"}),
     split_attn_modes=frozenset({"xformers"}),
     sample_prompt_options="--w {w} --h {h} --s 30 --l 4.0 --d 42",
