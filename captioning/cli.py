@@ -169,7 +169,7 @@ def lint(
     *,
     options: LintOptions,
 ) -> None:
-    """Check captions: trigger, empty, duplicates, token budget, identity words."""
+    """Check captions: trigger, empty, duplicates, token budget, identity words, other characters' tags, trigger-only captions, near-identical scenes."""
     try:
         report = LINT_STAGE.run(folder, folder, options)
     except ValueError as exc:

@@ -28,13 +28,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from captioning.backends import backend_class
-from captioning.backends.base import CaptionBackend, CaptionOptions, CaptionResult, Estimate, LoraType
+from captioning.backends.base import CaptionBackend, CaptionOptions, CaptionResult, Estimate, LoraType, accepts_video
 from captioning.captionfile import UnreadableCaption, read_user_caption
 from captioning.identity import DEFAULT_GROUPS, GROUPS, IdentityRules, PruneReport, core_tags, prune_identity
 from captioning.merge import MODES, SEPARATOR, Mode, merge_caption
 from captioning.tags import Order, TagRules, Thresholds, normalize, parse_replacements, split_caption, split_tags
 from prep.dataset import ImageItem, discover, read_caption
-from prep.executor import LocalExecutor, Progress, Result, rel_or_abs
+from prep.executor import EngineOptions, LocalExecutor, Progress, Result, make_executor, rel_or_abs
 from prep.fsutil import atomic_write_text, sha256_file
 from prep.inputs import printable
 from prep.lock import output_lock
@@ -176,19 +176,33 @@ class _CaptionStep:
     instead of being retried image by image.
     """
 
-    def __init__(self, backend: CaptionBackend, options: CaptionOptions):
+    def __init__(self, backend: CaptionBackend, options: CaptionOptions, backend_name: str = ""):
         self.backend = backend
         self.options = options
+        self.backend_name = backend_name or getattr(backend, "name", "") or "this"
         self.fatal: ModelNotAvailable | None = None
+        self.video_native = accepts_video(backend, options)
+
+    def _caption(self, batch: list[ImageItem]) -> dict[str, CaptionResult]:
+        """Images (and clips, for a backend that takes them) go to the backend as they are; clips
+        for an image-only backend are captioned from sampled frames (`captioning.frames`)."""
+        clips = [] if self.video_native else [it for it in batch if it.flags.get("video")]
+        stills = [it for it in batch if not (it.flags.get("video") and not self.video_native)]
+        got = {r.id: r for r in self.backend.caption_batch(stills, self.options)} if stills else {}
+        if clips:
+            from captioning.frames import caption_from_frames
+
+            got.update({r.id: r for r in caption_from_frames(self.backend, clips, self.options, self.backend_name)})
+        return got
 
     def __call__(self, batch: list[ImageItem]) -> list[Result]:
         if self.fatal is None:
             try:
-                got = {r.id: r for r in self.backend.caption_batch(batch, self.options)}
+                got = self._caption(batch)
             except ModelNotAvailable as exc:
                 self.fatal = exc
-        if self.fatal is not None:
-            return [Result(it.id, "failed", source=str(it.path), reason=str(self.fatal)) for it in batch]
+        if self.fatal is not None:  # `fatal` in data: a Ray worker's step is not the driver's object
+            return [Result(it.id, "failed", source=str(it.path), reason=str(self.fatal), data={"fatal": True}) for it in batch]
         out = []
         for it in batch:
             r = got.get(it.id)
@@ -206,10 +220,16 @@ def _as_caption_result(r: Result) -> CaptionResult:
     return CaptionResult(r.id, "failed", reason=r.reason or f"{r.source}: captioning failed")
 
 
-def executor_for(backend: CaptionBackend, options: CaptionOptions) -> LocalExecutor:
+def executor_for(backend: CaptionBackend, options: CaptionOptions, engine: EngineOptions | None = None) -> Any:
     """How prep's executor drives `backend`: remote backends (`parallel`) get one image per call on
     `concurrency` threads, results as they finish (one image waiting out a Retry-After holds up
     no other); local ones get batches of `batch_size` in order, one call at a time."""
+    if engine is not None and engine.engine == "ray":
+        # One backend per actor: a local model loads once per worker; a remote backend's
+        # `concurrency` and `rpm` are per actor (`CaptionStageOptions.caption_options` splits them).
+        if getattr(backend, "parallel", False):
+            return make_executor(engine, workers=max(1, options.concurrency), batch_size=1)
+        return make_executor(engine, workers=options.workers, batch_size=max(1, options.batch_size))
     if getattr(backend, "parallel", False):
         return LocalExecutor(workers=max(1, options.concurrency), kind="thread", batch_size=1)
     return LocalExecutor(workers=1, kind="serial", batch_size=max(1, options.batch_size))
@@ -233,6 +253,8 @@ def caption_folder(
     progress: Progress | None = None,
     only: set[str] | None = None,
     keep_apart: bool = False,
+    videos: bool = True,
+    engine: EngineOptions | None = None,
 ) -> CaptionReport:
     """Caption every image under `folder` with `backend_name`; returns what happened per image.
 
@@ -247,6 +269,9 @@ def caption_folder(
     `resume`: images a previous run with the same settings finished are not captioned again.
     `backend` overrides the registry lookup (tests, callers holding a loaded model). `only`:
     restrict to these image ids. Raises `UnknownBackend` / `ModelNotAvailable` before any work.
+    `videos`: video clips (`prep.video.discover_videos`) are items too, captioned in `clip.txt`
+    beside `clip.mp4` with the same manifest, resume and retries; a backend without
+    `accepts_video` captions sampled frames instead (`captioning.frames`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -262,7 +287,8 @@ def caption_folder(
     trigger = validate_trigger(options.trigger) or None if options.trigger else None
 
     exclude = [out_dir] if output and out_dir.resolve() != folder.resolve() else []
-    items = discover(folder, recursive=recursive, exclude=exclude)
+    found = discover(folder, recursive=recursive, exclude=exclude)
+    items, clash = _with_videos(found, folder, recursive, exclude) if videos else (found, [])
     if only is not None:
         items = [it for it in items if it.id in only]
     manifest = Manifest.in_folder(out_dir)
@@ -274,7 +300,8 @@ def caption_folder(
 
     outcome: dict[str, ItemOutcome] = {}
     # named, never opened (symlink loops, FIFOs and devices, formats we cannot read); not in the manifest: found again each run
-    skipped = [ItemOutcome(s.id, "failed", reason=s.message) for s in getattr(items, "skipped", [])]
+    skipped = [ItemOutcome(s.id, "failed", reason=s.message) for s in getattr(found, "skipped", [])
+               if not (videos and _is_video(s.path))] + clash
     todo: list[ImageItem] = []
     for item in items:
         target = _target(item, output and out_dir)
@@ -304,22 +331,26 @@ def caption_folder(
     report.to_caption = len(todo)
 
     if dry_run:
-        report.estimate = backend.estimate(len(todo), options)
+        report.estimate = _estimate(backend, todo, options)
         report.outcomes = skipped + [outcome.get(i.id) or ItemOutcome(i.id, "pending") for i in items]
         return report
 
     run_opts = replace(options, state_dir=out_dir, extra={**options.extra, **rules.thresholds.to_extra()})
     by_id = {i.id: i for i in todo}
     is_tags = getattr(backend, "kind", "text") == "tags"
-    step = _CaptionStep(backend, run_opts)
-    executor = executor_for(backend, run_opts)
-    # A backend may decode ahead of its calls (wd14 overlaps decoding with inference).
-    prefetch = getattr(backend, "prefetch", None)
-    ahead = prefetch(todo, run_opts) if callable(prefetch) and todo else nullcontext()
+    step = _CaptionStep(backend, run_opts, backend_name)
+    executor = executor_for(backend, run_opts, engine)
+    # A backend may decode ahead of its calls (wd14 overlaps decoding with inference); not on Ray,
+    # where the workers decode their own shards.
+    prefetch = getattr(backend, "prefetch", None) if not (engine and engine.engine == "ray") else None
+    stills = [it for it in todo if not it.flags.get("video")]
+    ahead = prefetch(stills, run_opts) if callable(prefetch) and stills else nullcontext()
     with ahead, output_lock(out_dir, f"caption --backend {backend_name}"):  # one run per folder: never paid twice
         for r in executor.run(step, todo, progress=progress, description=f"captioning ({backend_name})") if todo else ():
             if step.fatal is not None:
                 raise step.fatal
+            if r.data.get("fatal"):
+                raise ModelNotAvailable(r.reason or "the model is not available")
             item = by_id.get(r.id)
             if item is None:
                 continue
@@ -333,6 +364,73 @@ def caption_folder(
         if o.status in ("ok", "resumed") and o.caption:
             report.tag_frequency.update(t for t in split_caption(o.caption) if not (trigger and normalize(t) == normalize(trigger)))
     return report
+
+
+def _is_video(path: Path) -> bool:
+    from prep.video import is_video_path
+
+    return is_video_path(path)
+
+
+def _with_videos(found: list[ImageItem], folder: Path, recursive: bool, exclude: list[Path]) -> tuple[list[ImageItem], list[ItemOutcome]]:
+    """The images plus the video clips of `folder`, sorted by id; a clip's caption is `clip.txt`.
+
+    An animated GIF is a clip (prep.video's rule), not an image. A clip whose caption file is
+    also an image's (`walk.mp4` beside `walk.png`) is not captioned: it is reported with the fix.
+    """
+    from prep.dataset import caption_path_for
+    from prep.video import discover_videos
+
+    ex = [e.resolve() for e in exclude]
+    clips = [p for p in discover_videos(folder, recursive) if not any(p.resolve().is_relative_to(e) for e in ex)]
+    if not clips:
+        return list(found), []
+    clip_set = {p for p in clips}
+    images = [it for it in found if it.path not in clip_set]
+    taken = {it.caption_path: it for it in images}
+    out: list[ImageItem] = list(images)
+    clash: list[ItemOutcome] = []
+    for p in clips:
+        rel = printable(p.relative_to(folder).as_posix())
+        cap = caption_path_for(p)
+        other = taken.get(cap)
+        if other is not None:
+            clash.append(ItemOutcome(rel, "failed", reason=(
+                f"{printable(p)}: its caption {printable(cap.name)} is also the caption of {other.id}; "
+                "rename one of them so each has its own caption file")))
+            continue
+        taken[cap] = ImageItem(id=rel, path=p, caption_path=cap, flags={"video": True})
+        out.append(taken[cap])
+    out.sort(key=lambda it: it.id)
+    return out, clash
+
+
+def _estimate(backend: CaptionBackend, todo: list[ImageItem], options: CaptionOptions) -> Estimate:
+    """Images by `estimate`; clips by `estimate_video(n, seconds, options)` where the backend has it
+    (seconds probed, no request made), added together."""
+    clips = [it for it in todo if it.flags.get("video")]
+    est = backend.estimate(len(todo) - len(clips), options)
+    fn = getattr(backend, "estimate_video", None)
+    if not clips or not callable(fn) or not accepts_video(backend, options):
+        if clips:
+            est = replace(est, images=len(todo), notes=(est.notes + "; " if est.notes else "")
+                          + f"{len(clips)} clip(s) captioned from sampled frames (counted as images)")
+        return est
+    from prep.video import VideoError, probe_video
+
+    seconds = 0.0
+    for it in clips:
+        try:
+            seconds += probe_video(it.path).duration
+        except VideoError:
+            pass  # named when captioned
+    vid = fn(len(clips), seconds, options)
+    cost = None if est.cost_usd is None or vid.cost_usd is None else est.cost_usd + vid.cost_usd
+    if not len(todo) - len(clips):
+        cost = vid.cost_usd
+    secs = None if est.seconds is None or vid.seconds is None else est.seconds + vid.seconds
+    notes = "; ".join(n for n in (est.notes if len(todo) > len(clips) else "", vid.notes) if n)
+    return Estimate(images=len(todo), seconds=secs, cost_usd=cost, notes=notes)
 
 
 def _source_digest(item: ImageItem) -> tuple[str, list[int]]:
@@ -453,15 +551,15 @@ def _prune_core(report: CaptionReport, items: list[ImageItem], output: Path | No
 
 # -- the caption stage: options declared once, for `caption`, loraprep.toml and `loraprep run` ----
 
-_LOCAL = "wd14, florence2, joycaption"
+_LOCAL = "wd14, florence2, joycaption, qwen-vl"
 
 
-class CaptionStageOptions(StageOptions):
+class CaptionStageOptions(EngineOptions):
     """Every option of the caption stage: the `caption` command's flags are generated from these
     fields (`prep.options.options_command`) and `loraprep.toml`'s [caption] table is validated by
     them. Defaults are the tool's choices, documented in docs/captioning.md."""
 
-    backend: str = Field("wd14", description="wd14 (local tagger), gemini, replicate, florence2, joycaption, or a chain like wd14+gemini.",
+    backend: str = Field("wd14", description="wd14 (local tagger), gemini, replicate, florence2, joycaption, qwen-vl (images and video clips), or a chain like wd14+gemini.",
                          json_schema_extra={"cli": ("--backend", "-b")})
     model: str | None = Field(None, description="Model: Hub repo id or local folder (wd14: folder holding model.onnx + selected_tags.csv).",
                               json_schema_extra={"cli": ("--model", "-m")})
@@ -538,8 +636,14 @@ class CaptionStageOptions(StageOptions):
         return CaptionOptions(
             trigger=self.trigger, lora_type=self.lora_type, model=self.model, revision=self.revision, device=self.device,
             batch_size=self.batch_size, workers=self.workers, prompt=self.prompt, max_new_tokens=self.max_new_tokens,
-            concurrency=self.concurrency, rpm=self.rpm, extra=extra,
+            concurrency=self.concurrency, rpm=self._rpm_per_worker(), extra=extra,
         )
+
+    def _rpm_per_worker(self) -> float | None:
+        """On Ray each of `concurrency` actors has its own limiter: the cap is shared out among them."""
+        if self.rpm is None or self.engine != "ray":
+            return self.rpm
+        return self.rpm / max(1, self.concurrency)
 
     def tag_rules(self) -> TagRules:
         return TagRules(
@@ -602,7 +706,7 @@ class CaptionStage:
             src, options.backend, options.caption_options(), mode=options.mode, output=None if same else out,
             rules=options.tag_rules(), prune_identity_tags=options.prune_identity, identity=options.identity_rules(),
             prune_core=options.prune_core, recursive=options.recursive, resume=options.resume, dry_run=dry_run,
-            backend=backend, progress=progress, keep_apart=options.keep_apart,
+            backend=backend, progress=progress, keep_apart=options.keep_apart, engine=options,
         )
 
 

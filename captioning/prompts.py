@@ -72,6 +72,62 @@ _PRESETS: dict[str, str] = {
     ),
 }
 
+VIDEO_SYSTEM_PROMPT = (
+    "You write training captions for a LoRA video dataset (text-to-video). A caption reads like a prompt a user "
+    "would type to get this exact clip: plain, concrete, natural language, present tense, what happens in the "
+    "order it happens. Output only the caption text: no preamble, no quotes, no lists, no markdown, no line "
+    "breaks, no timestamps."
+)
+
+_CAMERA = ("what the camera does (static, pan, tilt, zoom, dolly in or out, tracking, orbit, handheld shake) and the "
+           "framing (close-up, medium shot, full body, wide shot)")
+
+_VIDEO_PRESETS: dict[str, str] = {
+    "motion": (
+        "This clip shows the motion called {anchor}. Start the caption with {anchor}.\n"
+        "Describe the movement over time: which body parts or things move, the direction, speed and rhythm, how the "
+        "movement starts, develops and ends (its timing: sudden, gradual, looping, pauses), weight shift and body "
+        f"mechanics, secondary motion (hair, cloth, dust), and {_CAMERA}.\n"
+        "Do NOT describe who the subject is or how they look: no face, eye colour, hair colour or style, skin, body "
+        "type, age, gender, clothing colours or design. Leave out the background unless the motion interacts with it.\n"
+        "Write 2 to 4 sentences."
+    ),
+    "character": (
+        "The main character in this clip is named {anchor}. Start the caption with {anchor} and refer to the character "
+        "only as {anchor} (never 'a woman', 'a girl', 'the character').\n"
+        "Describe what {anchor} does over the clip, in order: actions, gestures, pose changes, facial expression, gaze, "
+        f"what {{anchor}} holds or interacts with, the outfit in a few words, the setting in one short phrase, and {_CAMERA}.\n"
+        "Do NOT describe what is always the same about {anchor}: face, eye colour, hair colour or hairstyle, skin tone, "
+        "ethnicity, age, gender, body type, species features. Do not mention the art style or medium.\n"
+        "Write 1 to 3 sentences."
+    ),
+    "style": (
+        "This clip is in the visual style called {anchor}. Start the caption with {anchor}.\n"
+        "Describe only the content and what happens: who or what is shown, the actions in order, composition, setting, "
+        f"time of day, mood, and {_CAMERA}.\n"
+        "Do NOT name or describe the style, medium or technique: no words like painting, illustration, drawing, "
+        "sketch, watercolor, anime, cartoon, 3D render, CGI, claymation, stop motion, film grain, photo, realistic, "
+        "stylized, cel shading, line art, color palette. All of that is what {anchor} means.\n"
+        "Write 1 to 3 sentences."
+    ),
+    "object": (
+        "The main object in this clip is called {anchor}. Start the caption with {anchor} and refer to the object only "
+        "as {anchor}.\n"
+        f"Describe what happens with {{anchor}} over the clip: where it is, how it moves or is handled, who or what "
+        f"interacts with it, the surroundings, and {_CAMERA}.\n"
+        "Do NOT describe the object's own shape, material, colour or design: that is what {anchor} means.\n"
+        "Write 1 to 2 sentences."
+    ),
+    "concept": (
+        "This clip shows the concept called {anchor}. Start the caption with {anchor}.\n"
+        f"Describe everything else plainly (subjects, actions in order, setting, {_CAMERA}) and refer to the concept "
+        "itself only as {anchor} without explaining it.\n"
+        "Write 1 to 3 sentences."
+    ),
+}
+
+VIDEO_USER_PROMPT = "Write the caption for this video clip."
+
 _DEFAULT_ANCHOR = {"character": "the character", "style": "this style", "motion": "this motion", "object": "the object", "concept": "this concept"}
 
 USER_PROMPT = "Write the caption for this image."
@@ -101,22 +157,27 @@ def preset_names() -> list[str]:
     return sorted(_PRESETS)
 
 
-def build_prompt(lora_type: str = "character", trigger: str | None = None, override: str | None = None) -> Prompt:
+def build_prompt(lora_type: str = "character", trigger: str | None = None, override: str | None = None,
+                 *, video: bool = False) -> Prompt:
     """System + user prompt for a LoRA type; `override` (the --prompt flag) replaces the preset
-    text (`{trigger}` in it is filled in)."""
+    text (`{trigger}` in it is filled in). `video`: the preset for a clip (what happens over
+    time and what the camera does; motion: the movement and its timing, never the subject's looks)."""
     if lora_type not in _PRESETS:
         raise ValueError(f"unknown LoRA type {lora_type!r}: choose one of {', '.join(preset_names())}")
     anchor = trigger.strip() if trigger and trigger.strip() else _DEFAULT_ANCHOR[lora_type]
     if override:
         body = override.replace("{trigger}", anchor).replace("{anchor}", anchor)
     else:
-        body = _PRESETS[lora_type].format(anchor=anchor)
+        body = (_VIDEO_PRESETS if video else _PRESETS)[lora_type].format(anchor=anchor)
+    if video:
+        return Prompt(system=VIDEO_SYSTEM_PROMPT, user=f"{body}\n\n{VIDEO_USER_PROMPT}")
     return Prompt(system=SYSTEM_PROMPT, user=f"{body}\n\n{USER_PROMPT}")
 
 
-def flat_prompt(lora_type: str = "character", trigger: str | None = None, override: str | None = None) -> str:
+def flat_prompt(lora_type: str = "character", trigger: str | None = None, override: str | None = None,
+                *, video: bool = False) -> str:
     """One string for models without a system prompt (Replicate LLaVA, JoyCaption user turn)."""
-    p = build_prompt(lora_type, trigger, override)
+    p = build_prompt(lora_type, trigger, override, video=video)
     return f"{p.system}\n\n{p.user}"
 
 
@@ -137,7 +198,7 @@ def check_caption(text: str, lora_type: str) -> list[str]:
     low = text.lower()
     if lora_type == "style":
         pats = [re.escape(w) for w in STYLE_WORDS]
-    elif lora_type == "character":
+    elif lora_type in ("character", "motion"):  # a motion caption must not describe the subject's looks either
         pats = list(IDENTITY_WORDS)
     else:
         return []

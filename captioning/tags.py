@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +26,8 @@ import numpy as np
 from captioning.backends.base import Tag
 
 CATEGORY_NAMES = {9: "rating", 0: "general", 4: "character", 1: "artist", 3: "copyright", 5: "meta"}
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+"""WD v3's rating labels (category 9; SmilingWolf's selected_tags.csv), kept in the caption records."""
 
 KAOMOJI = frozenset(
     {
@@ -233,3 +236,54 @@ class TagRules:
 def split_caption(text: str) -> list[str]:
     """A tag caption's tags (comma-separated, whitespace trimmed, empties dropped)."""
     return [t.strip() for t in re.split(r",", text) if t.strip()]
+
+
+CHARACTER = 4
+"""The character category of a WD `selected_tags.csv` (Danbooru's category 4)."""
+
+
+def read_character_tags(csv_path: str | Path) -> set[str]:
+    """Normalised names of the character-category rows of a WD `selected_tags.csv`."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or [c.strip().lower() for c in rows[0][:3]] != ["tag_id", "name", "category"]:
+        raise ValueError(f"{csv_path}: not a WD selected_tags.csv (header must start tag_id,name,category)")
+    out = set()
+    for r in rows[1:]:
+        if len(r) >= 3 and r[2].strip().lstrip("-").isdigit() and int(r[2]) == CHARACTER:
+            out.add(normalize(r[1]))
+    return out
+
+
+def known_character_tags(tags_csv: str | Path | None = None) -> tuple[set[str], str | None]:
+    """(character tags, where from) without any network: `tags_csv` when given, else the WD
+    model folder in $LORAPREP_WD14_MODEL, else the default tagger's CSV in the Hugging Face cache;
+    (empty set, None) when none is at hand."""
+    import os
+
+    if tags_csv:
+        p = Path(tags_csv).expanduser()
+        p = p / "selected_tags.csv" if p.is_dir() else p
+        if not p.is_file():
+            raise ValueError(f"--tags-csv {tags_csv}: no such file; pass a WD selected_tags.csv or the tagger's folder")
+        return read_character_tags(p), str(p)
+    from captioning.backends.wd14 import DEFAULT_REPO, ENV_VAR, TAGS_FILE
+
+    env = os.environ.get(ENV_VAR)
+    if env and (Path(env).expanduser() / TAGS_FILE).is_file():
+        p = Path(env).expanduser() / TAGS_FILE
+        return read_character_tags(p), str(p)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(DEFAULT_REPO, TAGS_FILE)
+    except Exception:
+        hit = None
+    if isinstance(hit, str):
+        try:
+            return read_character_tags(hit), f"{DEFAULT_REPO}/{TAGS_FILE} (cache)"
+        except (OSError, ValueError):
+            pass
+    return set(), None

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import ConfigDict, Field, ValidationError, create_model, field_validator
@@ -39,7 +39,7 @@ else:  # pragma: no cover
 STATE_FILE = "stages.json"
 """Under `ProjectDirs.state`."""
 
-PROJECT_KEYS = ("source", "trigger", "trainer", "resolution", "workers")
+PROJECT_KEYS = ("source", "trigger", "trainer", "resolution", "workers", "engine", "ray_address")
 """Settings of the whole project: `[project]`, handed to every stage whose options have them."""
 RUN_KEYS = ("dry_run",)
 """Decided per invocation by `loraprep run`, never stored."""
@@ -73,6 +73,10 @@ class Section:
     """loraprep-only keys: name -> (type, default, description)."""
     hidden: tuple[str, ...] = ()
     """Fields loraprep sets itself (the stage's folders), besides PROJECT_KEYS and RUN_KEYS."""
+    own: tuple[str, ...] = ()
+    """PROJECT_KEYS this stage does not take from the project (its own, of another type: [clips] resolution = "832x480")."""
+    video_only: bool = False
+    """Only runs (and is only checked) when the trainer is a video one."""
 
     def options_class(self) -> type[Any]:
         mod, _, cls = self.options.partition(":")
@@ -84,10 +88,16 @@ SECTIONS: tuple[Section, ...] = (
     Section("import", "prep.importer:ImportOptions", defaults={"flatten": True}),
     Section("check", "prep.check:CheckOptions"),
     Section("dedupe", "prep.dedupe:DedupeOptions", extra={"enabled": (bool, True, "Move near-duplicates to dupes/ (false: keep them).")}, hidden=("move_to",)),
-    Section("crop", "prep.crop:CropOptions", extra={"enabled": (bool, True, "false: no face crop, only the bucket fit of the whole image.")}),
+    # with a reference, off-model crops are moved out of 02_cropped (to off_model/) unless --keep-off-model
+    Section("crop", "prep.crop:CropOptions", defaults={"off_model": "set-aside"}, extra={"enabled": (bool, True, "false: no face crop, only the bucket fit of the whole image.")}),
     # lora_type defaults to character, so identity tags are pruned unless lora_type = "style"
     Section("caption", "captioning.pipeline:CaptionStageOptions", defaults={"prune_identity": True}, hidden=("keep_apart",)),
     Section("layout", "prep.layout:LayoutOptions", hidden=("buckets_from",)),
+    # video trainers (Wan) with video sources: `prep clips` into 02_clips; fps and 4N+1 frames follow the trainer
+    Section("clips", "prep.clips:ClipsOptions", own=("resolution",), video_only=True),
+    # 3D-render projects (`loraprep run --renders`): style variations of the captioned renders into 05_renders
+    Section("variations", "prep.variations.run:VariationOptions", hidden=("backend_options",),
+            extra={"enabled": (bool, False, "true (or --renders): add img2img style variations of the renders (prep render-variations).")}),
     Section("train", "loraprep.project:TrainSettings"),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
@@ -105,7 +115,7 @@ def _section_model(sec: Section) -> type[StageOptions]:
     cls = sec.options_class()
     if sec.name == "train":
         return cls
-    skip = set(PROJECT_KEYS) | set(RUN_KEYS) | set(sec.hidden)
+    skip = (set(PROJECT_KEYS) - set(sec.own)) | set(RUN_KEYS) | set(sec.hidden)
     own = _fields(cls)
     unknown = set(sec.defaults) - set(own)
     if unknown:  # a stage renamed an option: fail at import, in every test
@@ -125,7 +135,9 @@ def _section_model(sec: Section) -> type[StageOptions]:
 
 
 _MODELS = {s.name: _section_model(s) for s in SECTIONS}
-ImportSection, CheckSection, DedupeSection, CropSection, CaptionSection, LayoutSection, _ = _MODELS.values()
+ImportSection, CheckSection, DedupeSection, CropSection, CaptionSection, LayoutSection = (_MODELS[n] for n in ("import", "check", "dedupe", "crop", "caption", "layout"))
+VariationsSection = _MODELS["variations"]
+ClipsSection = _MODELS["clips"]
 
 
 class Project(StageOptions):
@@ -143,12 +155,18 @@ class Project(StageOptions):
     """Training resolution; crops are made for its buckets and the config trains at it."""
     workers: int | None = Field(default=None, ge=1)
     """Parallel workers (default: all cores)."""
+    engine: Literal["local", "ray"] = "local"
+    """Where check, dedupe, crop and caption run: local threads, or Ray Data actors (`pip install 'loraprep[ray]'`; prep.executor)."""
+    ray_address: str = "local"
+    """With engine = "ray": local (a private Ray), auto (the running cluster) or ray://host:port."""
     import_: ImportSection = Field(default_factory=ImportSection, alias="import")  # type: ignore[valid-type]
     check: CheckSection = Field(default_factory=CheckSection)  # type: ignore[valid-type]
     dedupe: DedupeSection = Field(default_factory=DedupeSection)  # type: ignore[valid-type]
     crop: CropSection = Field(default_factory=CropSection)  # type: ignore[valid-type]
     caption: CaptionSection = Field(default_factory=CaptionSection)  # type: ignore[valid-type]
     layout: LayoutSection = Field(default_factory=LayoutSection)  # type: ignore[valid-type]
+    variations: VariationsSection = Field(default_factory=VariationsSection)  # type: ignore[valid-type]
+    clips: ClipsSection = Field(default_factory=ClipsSection)  # type: ignore[valid-type]
     train: TrainSettings = Field(default_factory=TrainSettings)
 
     @field_validator("trainer")
@@ -175,7 +193,7 @@ class Project(StageOptions):
         own = _fields(cls)
         data = {k: v for k, v in self.section(name).model_dump().items() if k in own}
         for k in PROJECT_KEYS:
-            if k in own and getattr(self, k) is not None:
+            if k in own and k not in sec.own and getattr(self, k) is not None:
                 data[k] = getattr(self, k)
         data.update(given)
         try:
@@ -220,11 +238,17 @@ class Project(StageOptions):
         project.check_stages(where=path)
         return project
 
+    @property
+    def video_trainer(self) -> bool:
+        from prep.archs import get_arch  # noqa: PLC0415
+
+        return bool(get_arch(self.trainer).video_fps)
+
     def check_stages(self, *, where: str = PROJECT_FILE) -> None:
         """Build every stage's options once, so the stages' own checks speak at load time."""
         problems: list[tuple[str, str]] = []
         for s in SECTIONS:
-            if s.name == "train":
+            if s.name == "train" or (s.video_only and not self.video_trainer):
                 continue
             try:
                 self.stage_options(s.name, **_required_stand_ins(s, self))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loraprep.project import Project, StageState, fingerprint
-from loraprep.stages import STAGES, STEPS, StageStop, Step
+from loraprep.stages import STAGES, StageStop, Step, steps_for
 from prep.executor import Progress
 from prep.fsutil import DiskFull, atomic_write_text
 from prep.lock import output_lock
@@ -137,7 +137,7 @@ class Pipeline:
         progress_factory: Callable[[], Progress | None] = lambda: None,
         force: set[str] | None = None,
         dry_run: bool = False,
-        steps: tuple[Step, ...] = STEPS,
+        steps: tuple[Step, ...] | None = None,
     ):
         self.p = project
         self.dirs = ProjectDirs(Path(project_dir))
@@ -145,7 +145,7 @@ class Pipeline:
         self.progress = progress_factory
         self.force = force or set()
         self.dry_run = dry_run
-        self.steps = steps
+        self.steps = steps if steps is not None else steps_for(project)  # video runs: import, check, clips, caption, layout, config, estimate
         self.report = RunReport(self.dirs.root, dry_run=dry_run)
 
     def _write_report(self, name: str, data: Any) -> None:

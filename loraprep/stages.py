@@ -1,6 +1,7 @@
 """The stages of `loraprep run`, in order: each a `prep.stage.Stage` with its folders and options.
 
     import -> check -> dedupe -> crop -> caption -> merge -> trigger -> lint -> layout -> config -> estimate
+    (with --renders: ... -> trigger -> variations -> lint ..., lint and layout reading 05_renders)
 
 Most are the per-command tools' own STAGE objects (`prep crop` and `loraprep run` call the same
 `run`); `merge` (user + generated captions into 04_captioned), `config` and `estimate` are
@@ -317,6 +318,8 @@ def _check_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
         "exif_rotated": len(probs["exif_rotated"]),
         "transparent": len(probs["transparent"]),
         "buckets": rep.summary()["buckets"],
+        # quality and identity flags (prep.check.QUALITY_KINDS): blurry, monochrome, off_model, ...
+        "flagged": {kind: [e["file"] for e in probs.get(kind, [])] for kind in getattr(rep, "flag_kinds", ()) if probs.get(kind)},
     }
 
 
@@ -337,6 +340,7 @@ def _crop_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
         "contact_sheets": [str(p) for p in rep.contact_sheets],
         "warnings": list(rep.warnings),
         "suggested_resolution": _get(js, "suggested_resolution", default=getattr(rep, "suggested_resolution", None)),
+        **({"off_model": list(rep.off_model), "set_aside": list(rep.set_aside)} if getattr(rep, "off_model", None) else {}),
     }
 
 
@@ -345,6 +349,8 @@ def _crop_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str 
         return None
     small = [r.id for r in rep.results if "small_source" in r.data.get("flags", [])]
     hint = " (all too small for the resolution: set [crop] upscale = true or a lower resolution)" if small else ""
+    if getattr(rep, "set_aside", None):
+        hint = f" (every match was off-model, set aside in {d.off_model}: check the reference images, or pass --keep-off-model)"
     return f"no crops were written{hint}; see {d.cropped / 'crops.jsonl'}"
 
 
@@ -376,6 +382,26 @@ def _layout_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
     return {"images": rep.n_images, "reg_images": rep.n_reg, "image_dir": rep.image_dir, "stale_caches_removed": len(rep.removed), "warnings": list(rep.warnings)}
 
 
+def _final(p: Project, d: ProjectDirs) -> Path:
+    """The captioned images lint and layout read: 05_renders (originals + variations) for a 3D-render project."""
+    return d.renders if p.variations.enabled else d.captioned
+
+
+def _variations_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    ident = rep.identity or {}
+    return {
+        "originals": rep.originals, "generated": rep.generated, "resumed": rep.resumed, "failed": [f["id"] for f in rep.failed],
+        "drifted": list(ident.get("drifted", [])), "set_aside": {a["id"]: a["where"] for a in rep.set_aside},
+        "unchecked": [u["id"] for u in ident.get("unchecked", [])], "identity_threshold": ident.get("threshold"), "warnings": list(rep.warnings),
+    }
+
+
+def _variations_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.sources and rep.generated + rep.resumed == 0 and rep.failed:
+        return "no variation could be made: " + "; ".join(f"{f['id']}: {f['reason']}" for f in rep.failed[:3])
+    return None
+
+
 def _layout_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
     if rep.n_images == 0:
         return "no image reached the dataset: " + "; ".join(f"{i.id}: {i.reason}" for i in rep.failed[:5])
@@ -392,8 +418,9 @@ def _dataset_signature(p: Project, d: ProjectDirs) -> str:
 
 
 def _crop_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
-    # disabled: the whole image, bucket fit only
-    return p.stage_options("crop", stage.Options, **({} if p.crop.enabled else {"framing": "full"}))
+    # disabled: the whole image, bucket fit only; with references, off-model crops go to off_model/ unless kept
+    aside = {"set_aside": str(d.off_model)} if p.crop.reference and p.crop.set_aside is None else {}
+    return p.stage_options("crop", stage.Options, **({} if p.crop.enabled else {"framing": "full"}), **aside)
 
 
 def _caption_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
@@ -424,8 +451,9 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "crop", lambda: _stage("prep.crop"), lambda p, d: d.raw, lambda d: d.cropped,
-        lambda p, d: (tree_signature(d.raw, exclude_names=REPORT_FILES), tree_signature(overrides_path(d.root))), options=_crop_options,
-        summary=_crop_summary, stop=_crop_stop, errors=("prep.models:ModelNotAvailable",),
+        lambda p, d: (tree_signature(d.raw, exclude_names=REPORT_FILES), tree_signature(overrides_path(d.root)),
+                      *([tree_signature(Path(p.crop.reference))] if p.crop.reference else [])), options=_crop_options,
+        summary=_crop_summary, stop=_crop_stop, errors=("prep.models:ModelNotAvailable", "prep.identity:ReferenceError"),
     ),
     Step(
         "caption", lambda: _stage("captioning.pipeline"), lambda p, d: d.cropped, lambda d: d.captions,
@@ -444,14 +472,22 @@ STEPS: tuple[Step, ...] = (
         options=lambda p, d, s: s.Options.model_validate(_present(s.Options, trigger=p.trigger, create_missing=True)),
     ),
     Step(
-        "lint", lambda: _stage("captioning.lint"), lambda p, d: d.captioned, lambda d: d.reports,
-        _signature_of(lambda d: d.captioned),
+        # 3D renders (`--renders`): style variations of the captioned renders, identity-checked, into 05_renders;
+        # the project's workers (cores) are not the variations' workers (predictions in flight)
+        "variations", lambda: _stage("prep.variations.run"), lambda p, d: d.captioned, lambda d: d.renders,
+        _signature_of(lambda d: d.captioned), options=lambda p, d, s: p.stage_options("variations", s.Options, workers=None),
+        report_file="variations.json", summary=_variations_summary, stop=_variations_stop, enabled=lambda p: p.variations.enabled,
+        errors=("prep.models:ModelNotAvailable", "prep.remote:RemoteError", "builtins:ValueError", "builtins:RuntimeError"),
+    ),
+    Step(
+        "lint", lambda: _stage("captioning.lint"), lambda p, d: _final(p, d), lambda d: d.reports,
+        lambda p, d: tree_signature(_final(p, d)),
         options=lambda p, d, s: s.Options.model_validate(_present(s.Options, trigger=p.trigger, trainer=p.trainer, lora_type=p.caption.lora_type)),
         report_file="lint.json", summary=_lint_summary, writes=lambda p, d: tree_signature(d.reports / "lint.json"),
     ),
     Step(
-        "layout", lambda: _stage("prep.layout"), lambda p, d: d.captioned, lambda d: d.dataset,
-        lambda p, d: (tree_signature(d.captioned), tree_signature(d.cropped / BUCKET_RECORD)),
+        "layout", lambda: _stage("prep.layout"), lambda p, d: _final(p, d), lambda d: d.dataset,
+        lambda p, d: (tree_signature(_final(p, d)), tree_signature(d.cropped / BUCKET_RECORD)),
         # the bucket record crop wrote travels with the dataset (merge copies only images and captions)
         options=lambda p, d, s: p.stage_options("layout", s.Options, **_present(s.Options, buckets_from=str(d.cropped))),
         summary=_layout_summary, stop=_layout_stop,
@@ -469,6 +505,278 @@ STEPS: tuple[Step, ...] = (
     ),
 )
 STAGES = tuple(s.name for s in STEPS)
+
+
+# -- video runs: a video trainer (Wan) and a source holding videos ---------------------------------
+#
+#    import -> check -> clips -> caption -> layout -> config -> estimate
+#
+# The image-only stages (dedupe, crop, merge, trigger, lint) do not apply to clips; `layout` for
+# clips merges the user's and the generated captions, puts the trigger first and lays the clips
+# out for musubi-tuner. Images in a video source are left out (a run trains one kind).
+
+VIDEO_CAPTION_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif", ".txt"}
+
+
+def source_videos(source: Path) -> list[str]:
+    """Videos in a source folder (recursive) or .zip, by name: what makes a run a video run."""
+    import zipfile
+
+    from prep.video import discover_videos, is_video_path
+
+    try:
+        if source.is_dir():
+            return [p.relative_to(source).as_posix() for p in discover_videos(source, recursive=True)]
+        if source.is_file() and zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as z:
+                return [n for n in z.namelist() if not n.endswith("/") and is_video_path(Path(n))]
+    except OSError:
+        return []
+    return []
+
+
+def is_video_run(p: Project) -> bool:
+    from prep.archs import get_arch
+
+    return bool(get_arch(p.trainer).video_fps) and bool(source_videos(Path(p.source)))
+
+
+@dataclass
+class VideoImportReport:
+    """The importer's report plus the videos in 01_raw."""
+
+    inner: Any
+    videos: list[str] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return int(getattr(self.inner, "n_failed", 0) or 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.inner.to_json(), "videos": self.videos}
+
+
+class ImportWithVideos:
+    """`prep import` (it takes videos, images and captions, from a folder or a .zip), reporting the
+    videos that reached 01_raw: a video run needs at least one."""
+
+    name = "import"
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.Options = inner.Options
+
+    def run(self, src: Path, out: Path, options: StageOptions, *, progress: Progress | None = None) -> VideoImportReport:
+        from prep.video import discover_videos
+
+        rep = VideoImportReport(self.inner.run(src, out, options, progress=progress))
+        rep.videos = [p.name for p in discover_videos(out)] if out.is_dir() else []
+        return rep
+
+
+@dataclass
+class VideoCheckReport:
+    inner: Any
+    videos: dict[str, Any]
+
+    @property
+    def n_failed(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.inner.to_json(), "videos": self.videos}
+
+
+class CheckWithVideos:
+    """`prep check` on the images, plus `prep.video.check_videos` (length, fps, what 81-frame clips drop)."""
+
+    name = "check"
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.Options = inner.Options
+
+    def run(self, src: Path, out: Path, options: StageOptions, *, progress: Progress | None = None) -> VideoCheckReport:
+        from prep.clips import ClipsOptions
+        from prep.video import check_videos
+
+        clip = ClipsOptions()  # the fps and frames the clips stage will use by default
+        return VideoCheckReport(self.inner.run(src, out, options, progress=progress), check_videos(src, fps=clip.target_fps, frames=clip.frames))
+
+
+class ClipsKeepingCaptions:
+    """`prep clips`, then each clip gets the caption the user wrote for its source video (raw/walk.txt
+    -> 02_clips/walk_000.txt): the user's caption, to be merged with the generated one by `layout`."""
+
+    name = "clips"
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.Options = inner.Options
+
+    def run(self, src: Path, out: Path, options: StageOptions, *, progress: Progress | None = None) -> Any:
+        rep = self.inner.run(src, out, options, progress=progress)
+        for c in rep.clips:
+            try:
+                user = read_caption((src / c["source"]).with_suffix(".txt"))
+            except ValueError:
+                continue  # named by check
+            cap = (out / c["clip"]).with_suffix(".txt")
+            if user and (not cap.is_file() or cap.read_text(encoding="utf-8").strip() != user):
+                atomic_write_text(cap, user + "\n")
+        return rep
+
+
+class VideoLayoutOptions(StageOptions):
+    trigger: str
+    generated: str
+    """Folder of generated captions (03_captions), by clip name."""
+    mode: str = "skip"
+    repeats: int = 1
+    class_token: str | None = None
+
+
+@dataclass
+class VideoLayoutReport:
+    n_videos: int = 0
+    image_dir: str = ""
+    without_caption: list[str] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.without_caption)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"videos": self.n_videos, "image_dir": self.image_dir, "without_caption": self.without_caption}
+
+
+class VideoLayoutStage:
+    """The clips with their final captions (user's and generated merged by `mode`, trigger first) in
+    dataset/img/{repeats}_{trigger}/, with layout.json and the clips' buckets.json. A clip without
+    any caption is left out and named: musubi-tuner stops on an uncaptioned video."""
+
+    name = "layout"
+    Options = VideoLayoutOptions
+
+    def run(self, src: Path, out: Path, options: VideoLayoutOptions, *, progress: Progress | None = None) -> VideoLayoutReport:
+        import json
+        import shutil
+
+        from captioning.merge import merge_caption
+        from prep.layout import LAYOUT_FILE, subset_folder_name
+        from prep.trigger import apply_trigger
+        from prep.video import discover_videos
+
+        rep = VideoLayoutReport()
+        folder = out / "img" / subset_folder_name(options.repeats, options.trigger, options.class_token)
+        folder.mkdir(parents=True, exist_ok=True)
+        keep: set[str] = set()
+        for clip in discover_videos(src):
+            try:
+                user = read_caption(clip.with_suffix(".txt"))
+                gen = read_caption(Path(options.generated) / clip.with_suffix(".txt").name)
+            except ValueError as exc:
+                rep.without_caption.append(f"{clip.name}: {exc}")
+                continue
+            text = merge_caption(user, gen, options.mode)  # type: ignore[arg-type]
+            if not text:
+                rep.without_caption.append(f"{clip.name}: no caption (write {clip.with_suffix('.txt')}, or a caption for its source video, or caption it with a video backend: --backend gemini)")
+                continue
+            _link_or_copy(clip, folder / clip.name)
+            atomic_write_text(folder / clip.with_suffix(".txt").name, apply_trigger(text, options.trigger) + "\n")
+            keep.update({clip.name, clip.with_suffix(".txt").name})
+            rep.n_videos += 1
+        for stale in folder.iterdir():
+            if stale.is_file() and stale.name not in keep:
+                stale.unlink()
+        for parent in (out / "img",):  # subset folders of an earlier trigger or repeats
+            for d in parent.iterdir():
+                if d.is_dir() and d != folder:
+                    shutil.rmtree(d)
+        if (src / BUCKET_RECORD).is_file():
+            link_or_copy(src / BUCKET_RECORD, out / BUCKET_RECORD, link=False)
+        meta = {"trigger": options.trigger, "class_token": options.class_token, "repeats": options.repeats, "videos": rep.n_videos, "written_by": "loraprep run (video layout)"}
+        atomic_write_text(out / LAYOUT_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        rep.image_dir = str(folder)
+        return rep
+
+
+def _video_import_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    return None if rep.videos else f"{p.source}: no videos found (mp4, mov, webm, mkv, avi, gif)"
+
+
+def _video_check_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    totals = js.get("videos", {}).get("summary", {})
+    return None if totals.get("ok") else f"no readable videos in {d.raw}: see reports/check.json for each file's reason"
+
+
+def _clips_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
+    return {**js.get("summary", {}), "fps": js.get("fps"), "frames": js.get("frames"), "failed": {r["file"]: r.get("reason") for r in js.get("videos", []) if r.get("status") == "failed"}}
+
+
+def _clips_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.clips:
+        return None
+    why = "; ".join(f"{r['file']}: {r.get('reason') or r.get('status')}" for r in js.get("videos", [])[:5])
+    return f"no clips were cut ({why}); see {d.clips / 'clips.jsonl'}"
+
+
+def _video_layout_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
+    if rep.n_videos == 0:
+        return "no clip reached the dataset: " + "; ".join(rep.without_caption[:5])
+    return None
+
+
+def _clips_options(p: Project, d: ProjectDirs, stage: Any) -> StageOptions:
+    # [clips] of loraprep.toml (its own resolution, WxH); fps, 4N+1 frames and buckets follow the trainer
+    return p.stage_options("clips", stage.Options, trainer=p.trainer)
+
+
+_BY_NAME = {s.name: s for s in STEPS}
+VIDEO_STEPS: tuple[Step, ...] = (
+    Step(
+        "import", lambda: ImportWithVideos(ImportKeepingRejects(_stage("prep.importer"))), lambda p, d: Path(p.source), lambda d: d.raw,
+        lambda p, d: tree_signature(Path(p.source)), report_file="import.json",
+        summary=lambda rep, js: {**_import_summary(rep, js), "videos": len(rep.videos)}, stop=_video_import_stop, errors=("prep.importer:ImportRefused",),
+    ),
+    Step(
+        "check", lambda: CheckWithVideos(_stage("prep.check")), lambda p, d: d.raw, lambda d: d.reports,
+        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), report_file="check.json",
+        summary=lambda rep, js: {**js["videos"].get("summary", {}), "errors": {e["file"]: e["reason"] for e in js["videos"].get("errors", [])},
+                                 "warnings": {v["file"]: v["warnings"] for v in js["videos"].get("videos", []) if v.get("warnings")}}, stop=_video_check_stop,
+        writes=lambda p, d: tree_signature(d.reports / "check.json"),
+    ),
+    Step(
+        "clips", lambda: ClipsKeepingCaptions(_stage("prep.clips")), lambda p, d: d.raw, lambda d: d.clips,
+        _signature_of(lambda d: d.raw, exclude_names=REPORT_FILES), options=_clips_options, report_file="clips.json",
+        summary=_clips_summary, stop=_clips_stop,
+    ),
+    Step(
+        "caption", lambda: _stage("captioning.pipeline"), lambda p, d: d.clips, lambda d: d.captions,
+        _signature_of(lambda d: d.clips, suffixes=VIDEO_CAPTION_SUFFIXES), options=_caption_options, report_file="caption.json",
+        summary=_caption_summary, errors=("captioning.backends:UnknownBackend", "prep.models:ModelNotAvailable"),
+    ),
+    Step(
+        "layout", VideoLayoutStage, lambda p, d: d.clips, lambda d: d.dataset,
+        lambda p, d: (tree_signature(d.clips, suffixes=VIDEO_CAPTION_SUFFIXES | {".json"}), tree_signature(d.captions, suffixes={".txt"})),
+        options=lambda p, d, s: VideoLayoutOptions(trigger=p.trigger, generated=str(d.captions), mode=p.caption.mode, repeats=p.layout.repeats, class_token=p.layout.class_token),
+        summary=lambda rep, js: js, stop=_video_layout_stop, writes=_dataset_signature,
+    ),
+    _BY_NAME["config"],
+    _BY_NAME["estimate"],
+)
+STAGES = tuple(dict.fromkeys([*STAGES, *(s.name for s in VIDEO_STEPS)]))
+
+
+def steps_for(project: Project) -> tuple[Step, ...]:
+    """The steps of `project`'s run: the video chain for a video trainer with a source of videos."""
+    return VIDEO_STEPS if is_video_run(project) else STEPS
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -40,6 +40,22 @@ class ModelArg:
 
 
 @dataclass(frozen=True)
+class DitShape:
+    """A video DiT's size (musubi-tuner 30c658c4 `wan/configs/wan_t2v_14B.py`, `wan_t2v_1_3B.py`)."""
+
+    params_b: float  # billions of parameters
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # (frames, height, width)
+    patch: tuple[int, int, int] = (1, 2, 2)
+
+
+WAN_14B = DitShape(14.0, 5120, 13824, 40)
+WAN_1_3B = DitShape(1.3, 1536, 8960, 30)
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     name: str
     trainer: str  # SD_SCRIPTS | MUSUBI
@@ -80,8 +96,14 @@ class ArchSpec:
     i2v: bool = False
     dual_expert: bool = False  # Wan 2.2: high- and low-noise experts
     timestep_boundary: int | None = None  # Wan 2.2 expert split (0..1000)
+    video_fps: float | None = None
+    """Frame rate the trainer trains video at (musubi VideoDataset.TARGET_FPS_WAN = 16.0); None: no video."""
+    video_frame_step: int | None = None
+    """Clips must have N*step+1 frames (musubi VideoDataset.vae_frame_stride = 4: Wan's VAE, 4N+1)."""
     extra_scripts: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    dit_shape: DitShape | None = None
+    """The DiT's size, for the VRAM model (`train_bridge.vram`)."""
 
     def model(self, name: str) -> ModelArg:
         for m in self.models:
@@ -251,8 +273,11 @@ def _wan(name: str, family: str, task: str, *, i2v: bool, dual: bool, boundary: 
         i2v=i2v,
         dual_expert=dual,
         timestep_boundary=boundary,
+        video_fps=16.0,
+        video_frame_step=4,
         extra_scripts={"cache_latents": f"{_MUSUBI_SRC}/wan_cache_latents.py", "cache_text_encoder": f"{_MUSUBI_SRC}/wan_cache_text_encoder_outputs.py"},
         description=desc,
+        dit_shape=WAN_14B,
     )
 
 

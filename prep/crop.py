@@ -1,7 +1,7 @@
 """`prep crop` library side: face-centred crops sized exactly to the trainer's buckets.
 
 `crop_folder(src, out, options)` discovers images, runs `CropStep` through the executor
-(detection on a reduced decode, crop from a decode just large enough for the bucket), writes
+(one full decode per image: detection on a box-reduced copy of it, the crop from its pixels), writes
 each crop atomically with its caption, records every image in the manifest (so a rerun skips
 finished images), and writes `crops.jsonl`, the contact sheet(s) and `buckets.json` (the
 bucket spec every crop is a fixed point of, which `prep layout` carries into the dataset and
@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,14 +32,14 @@ from prep.buckets import BUCKET_RECORD, BucketSpec, bucket_record, write_bucket_
 from prep.contact_sheet import Tile, write_contact_sheet
 from prep.dataset import ImageItem, UnreadableCaption, discover, read_caption
 from prep.detectors import Box, create_detector
-from prep.executor import LocalExecutor, Progress, Result, default_workers
+from prep.executor import ENGINE_KEYS, EngineOptions, Progress, Result, default_workers, make_executor
 from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, fit_without_upscale, parse_aspect, plan_face_crop, plan_full_crop
 from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
-from prep.images import LoadedImage, load_image, parse_color, save_image
+from prep.images import FORMAT_EXTENSIONS, LoadedImage, encode_image, load_image, parse_color, save_image
 from prep.inputs import printable, read_input_bytes
 from prep.lock import output_lock
 from prep.manifest import Manifest, Record, stat_key
-from prep.options import ArchName, StageOptions
+from prep.options import ArchName
 from prep.overrides import override_plan
 
 STEP = "crop"
@@ -51,17 +52,22 @@ MULTI_FACE_RATIO = 0.5
 SHEET_ROWS_PER_PAGE = 40
 SHEET_STEP = "crop.contact_sheet"
 """Manifest step of the contact sheet pages: what each was built from."""
-SHEET_RULES = 1
+SHEET_RULES = 2
 """Bump when the drawing changes, so recorded pages are drawn again."""
 SHEET_MAX_ROWS = 1000
 """Contact sheets are for looking at: past 25 pages, nobody does."""
+SHEET_CELL = 192
+THUMB_DIR = ".sheet_thumbs"
+"""In the output (hidden, so no discovery reads it): each source's sheet thumbnail (JPEG, ~10 KB),
+made by the step from the decode it already has, so drawing the sheet decodes no source again
+(deleted unless a page shows it)."""
 
 
 def _cli(*flags: str) -> dict[str, Any]:
     return {"cli": flags}
 
 
-class CropOptions(StageOptions):
+class CropOptions(EngineOptions):
     """Everything that decides what `prep crop` writes (see docs/crop.md): the one declaration
     of each option, read by `prep crop`'s flags, `loraprep.toml`'s [crop] and `loraprep run`."""
 
@@ -82,7 +88,7 @@ class CropOptions(StageOptions):
     upscale: bool = Field(False, description="Upscale crops smaller than the bucket to the bucket size (Lanczos). Without it a small source is written at the largest bucket it fills (the trainer's bucket_no_upscale rule) and flagged.", json_schema_extra=_cli("--upscale/--no-upscale"))
     pad: bool = Field(False, description="Keep the framing at the image edge by padding with --background instead of tightening.", json_schema_extra=_cli("--pad"))
     background: str = Field("white", description="Colour for transparent areas and padding: white, black, '#RRGGBB' or 'R,G,B'.")
-    format: str = Field("png", description="png | webp | jpg (quality --quality).")
+    format: str = Field("png", description="png (lossless, the default) | webp-lossless (lossless, faster, smaller) | webp | jpg (lossy, quality --quality). Encode times in docs/crop.md.")
     quality: int = Field(95, description="JPEG/WebP quality.", ge=1, le=100)
     aspect: str | None = Field(None, description="Preferred aspect before bucket snapping, e.g. 1:1 or 2:3 (default per framing).")
     recursive: bool = Field(False, description="Include subfolders (mirrored in the output).", json_schema_extra=_cli("--recursive", "-r"))
@@ -90,9 +96,15 @@ class CropOptions(StageOptions):
     dry_run: bool = Field(False, description="Detect and plan, write nothing.", json_schema_extra=_cli("--dry-run"))
     workers: int = Field(0, description="Parallel workers (0: all cores).", ge=0, json_schema_extra=_cli("--workers", "-j"))
     contact_sheet: bool = Field(True, description="Write contact_sheet.jpg.", json_schema_extra=_cli("--sheet/--no-sheet"))
+    reference: str | None = Field(None, description="Folder of 1-5 images of the character: crop the face that matches them best (not the largest) and flag `off_model` images where none does (docs/identity.md).")
+    identity_model: str = Field("auto", description="Identity embedding with --reference: sface (photos, 3D renders), ccip (anime), auto (follows --detector).")
+    identity_model_path: str | None = Field(None, description="Identity model file (SFace ONNX, or CCIP's folder / model_feat.onnx). Env: LORAPREP_SFACE_MODEL / LORAPREP_CCIP_MODEL.")
+    identity_threshold: float | None = Field(None, description="Similarity at which a face matches the references (default: the model's published value: SFace 0.363 cosine, CCIP 1 - 0.178).")
+    off_model: str = Field("keep", description="With --reference, an image where no face matches: keep (crop the largest face, flagged off_model), set-aside (crop it, then move it and its caption to --set-aside; never deleted) or skip (write nothing). Listed in the report either way.")
+    set_aside: str | None = Field(None, description="Folder for --off-model set-aside (default: OUT_off_model beside the output; loraprep run: the project's off_model/).")
     decode: str = Field(
-        "draft",
-        description="draft: detect on a reduced JPEG decode, then decode only as large as the crops need; full: decode once at full size (see docs/benchmarks.md).",
+        "full",
+        description="full: decode each image once at full size, detect on a box-reduced copy of it; draft: detect on a reduced JPEG decode, then decode again as large as the crops need (less memory, more time: see docs/benchmarks.md).",
     )
 
     @field_validator("framing")
@@ -112,8 +124,24 @@ class CropOptions(StageOptions):
     @field_validator("format")
     @classmethod
     def _format(cls, v: str) -> str:
-        if v.lower() not in ("png", "jpg", "jpeg", "webp"):
-            raise ValueError(f"unknown output format {v!r}: use png, jpg or webp")
+        if v.lower() not in FORMAT_EXTENSIONS:
+            raise ValueError(f"unknown output format {v!r}: use png, webp-lossless, webp or jpg")
+        return v
+
+    @field_validator("off_model")
+    @classmethod
+    def _off_model(cls, v: str) -> str:
+        if v not in ("keep", "set-aside", "skip"):
+            raise ValueError(f"--off-model {v!r}: use keep, set-aside or skip")
+        return v
+
+    @field_validator("identity_model")
+    @classmethod
+    def _identity_model(cls, v: str) -> str:
+        from prep.identity import IDENTITY_MODELS
+
+        if v != "auto" and v not in IDENTITY_MODELS:
+            raise ValueError(f"unknown identity model {v!r}: use auto, {', '.join(IDENTITY_MODELS)}")
         return v
 
     @field_validator("decode")
@@ -156,15 +184,16 @@ class CropOptions(StageOptions):
 
     def key(self) -> str:
         """Fingerprint of the options that change the output; a rerun with other options redoes the image."""
-        skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive", "decode"}
-        d = {k: v for k, v in self.model_dump().items() if k not in skip}
+        skip = {"overwrite", "dry_run", "workers", "contact_sheet", "device", "recursive", "decode", *ENGINE_KEYS}
+        if self.reference is None:  # identity options change nothing without references: old keys stay valid
+            skip |= {"reference", "identity_model", "identity_model_path", "identity_threshold", "off_model", "set_aside"}
+        d = {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
         d["_rules"] = 2  # small sources are written at their no-upscale bucket since rules 2
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def ext(self) -> str:
-        f = self.format.lower()
-        return ".jpg" if f in ("jpg", "jpeg") else f".{f}"
+        return FORMAT_EXTENSIONS[self.format.lower()]
 
 
 @dataclass
@@ -180,6 +209,8 @@ class CropReport:
     resolution: int = 1024
     bucket_record: Path | None = None
     """`buckets.json` in the output: the bucket spec every crop is a fixed point of."""
+    set_aside_folder: Path | None = None
+    """--set-aside: where off-model crops were moved."""
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -219,6 +250,16 @@ class CropReport:
         return [r.id for r in self.results if "no_face" in r.data.get("flags", [])]
 
     @property
+    def off_model(self) -> list[str]:
+        """Images where no face matches the references (--reference)."""
+        return [r.id for r in self.results if "off_model" in r.data.get("flags", [])]
+
+    @property
+    def set_aside(self) -> list[str]:
+        """Crops moved out of the output into --set-aside (paths)."""
+        return [p for r in self.results for p in r.data.get("set_aside", [])]
+
+    @property
     def flagged(self) -> list[Result]:
         return [r for r in self.results if r.status == "flagged"]
 
@@ -242,6 +283,7 @@ class CropReport:
             "no_upscale": self.no_upscale,
             "small_sources": self.small_sources,
             "suggested_resolution": self.suggested_resolution,
+            **({"off_model": self.off_model, "set_aside": self.set_aside} if self.off_model else {}),
             "images": [report_line(r) for r in self.results],
         }
 
@@ -265,6 +307,8 @@ def report_line(r: Result) -> dict[str, Any]:
         "scale": d.get("scale", []),
         "target": d.get("target", []),
         "size": d.get("size"),
+        **({"identity": d["identity"]} if d.get("identity") is not None else {}),
+        **({"set_aside": d["set_aside"]} if d.get("set_aside") else {}),
     }
 
 
@@ -283,8 +327,9 @@ def _alpha_bbox(img: LoadedImage) -> tuple[float, float, float, float] | None:
 
 
 def _for_detection(image: Image.Image) -> tuple[Image.Image, int]:
-    """A cheap integer box-reduction to at most ~2x the detector input, and its factor."""
-    factor = max(1, max(image.size) // (2 * DETECT_SIZE))
+    """A cheap integer box-reduction to about the detector input (at least DETECT_SIZE on the
+    long side, so the letterbox resize after it only shrinks a little), and its factor."""
+    factor = max(1, max(image.size) // DETECT_SIZE)
     return (image.reduce(factor) if factor > 1 else image), factor
 
 
@@ -297,9 +342,13 @@ class CropStep:
 
     def __init__(
         self, options: CropOptions, out: Path, names: dict[str, str], threads: int = 0, overrides: dict[str, list[float]] | None = None,
-        digests: dict[str, tuple[str, list[int]]] | None = None,
+        digests: dict[str, tuple[str, list[int]]] | None = None, *, key: str | None = None, references: Any = None, cache_folder: Path | None = None,
     ):
         self.options = options
+        self.references = references
+        """`prep.identity.References` with --reference: the face that matches them is cropped."""
+        self.cache_folder = cache_folder
+        self._cache: Any = None
         self.digests = digests or {}
         """Content hash and stat of sources the driver already hashed: never read twice for it."""
         self.overrides = overrides or {}
@@ -312,13 +361,37 @@ class CropStep:
         self.framing = PRESETS.get(options.framing)
         self.aspect = parse_aspect(options.aspect)
         self.background = parse_color(options.background)
-        self.key = options.key()
+        self.key = key or options.key()
         self._detector: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_detector"] = None
         return state
+
+    @property
+    def cache(self) -> Any:
+        """Embeddings by content hash and box (`prep.identity.EmbeddingCache`), under the output's .loraprep/."""
+        if self._cache is None and self.references is not None and not self.options.dry_run:  # --dry-run writes nothing
+            from prep.identity import EmbeddingCache
+            from prep.project import STATE_DIR
+
+            self._cache = EmbeddingCache(self.cache_folder or self.out / STATE_DIR, self.references.model.name)
+        return self._cache
+
+    def match(self, image: Image.Image, boxes: list[Box], sha: str) -> dict[str, Any]:
+        """Each face's similarity to the references (embedded once per face, cached) and the one that matches best."""
+        refs = self.references
+        cache = self.cache
+        vectors = [cache.get_or_compute(sha, b, lambda b=b: refs.model.embed(image, b)) if cache is not None else refs.model.embed(image, b) for b in boxes]
+        pick, best = refs.best_match(image, boxes, vectors=vectors)
+        return {
+            "model": refs.model.name,
+            "threshold": round(refs.model.threshold, 4),
+            "scores": [round(refs.score(v), 4) for v in vectors],
+            "face": pick,
+            "score": round(best, 4) if boxes else None,
+        }
 
     @property
     def detector(self) -> Any:
@@ -345,8 +418,17 @@ class CropStep:
             return [base + self.options.ext]
         return [f"{base}_f{i + 1:02d}{self.options.ext}" for i in range(n)]
 
-    def plan(self, size: tuple[int, int], faces: list[Box], subject: tuple[float, float, float, float] | None) -> tuple[list[CropPlan], list[str]]:
-        """The crops for one image and the flags they raise."""
+    def chosen(self, faces: list[Box], pick: int | None = None) -> list[int]:
+        """Indices of the faces that get a crop: all (--all-faces), the matching one (`pick`), else the largest."""
+        if not faces:
+            return []
+        if self.options.all_faces:
+            return list(range(len(faces)))
+        return [pick if pick is not None else 0]
+
+    def plan(self, size: tuple[int, int], faces: list[Box], subject: tuple[float, float, float, float] | None,
+             pick: int | None = None) -> tuple[list[CropPlan], list[str]]:
+        """The crops for one image and the flags they raise (`pick`: the face to crop instead of the largest)."""
         o = self.options
         flags: list[str] = []
         if not faces:
@@ -356,7 +438,7 @@ class CropStep:
             return [plan_full_crop(size, subject, self.spec, pad=o.pad)], flags
         if _is_multi(faces):
             flags.append("multi_face")
-        chosen = faces if o.all_faces else faces[:1]
+        chosen = [faces[i] for i in self.chosen(faces, pick)]
         plans = []
         for f in chosen:
             rect = (f.x0, f.y0, f.x1, f.y1)
@@ -378,13 +460,27 @@ class CropStep:
         first = load_image(item.path, background=self.background, draft_size=draft, keep_alpha=True)
         width, height = first.size
         det_image, factor = _for_detection(first.image)
-        faces = [b.scaled(factor / first.scale).clipped(width, height) for b in self.detector.detect(det_image)]
+        found = self.detector.detect(det_image)
+        faces = [b.scaled(factor / first.scale).clipped(width, height) for b in found]
         subject = _alpha_bbox(first)
-        plans, flags = self.plan((width, height), faces, subject)
+        if o.contact_sheet and not o.dry_run:
+            self._write_thumb(det_image, sha)  # from the reduced copy: a few ms, no decode later
+        identity = self.match(det_image, found, sha) if self.references is not None and found else None
+        off_model = identity is not None and identity["face"] is None  # no face at all is `no_face`, as without references
+        pick = identity["face"] if identity is not None else None
+        plans, flags = self.plan((width, height), faces, subject, pick=pick)
+        if off_model:
+            flags.append("off_model")
+            if o.off_model == "skip":
+                plans = []
+        face_index = self.chosen(faces, pick)
         override = self.overrides.get(item.id)
         if override is not None:
             plans = [override_plan(override, (width, height), self.spec)]
             flags.append("override")
+            if off_model:  # a crop drawn by hand (the studio) is the user's decision: never set aside
+                off_model = False
+                flags.remove("off_model")
         for p in plans:
             if not self.spec.is_fixed_point(p.bucket):  # the whole point of the step
                 raise AssertionError(f"bucket {p.bucket} is not a fixed point of {self.spec}")
@@ -396,7 +492,7 @@ class CropStep:
         if small:
             flags.append("upscaled" if o.upscale else "small_source")
         if small and not o.upscale:
-            face_of = faces if o.all_faces else faces[:1]
+            face_of = [faces[i] for i in face_index]
             fitted: list[CropPlan] = []
             keep = []
             for i, p in enumerate(plans):
@@ -435,9 +531,16 @@ class CropStep:
             outputs = out_names
 
         reasons = []
+        if off_model and identity is not None:
+            best = identity["score"]
+            seen = f"best similarity {best:.3f} < {identity['threshold']:g}" if best is not None else "no face to compare"
+            done = "not cropped (--off-model skip)" if o.off_model == "skip" else ("cropped the largest face" if faces else "bucket crop around the centre")
+            reasons.append(f"off-model: no face matches the references ({seen}, {identity['model']}): {done}")
         if "no_face" in flags:
             reasons.append("no face found: " + ("skipped (--no-face skip)" if o.no_face == "skip" else "bucket crop around the centre"))
-        if "multi_face" in flags:
+        if "multi_face" in flags and identity is not None and not off_model:
+            reasons.append(f"{len(faces)} faces: cropped face {pick + 1}, the one matching the references (similarity {identity['score']:.3f})")
+        elif "multi_face" in flags:
             reasons.append(f"{len(faces)} faces; the second is at least half the size of the largest: check the identity")
         if "small_source" in flags:
             shrunk = [(targets[n], p.bucket) for n, p in enumerate(writable) if tuple(p.bucket) != tuple(targets[n])]
@@ -458,11 +561,11 @@ class CropStep:
         except UnreadableCaption as exc:
             flags.append("caption_unreadable")
             reasons.append(str(exc))
-        status = "skipped" if (not plans and "no_face" in flags) else ("flagged" if reasons else "ok")
+        status = "skipped" if (not plans and ("no_face" in flags or off_model)) else ("flagged" if reasons else "ok")
         data = {
             "faces": [b.to_list() for b in faces],
             "crop": [list(p.box) for p in writable],
-            "crop_face": [i if faces else None for i in keep],
+            "crop_face": [face_index[i] if faces and i < len(face_index) else None for i in keep],
             "bucket": list(writable[0].bucket) if writable else (list(plans[0].bucket) if plans else None),
             "buckets": [list(p.bucket) for p in writable],
             "share": [round(p.share, 4) if p.share is not None else None for p in writable],
@@ -476,7 +579,20 @@ class CropStep:
             "options": self.key,
             "override": override,
         }
+        if identity is not None:
+            data["identity"] = identity
         return Result(id=item.id, status=status, source=str(item.path), outputs=outputs, reason="; ".join(reasons) or None, data=data)
+
+    def _write_thumb(self, image: Image.Image, sha: str) -> None:
+        """The sheet's source thumbnail from this decode (a cache: a failed write only costs a decode later)."""
+        path = thumb_path(self.out, sha, self.options.decode)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:  # temp + rename (readers see all or nothing); no fsync: a lost thumbnail is a decode later
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(encode_image(sheet_thumb(image, SHEET_CELL), "jpg", 90))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     def _load_for(self, item: ImageItem, first: LoadedImage, need: float) -> LoadedImage:
         """Decode again, just large enough that every crop is a downscale (JPEG DCT scaling)."""
@@ -591,12 +707,13 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
     items = discover(src, recursive=options.recursive, exclude=[out])
     if not options.dry_run:
         held.enter_context(output_lock(out, "prep crop"))
-    report = CropReport(out=out, dry_run=options.dry_run, resolution=options.resolution)
+    report = CropReport(out=out, dry_run=options.dry_run, resolution=options.resolution,
+                        set_aside_folder=aside_folder(options, out) if options.off_model == "set-aside" else None)
     # named, never opened: symlink loops, FIFOs, devices, formats we cannot read
     report.results.extend(Result(s.id, "failed", str(s.path), reason=s.message) for s in items.skipped)
     names = output_stems(items)
     manifest = Manifest.in_folder(out)
-    key = options.key()
+    key = crop_key(options)
     overrides = crop_overrides_for(src)
 
     todo: list[ImageItem] = []
@@ -623,7 +740,7 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
 
     workers = options.workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    step = CropStep(options, out, names, threads=threads, overrides=overrides, digests=digests)
+    step = CropStep(options, out, names, threads=threads, overrides=overrides, digests=digests, key=key)
     try:
         det = step.detector
         if hasattr(det, "check"):
@@ -634,8 +751,12 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
     except Exception:
         if todo:
             raise
-    executor = LocalExecutor(workers=workers, kind="thread")
+    if options.reference is not None and todo:  # a bad reference stops here, before any image is cropped
+        step.references = load_references(options, step.detector, out)
+    executor = make_executor(options, workers=workers, kind="thread")
     for r in executor.run(step, todo, progress=progress, description="cropping"):
+        if not options.dry_run and options.off_model == "set-aside" and "off_model" in r.data.get("flags", []) and r.outputs:
+            set_aside(r, out, aside_folder(options, out))
         if not options.dry_run:
             old = previous.get(r.id)
             if old is not None and r.status != "failed":
@@ -662,7 +783,7 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
             if len(rows) > SHEET_MAX_ROWS:
                 report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(rows)} images (flagged ones first); crops.jsonl lists all")
                 rows = rows[:SHEET_MAX_ROWS]
-            report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background), manifest=manifest)
+            report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background), manifest=manifest, decode=options.decode)
         arch = get_arch(options.trainer).name if options.trainer else None
         spec = options.spec(no_upscale=report.no_upscale)
         record_path = out / BUCKET_RECORD
@@ -676,6 +797,84 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
             f"(written without upscaling): consider --resolution {report.suggested_resolution}"
         )
     return report
+
+
+def crop_key(options: CropOptions) -> str:
+    """The options key, plus the reference images' contents when there are references."""
+    key = options.key()
+    if options.reference is None:
+        return key
+    from prep.identity import reference_digest
+
+    return hashlib.sha256(f"{key}:{reference_digest(options.reference)}".encode()).hexdigest()[:16]
+
+
+def load_references(options: CropOptions, detector: Any, out: Path) -> Any:
+    """The identity model and the reference embeddings for --reference (ReferenceError / ModelNotAvailable name the fix)."""
+    from prep.identity import EmbeddingCache, References, create_identity_model, model_for_detector
+    from prep.project import STATE_DIR
+
+    name = options.identity_model if options.identity_model != "auto" else model_for_detector(options.detector)
+    model = create_identity_model(name, model_path=options.identity_model_path, device=options.device, threshold=options.identity_threshold)
+    cache = EmbeddingCache(out / STATE_DIR, model.name) if not options.dry_run else None
+    return References.load(options.reference, model=model, detector=detector, cache=cache)  # type: ignore[arg-type]
+
+
+def aside_folder(options: CropOptions, out: Path) -> Path:
+    """Where --off-model set-aside moves crops: --set-aside, else OUT_off_model beside the output."""
+    return Path(options.set_aside) if options.set_aside else out.parent / f"{out.name}_off_model"
+
+
+def set_aside(r: Result, out: Path, folder: Path) -> None:
+    """Move an off-model image's crops (and captions) from `out` into `folder`, same relative
+    names. Nothing there is overwritten: the same bytes already there (a rerun) count as moved,
+    anything else gets a free name (`name_2.png`). The result then lists them under
+    `set_aside` instead of `outputs`."""
+    moved = []
+    for name in r.outputs:
+        src = out / name
+        dst = folder / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        n = 2
+        while dst.exists() and not _same_bytes(src, dst):  # the first free name, or our own earlier copy
+            dst = (folder / name).with_name(f"{Path(name).stem}_{n}{Path(name).suffix}")
+            n += 1
+        for a, b in ((src, dst), (src.with_suffix(".txt"), dst.with_suffix(".txt"))):
+            if not a.is_file():
+                continue
+            if b.exists() and _same_bytes(a, b):
+                a.unlink()  # our own crop, already set aside by an earlier run
+            elif b.exists():
+                continue  # a caption of someone else's there: leave both where they are
+            elif _same_device(a.parent, b.parent):
+                os.replace(a, b)
+            else:
+                _copy_then_remove(a, b)
+        moved.append(str(dst))
+    r.data["set_aside"] = moved
+    r.outputs = []
+    why = f"set aside in {printable(folder)}"
+    r.reason = f"{r.reason}; {why}" if r.reason else why
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def _copy_then_remove(a: Path, b: Path) -> None:
+    """Across file systems: an atomic copy first, the original removed only once the copy is whole."""
+    atomic_write_bytes(b, a.read_bytes())
+    a.unlink()
 
 
 class CropStage:
@@ -694,15 +893,36 @@ STAGE = CropStage()
 # --- contact sheet --------------------------------------------------------------------------
 
 
-def _source_tile(r: Result, background: tuple[int, int, int], cell: int) -> Tile:
+def sheet_thumb(image: Image.Image, cell: int) -> Image.Image:
+    """A source's tile picture: at most `cell` on the long side (what the sheet draws), by a box
+    reduction then one small resize, so making it from a 12 MP decode costs a few ms."""
+    f = max(1, min(image.width, image.height) // (2 * cell))
+    im = image.reduce(f) if f > 1 else image.copy()
+    im.thumbnail((cell, cell), Image.Resampling.BILINEAR)
+    return im
+
+
+def thumb_path(out: Path, sha: str, decode: str) -> Path:
+    return out / THUMB_DIR / f"{sha[:32]}_{decode}.jpg"
+
+
+def _source_tile(r: Result, background: tuple[int, int, int], cell: int, out: Path | None = None, decode: str = "full") -> Tile:
     label = f"{r.id} [{r.status}]"
-    try:
-        img = load_image(r.source, background=background, draft_size=(cell * 2, cell * 2))
+    sha, size = r.data.get("sha256"), r.data.get("size")
+    thumb = thumb_path(out, sha, decode) if out is not None and sha and size and cell == SHEET_CELL else None
+    try:  # the step's thumbnail of this very content; else decode the source (small JPEG decode)
+        im = load_image(thumb).image if thumb is not None and thumb.is_file() else None
+        full_w = size[0] if im is not None else 0
     except Exception:
-        return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), label + " unreadable")
-    im = img.image
-    im.thumbnail((cell * 2, cell * 2))
-    s = im.width / img.size[0]
+        im = None
+    if im is None:
+        try:
+            img = load_image(r.source, background=background, draft_size=(cell * 2, cell * 2))
+        except Exception:
+            return Tile(Image.new("RGB", (cell, cell), (90, 0, 0)), label + " unreadable")
+        im, full_w = img.image, img.size[0]
+        im.thumbnail((cell * 2, cell * 2))
+    s = im.width / full_w
     boxes = [tuple(v * s for v in f[:4]) for f in r.data.get("faces", [])]
     crops = [tuple(v * s for v in c) for c in r.data.get("crop", [])]
     colors = [(255, 40, 40)] * len(boxes) + [(40, 220, 40)] * len(crops)
@@ -754,8 +974,8 @@ def _page_key(rows: Sequence[Result], out: Path, background: tuple[int, int, int
 
 
 def write_sheets(
-    results: Sequence[Result], out: Path, *, background: tuple[int, int, int] = (255, 255, 255), cell: int = 192,
-    rows_per_page: int = SHEET_ROWS_PER_PAGE, manifest: Manifest | None = None,
+    results: Sequence[Result], out: Path, *, background: tuple[int, int, int] = (255, 255, 255), cell: int = SHEET_CELL,
+    rows_per_page: int = SHEET_ROWS_PER_PAGE, manifest: Manifest | None = None, decode: str = "full",
 ) -> list[Path]:
     """`contact_sheet.jpg` (then `contact_sheet_002.jpg`, ...): each source with its face (red)
     and crop (green) boxes, followed by its crops.
@@ -776,11 +996,15 @@ def write_sheets(
                 continue
         rows = []
         for r in page_rows:
-            rows.append([_source_tile(r, background, cell), *(_output_tile(out, n, cell) for n in r.outputs)])
+            rows.append([_source_tile(r, background, cell, out, decode), *(_output_tile(out, n, cell) for n in r.outputs)])
         paths.append(write_contact_sheet(rows, path, written_by="prep crop", cell=cell))  # recorded as out's report
         if manifest is not None:
             manifest.append(Record(SHEET_STEP, name, "ok", outputs=[name], data={"rows": page_key, "sheet": _stat_or_none(path)}))
     for stale in sorted(out.glob("contact_sheet_*.jpg")):  # crop's own output folder: earlier pages
         if stale not in paths:
             stale.unlink()
+    shown = {thumb_path(out, r.data["sha256"], decode).name for r in results if r.data.get("sha256")}
+    for old in sorted((thumb_path(out, "x", decode).parent).glob("*.jpg")):  # thumbnails no page shows
+        if old.name not in shown:
+            old.unlink(missing_ok=True)
     return paths

@@ -247,12 +247,16 @@ def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Pat
 
 def orphan_captions(root: Path | str, items: list[ImageItem], *, recursive: bool = False) -> list[Path]:
     """Caption files with no image of the same stem."""
+    from prep.video import VIDEO_SUFFIXES
+
     root = Path(root)
     have = {_real(it.caption_path) for it in items}
     have |= {_real(caption_path_for(s.path)) for s in getattr(items, "skipped", [])}
+    files = list(_walk(root, recursive))
+    have |= {_real(caption_path_for(p)) for p in files if p.suffix.lower() in VIDEO_SUFFIXES}  # a video's caption
     return [
         p
-        for p in _walk(root, recursive)
+        for p in files
         if p.suffix.lower() == CAPTION_EXTENSION and _real(p) not in have and p.name != "sample_prompts.txt"
     ]
 

@@ -43,7 +43,7 @@ from PIL import Image
 from pydantic import Field
 
 from prep.dataset import ImageItem, Skipped, discover
-from prep.executor import Progress, Result, run_step
+from prep.executor import EngineOptions, Progress, Result, run_step
 from prep.fsutil import atomic_write_bytes, unique_path
 from prep.images import ImageLoadError, load_image
 from prep.options import StageOptions
@@ -229,10 +229,11 @@ def _fine_match(a: HashedImage, b: HashedImage, mirrored: bool) -> bool:
     return hamming(a.fine, b.fine_mirror if mirrored else b.fine) <= FINE_THRESHOLD
 
 
-def hash_items(items: Iterable[ImageItem], *, workers: int | None = None, progress: Any = None) -> tuple[list[HashedImage], list[Result]]:
-    """Hash items; returns (hashed, failures)."""
+def hash_items(items: Iterable[ImageItem], *, workers: int | None = None, progress: Any = None, engine: EngineOptions | None = None) -> tuple[list[HashedImage], list[Result]]:
+    """Hash items (in parallel, on the engine asked for); returns (hashed, failures). Grouping
+    needs the whole set, so it runs after, in the caller's process (phase two)."""
     items = list(items)
-    results = run_step(HashStep(), items, workers=workers, batch_size=8, progress=progress, description="hashing")
+    results = run_step(HashStep(), items, workers=workers, batch_size=8, progress=progress, description="hashing", options=engine)
     by_id = {it.id: it for it in items}
     hashed, failed = [], []
     for r in results:
@@ -245,7 +246,7 @@ def hash_items(items: Iterable[ImageItem], *, workers: int | None = None, progre
     return hashed, failed
 
 
-class DedupeOptions(StageOptions):
+class DedupeOptions(EngineOptions):
     """Options of `prep dedupe` and `[dedupe]` of loraprep.toml (declared once, here)."""
 
     threshold: int = Field(DEFAULT_THRESHOLD, ge=0, le=64, description="Max differing bits of 64 to count as duplicate.")
@@ -299,6 +300,7 @@ def dedupe_folder(
     dry_run: bool = False,
     progress: Any = None,
     verify: bool = True,
+    engine: EngineOptions | None = None,
 ) -> DedupeReport:
     """Find duplicate groups; with `move_to`, move all but the kept image (and captions) there.
 
@@ -308,7 +310,7 @@ def dedupe_folder(
     folder = Path(folder)
     exclude = [Path(move_to)] if move_to else []
     items = discover(folder, recursive=recursive, exclude=exclude)
-    hashed, failed = hash_items(items, workers=workers, progress=progress)
+    hashed, failed = hash_items(items, workers=workers, progress=progress, engine=engine)
     groups = group_duplicates(hashed, threshold, mirror=mirror, verify=PixelVerifier() if verify else None)
     report = DedupeReport(str(folder), groups, failed, threshold=threshold, images=len(items), skipped=list(getattr(items, "skipped", [])))
     if move_to is None:
@@ -351,6 +353,7 @@ def dedupe_with(src: Path | str, options: DedupeOptions, *, move_to: Path | str 
         dry_run=options.dry_run,
         progress=progress,
         verify=options.verify,
+        engine=options,
     )
 
 

@@ -27,8 +27,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from pydantic import Field
+
 from prep.fsutil import DiskFull
 from prep.images import ImageLoadError
+from prep.options import StageOptions
 
 T = TypeVar("T")
 
@@ -180,6 +183,45 @@ class LocalExecutor:
         pool.shutdown(wait=True)
 
 
+Engine = Literal["local", "ray"]
+ENGINE_KEYS = frozenset({"engine", "ray_address", "gpus", "shard_size"})
+"""Options that choose where a stage runs, never what it writes (left out of output fingerprints)."""
+
+
+class EngineOptions(StageOptions):
+    """Where a stage's per-image work runs; inherited by the options of every stage that can scale out."""
+
+    engine: Engine = Field("local", description="Where the work runs: local (threads on this machine) or ray (Ray Data actors; pip install 'loraprep[ray]').")
+    ray_address: str = Field("local", description="With --engine ray: local (start a private Ray), auto (join the running cluster) or ray://host:port.")
+    gpus: float = Field(0.0, ge=0, description="With --engine ray: GPUs per worker actor (ONNX models then use onnxruntime's CUDA provider when it is installed).")
+    shard_size: int = Field(16, ge=1, description="With --engine ray: images per shard (the unit a worker runs and a retry repeats).")
+
+
+def make_executor(
+    options: StageOptions | None = None,
+    *,
+    workers: int | None = None,
+    kind: Kind = "thread",
+    batch_size: int = 1,
+) -> Any:
+    """The executor `options` ask for: LocalExecutor by default, RayExecutor for engine = ray.
+
+    Both have `run(step, items, progress=, description=)` yielding Results; a stage does not care
+    which it got. `batch_size` is what the step wants per call; a Ray shard is a multiple of it."""
+    if options is not None and getattr(options, "engine", "local") == "ray":
+        from prep.ray_engine import RayExecutor  # noqa: PLC0415  (optional extra)
+
+        shard = max(batch_size, (getattr(options, "shard_size", 16) // max(1, batch_size)) * max(1, batch_size))
+        return RayExecutor(
+            workers=workers if workers and workers > 0 else None,
+            batch_size=shard,
+            step_batch=max(1, batch_size),
+            address=getattr(options, "ray_address", "local"),
+            gpus=float(getattr(options, "gpus", 0.0)),
+        )
+    return LocalExecutor(workers=workers or default_workers(), kind=kind, batch_size=batch_size)
+
+
 def run_step(
     step: StepFn,
     items: Iterable[T],
@@ -189,9 +231,10 @@ def run_step(
     batch_size: int = 1,
     progress: Progress | None = None,
     description: str = "working",
+    options: StageOptions | None = None,
 ) -> list[Result]:
-    """Convenience: run to completion and return results sorted by id."""
-    ex = LocalExecutor(workers=workers or default_workers(), kind=kind, batch_size=batch_size)
+    """Convenience: run to completion (on the engine `options` name) and return results sorted by id."""
+    ex = make_executor(options, workers=workers, kind=kind, batch_size=batch_size)
     return sorted(ex.run(step, items, progress=progress, description=description), key=lambda r: r.id)
 
 

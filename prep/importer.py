@@ -1,4 +1,8 @@
-"""`prep import SRC -o DIR`: bring images (and their captions) in from a zip or a folder, safely.
+"""`prep import SRC -o DIR`: bring images, videos (and their captions) in from a zip or a folder, safely.
+
+Videos (mp4, mov, webm, mkv, m4v, avi; `prep.video.VIDEO_SUFFIXES`) are copied byte for byte and
+named by the same rules as images; a GIF is copied either way and counts as a video when it has
+more than one frame (`prep.video.is_video_path`), as `prep clips` will treat it.
 
 Zip members are checked before anything is written: absolute paths, drive letters, `..` and
 symlinks are refused; member count and total uncompressed size are capped (zip bombs), and an
@@ -35,6 +39,7 @@ from prep.inputs import NotRegularFile, input_problem, open_input, printable
 from prep.lock import output_lock
 from prep.manifest import Manifest, Record
 from prep.options import StageOptions
+from prep.video import VIDEO_SUFFIXES, is_animated_gif
 
 STEP = "import"
 JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
@@ -57,6 +62,7 @@ class ImportOptions(StageOptions):
     max_ratio: float = Field(DEFAULT_MAX_RATIO, gt=1, description="Refuse zip members that expand more than this many times (images barely compress).")
     flatten: bool = Field(False, description="Put every file directly in the output folder (names made unique) instead of keeping subfolders.", json_schema_extra={"cli": ("--flatten",)})
     include_captions: bool = Field(True, description="Import the .txt captions beside the images.", json_schema_extra={"cli": ("--captions/--no-captions",)})
+    include_videos: bool = Field(True, description="Import videos (mp4, mov, webm, mkv, m4v, avi) for `prep clips`.", json_schema_extra={"cli": ("--videos/--no-videos",)})
     dry_run: bool = Field(False, description="List what would be imported; write nothing.", json_schema_extra={"cli": ("--dry-run",)})
 
 
@@ -67,6 +73,7 @@ class ImportEntry:
     output: str | None
     status: str  # ok | skipped | renamed | refused | ignored | failed
     reason: str | None = None
+    kind: str | None = None  # image | video | caption, for what was imported
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -86,6 +93,10 @@ class ImportReport:
     def imported(self) -> int:
         return self.count("ok") + self.count("renamed")
 
+    def kind_count(self, kind: str) -> int:
+        """Imported (or already there) files of one kind: image, video or caption."""
+        return sum(1 for e in self.entries if e.kind == kind and e.status in ("ok", "renamed", "skipped"))
+
     @property
     def problems(self) -> list[ImportEntry]:
         return [e for e in self.entries if e.status in ("refused", "failed")]
@@ -100,6 +111,7 @@ class ImportReport:
             "output": self.output,
             "dry_run": self.dry_run,
             "counts": {s: self.count(s) for s in ("ok", "renamed", "skipped", "ignored", "refused", "failed")},
+            "kinds": {k: self.kind_count(k) for k in ("image", "video", "caption")},
             "entries": [e.to_json() for e in self.entries],
         }
 
@@ -121,7 +133,18 @@ def _is_junk(parts: list[str]) -> bool:
 def _wanted(name: str, opts: ImportOptions) -> bool:
     """Judged on the safe name, so 'photo.png ' (trailing space) still counts as a PNG."""
     p = Path(safe_component(PurePosixPath(name.replace("\\", "/")).name or name))
-    return is_image_path(p) or (opts.include_captions and p.suffix.lower() == CAPTION_EXTENSION)
+    return (is_image_path(p) or (opts.include_videos and p.suffix.lower() in VIDEO_SUFFIXES)
+            or (opts.include_captions and p.suffix.lower() == CAPTION_EXTENSION))
+
+
+def _kind(name: str, target: Path | None = None) -> str:
+    """image, video or caption, by name; a GIF written to `target` is a video when animated."""
+    ext = PurePosixPath(name).suffix.lower()
+    if ext == CAPTION_EXTENSION:
+        return "caption"
+    if ext == ".gif":
+        return "video" if target is not None and is_animated_gif(target) else "image"
+    return "video" if ext in VIDEO_SUFFIXES else "image"
 
 
 def _unwanted(name: str) -> ImportEntry:
@@ -129,7 +152,7 @@ def _unwanted(name: str) -> ImportEntry:
     reason = unsupported_reason(safe_component(PurePosixPath(name.replace("\\", "/")).name or name))
     if reason:
         return ImportEntry(name, None, "refused", f"{reason}; then import it again")
-    return ImportEntry(name, None, "ignored", "not an image or caption")
+    return ImportEntry(name, None, "ignored", "not an image, video or caption")
 
 
 def _zip_name(info: zipfile.ZipInfo) -> str:
@@ -378,7 +401,7 @@ def _folder_members(src: Path, opts: ImportOptions, report: ImportReport, exclud
             if not _wanted(fn, opts):
                 report.entries.append(_unwanted(shown))
                 continue
-            what = "caption" if Path(fn).suffix.lower() == CAPTION_EXTENSION else "image"
+            what = {"caption": "caption", "video": "video"}.get(_kind(fn), "image")
             problem = input_problem(p, what=what)  # a FIFO named x.txt would block the copy forever
             if problem:
                 report.entries.append(ImportEntry(shown, None, "refused", problem))
@@ -547,7 +570,7 @@ def _import_members(members: list[_Member], out: Path, out_res: Path, opts: Impo
             claimed[rel.lower()] = m.name
             target = out / rel
             if action == "skipped":
-                report.entries.append(ImportEntry(m.name, rel, "skipped", "already imported (same bytes)"))
+                report.entries.append(ImportEntry(m.name, rel, "skipped", "already imported (same bytes)", _kind(rel, target)))
                 continue
             if n > 1:
                 renamed_reason = f"name taken by another file: saved as {PurePosixPath(rel).name}" + (" (with its caption/image, still paired)" if paired else "")
@@ -560,7 +583,7 @@ def _import_members(members: list[_Member], out: Path, out_res: Path, opts: Impo
                 report.entries.append(ImportEntry(m.name, None, "refused", "path escapes the output folder: refused"))
                 continue
             if opts.dry_run:
-                report.entries.append(ImportEntry(m.name, rel, "renamed" if renamed_reason else "ok", renamed_reason))
+                report.entries.append(ImportEntry(m.name, rel, "renamed" if renamed_reason else "ok", renamed_reason, _kind(rel)))
                 continue
             try:
                 with m.open() as fh, atomic_open(target, "wb") as dst:
@@ -577,7 +600,7 @@ def _import_members(members: list[_Member], out: Path, out_res: Path, opts: Impo
                 report.entries.append(ImportEntry(m.name, None, "failed", f"could not read it ({exc}); the archive may be damaged"))
                 continue
             status = "renamed" if renamed_reason else "ok"
-            report.entries.append(ImportEntry(m.name, rel, status, renamed_reason))
+            report.entries.append(ImportEntry(m.name, rel, status, renamed_reason, _kind(rel, target)))
             manifest.append(Record(step=STEP, id=rel, status="ok", source=m.name, source_sha256=digest, outputs=[rel], reason=renamed_reason))
 
 

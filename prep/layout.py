@@ -9,6 +9,13 @@ extension (trainer caches are keyed by stem). Extensions the trainers skip (`.gi
 mixed case like `.Jpg`) are fixed: re-encoded to PNG or linked under a lower-case name.
 Stale trainer caches (`*.npz`, `metadata_cache.json`) in the folders it writes are removed,
 because a cache from an earlier dataset silently trains on the old pixels/captions.
+
+Videos (the clips of `prep clips`, or any mp4/mov/webm/mkv/m4v/avi) go into the same subset
+folder with their captions, trigger first, named `{trigger}_{nnnn}.mp4` from the same counter
+as the images, so no image and video share a stem (musubi-tuner's text-encoder caches are named
+by stem). Each is probed first: an unreadable video is kept out and named, and one that is not
+4N+1 frames at the trainer's fps (not cut by `prep clips`) is laid out with a warning. GIFs stay
+images (their first frame, as before); an animated one gets a note to cut it with `prep clips`.
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ from prep.lock import output_lock
 from prep.manifest import Manifest, Record, stat_key
 from prep.options import StageOptions
 from prep.trigger import Trigger, apply_trigger
+from prep.video import VideoError, discover_videos, is_4n1, probe_video
 
 STEP = "layout"
 LAYOUT_FILE = "layout.json"
 TRAINER_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+VIDEO_TRAINER_EXTENSIONS = {".mp4", ".mov", ".webm", ".mkv", ".m4v", ".avi"}
+"""Videos laid out as they are: all in musubi-tuner's media_utils.VIDEO_EXTENSIONS (GIF is not)."""
 _CACHE_FILES = re.compile(r"(\.npz|^metadata_cache\.json)$")
 
 
@@ -83,6 +93,7 @@ class LayoutItem:
     method: str  # hardlink | copy | convert | skipped | failed
     reason: str | None = None
     reg: bool = False
+    kind: str = "image"  # image | video
 
 
 @dataclass
@@ -106,7 +117,11 @@ class LayoutReport:
 
     @property
     def n_images(self) -> int:
-        return sum(1 for i in self.items if i.method != "failed" and not i.reg)
+        return sum(1 for i in self.items if i.method != "failed" and not i.reg and i.kind == "image")
+
+    @property
+    def n_videos(self) -> int:
+        return sum(1 for i in self.items if i.method != "failed" and not i.reg and i.kind == "video")
 
     @property
     def n_reg(self) -> int:
@@ -118,7 +133,7 @@ class LayoutReport:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update({"n_images": self.n_images, "n_reg": self.n_reg, "n_failed": len(self.failed)})
+        d.update({"n_images": self.n_images, "n_videos": self.n_videos, "n_reg": self.n_reg, "n_failed": len(self.failed)})
         return d
 
     def to_json(self) -> dict:
@@ -184,7 +199,9 @@ def _write_subset(
     stems = _target_names(items, prefix, opts.names)
     for it, stem in zip(items, stems):
         ext = it.path.suffix.lower()
-        convert = ext not in TRAINER_EXTENSIONS
+        video = it.flags.get("kind") == "video"
+        convert = not video and ext not in TRAINER_EXTENSIONS
+        kind = "video" if video else "image"
         dst = folder / f"{stem}{'.png' if convert else ext}"
         cap_dst = dst.with_suffix(".txt")
         rel = dst.relative_to(out_root).as_posix()
@@ -192,16 +209,16 @@ def _write_subset(
         try:
             caption = caption_for(it)
         except ValueError as exc:  # the caption is left untouched and the image kept out
-            report.items.append(LayoutItem(it.id, source, rel, "", "failed", str(exc)))
+            report.items.append(LayoutItem(it.id, source, rel, "", "failed", str(exc), kind=kind))
             continue
         written.update({dst.name, cap_dst.name})
         if opts.dry_run:
             try:
-                verify_image(it.path)
-            except ImageLoadError as exc:
-                report.items.append(LayoutItem(it.id, source, rel, caption, "failed", f"{exc}; it is kept out of the dataset"))
+                _verify_video(it, report) if video else verify_image(it.path)
+            except (ImageLoadError, VideoError) as exc:
+                report.items.append(LayoutItem(it.id, source, rel, caption, "failed", f"{exc}; it is kept out of the dataset", kind=kind))
                 continue
-            report.items.append(LayoutItem(it.id, source, rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink")))
+            report.items.append(LayoutItem(it.id, source, rel, caption, "convert" if convert else ("copy" if opts.link == "copy" else "hardlink"), kind=kind))
             continue
         try:
             rec_id = f"{folder.name}/{it.id}"
@@ -219,10 +236,20 @@ def _write_subset(
             ):
                 if manifest and prev.data.get("source_stat") != st:  # touched, same bytes: known by its stat next time
                     manifest.append(Record(STEP, rec_id, "ok", prev.source, sha, list(prev.outputs), data={**prev.data, "source_stat": st}))
-                report.items.append(LayoutItem(it.id, source, rel, caption, "skipped"))
+                report.items.append(LayoutItem(it.id, source, rel, caption, "skipped", kind=kind))
+                continue
+            if video:  # only a video the one prober reads reaches a dataset
+                _verify_video(it, report)
+                method = "hardlink" if _same_file(it.path, dst) else link_or_copy(it.path, dst, link=opts.link == "auto")
+                atomic_write_text(cap_dst, caption + "\n")
+                if manifest:
+                    manifest.append(Record(STEP, rec_id, "ok", source, sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method, "source_stat": st, "kind": kind}))
+                report.items.append(LayoutItem(it.id, source, rel, caption, method, kind=kind))
                 continue
             # only what the one loader can decode reaches a dataset (truncated, corrupt, empty files do not)
             verified = verify_image(it.path)
+            if verified.n_frames > 1 and it.path.suffix.lower() == ".gif":
+                report.warnings.append(f"{it.id}: animated GIF laid out as its first frame; to train its motion, cut it with `prep clips` and lay out the clips")
             if convert:
                 loaded = load_image(it.path)
                 save_image(loaded.image, dst, fmt="png")
@@ -237,18 +264,29 @@ def _write_subset(
             if manifest:
                 manifest.append(Record(STEP, rec_id, "ok", source, sha, [rel, cap_dst.relative_to(out_root).as_posix()], data={"method": method, "source_stat": st}))
             report.items.append(LayoutItem(it.id, source, rel, caption, method))
-        except (OSError, ImageLoadError) as exc:
-            if isinstance(exc, ImageLoadError):
+        except (OSError, ImageLoadError, VideoError) as exc:
+            if isinstance(exc, (ImageLoadError, VideoError)):
                 reason = f"{exc}; it is kept out of the dataset"
             else:
                 reason = f"{printable(str(exc))}; check the file is readable and the output disk has space"
             for stale in (dst, cap_dst):  # an earlier layout's copy of a file that no longer reads
-                if isinstance(exc, ImageLoadError) and stale.is_file():
+                if isinstance(exc, (ImageLoadError, VideoError)) and stale.is_file():
                     stale.unlink()
             if manifest:
                 manifest.append(Record(STEP, f"{folder.name}/{it.id}", "failed", source, None, [], reason))
-            report.items.append(LayoutItem(it.id, source, rel, caption, "failed", reason))
+            report.items.append(LayoutItem(it.id, source, rel, caption, "failed", reason, kind=kind))
     return written
+
+
+def _verify_video(it: ImageItem, report: LayoutReport) -> None:
+    """Probe a video (VideoError when unreadable); warn when it is not what the trainer trains as is."""
+    info = probe_video(it.path)
+    fps = it.flags.get("fps")
+    if not is_4n1(info.frames) or (fps and abs(info.fps - fps) > 0.01):
+        report.warnings.append(
+            f"{it.id}: {info.frames} frames at {info.fps:g} fps, not a 4N+1-frame clip at {fps or 16:g} fps: musubi-tuner "
+            "trims it to 4N+1 frames and trains them at their own speed; cut it with `prep clips` first"
+        )
 
 
 def _clean_folder(folder: Path, keep: set[str], report: LayoutReport, dry_run: bool) -> None:
@@ -258,7 +296,7 @@ def _clean_folder(folder: Path, keep: set[str], report: LayoutReport, dry_run: b
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.name in keep:
             continue
-        if _CACHE_FILES.search(p.name) or p.suffix.lower() in TRAINER_EXTENSIONS | {".txt"} or p.name.startswith("."):
+        if _CACHE_FILES.search(p.name) or p.suffix.lower() in TRAINER_EXTENSIONS | VIDEO_TRAINER_EXTENSIONS | {".txt"} or p.name.startswith("."):
             report.removed.append(str(p))
             if not dry_run:
                 p.unlink()
@@ -293,9 +331,10 @@ def _layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions, he
             raise ValueError(f"{what} {folder} is inside the output folder {out}: point it at the original images, outside {out}")
     trigger = opts.trigger.strip()
     items = discover(src, recursive=opts.recursive, exclude=[out])
-    if not items:
+    videos = _video_items(src, out, opts.recursive)
+    if not items and not videos:
         named = "; ".join(f"{s.id}: {s.reason}" for s in items.skipped[:5])
-        raise ValueError(f"{src}: no images found" + (f" that can be read ({named})" if named else ""))
+        raise ValueError(f"{src}: no images or videos found" + (f" that can be read ({named})" if named else ""))
     if not opts.dry_run:
         held.enter_context(output_lock(out, "prep layout"))
     img_folder = out / "img" / subset_folder_name(opts.repeats, trigger, opts.class_token)
@@ -339,10 +378,10 @@ def _layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions, he
         return apply_trigger(text, trigger) if text else trigger
 
     report.items.extend(LayoutItem(s.id, printable(s.path), "", "", "failed", s.message) for s in items.skipped)
-    keep = _write_subset(items, img_folder, trigger, train_caption, opts, manifest, report, out)
+    keep = _write_subset([*items, *videos], img_folder, trigger, train_caption, opts, manifest, report, out)
     _clean_folder(img_folder, keep, report, opts.dry_run)
     if missing:
-        report.warnings.append(f"{missing} image(s) had no caption; they got the trigger alone (caption them for better results)")
+        report.warnings.append(f"{missing} image(s) or video(s) had no caption; they got the trigger alone (caption them for better results)")
 
     if reg_folder is not None and opts.reg_dir is not None:
         reg_items = discover(Path(opts.reg_dir), recursive=opts.recursive)
@@ -371,11 +410,27 @@ def _layout_dataset(src: Path | str, out: Path | str, options: LayoutOptions, he
             "source": str(src),
             "reg_source": str(Path(opts.reg_dir).resolve()) if opts.reg_dir else None,
             "subset_dirs": subset_dirs,
-            "images": {i.target: i.source for i in report.items if i.method != "failed"},
+            "images": {i.target: i.source for i in report.items if i.method != "failed" and i.kind == "image"},
+            "videos": {i.target: i.source for i in report.items if i.method != "failed" and i.kind == "video"},
         }
         atomic_write_text(out / LAYOUT_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     _carry_bucket_record(Path(opts.buckets_from).resolve() if opts.buckets_from else src, out, report)
     return report
+
+
+def _video_items(src: Path, out: Path, recursive: bool) -> list[ImageItem]:
+    """The videos of `src` as dataset items (GIFs stay images); `fps` is the clips' when `prep clips` made them."""
+    from prep.clips import read_clips_jsonl
+
+    fps = {c["clip"]: c.get("fps") for c in read_clips_jsonl(src)}
+    out_real = os.path.realpath(out)
+    found = []
+    for p in discover_videos(src, recursive):
+        if p.suffix.lower() not in VIDEO_TRAINER_EXTENSIONS or os.path.realpath(p).startswith(out_real + os.sep):
+            continue
+        rel = printable(p.relative_to(src).as_posix())
+        found.append(ImageItem(id=rel, path=p, caption_path=p.with_suffix(".txt"), flags={"kind": "video", "fps": fps.get(rel)}))
+    return found
 
 
 def _carry_bucket_record(src: Path, out: Path, report: LayoutReport) -> None:

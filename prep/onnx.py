@@ -1,18 +1,24 @@
-"""The one place that builds onnxruntime sessions (detectors, the WD tagger), so device choice,
-thread caps and logging are the same for every ONNX model in the project."""
+"""The one place that builds onnxruntime sessions (detectors, identity models, the WD tagger), so
+device choice, thread caps, spinning and logging are the same for every ONNX model in the project."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+"""onnxruntime's session config keys for busy-waiting thread pools (defined in onnxruntime's
+include/onnxruntime/core/session/onnxruntime_session_options_config_keys.h; "1", the default,
+spins; see its docs/performance/tune-performance/threading.md)."""
 
-def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = True,
+
+def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = False,
                  cpu_arena: bool = True) -> Any:
     """An onnxruntime session for `path` on `device`; `threads` caps intra-op threads (0: ort default).
 
-    `allow_spinning=False` stops intra-op threads busy-waiting between runs: a caller that
-    decodes images on other threads while the model runs (the WD tagger) needs those cores.
+    Spinning is off by default (`allow_spinning=False` sets both SPIN_KEYS to "0"): our callers
+    run one small model call between image decodes and encodes on other threads, and a spinning
+    pool burns those cores waiting for the next call (measured in docs/benchmarks.md, crop).
     `cpu_arena=False` returns activation buffers to the allocator after each run instead of
     keeping onnxruntime's CPU arena at its high-water mark.
     Raises `prep.models.ModelNotAvailable` when `device` has no provider here.
@@ -26,8 +32,8 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, all
     if threads > 0:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    if not allow_spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key in SPIN_KEYS:
+        so.add_session_config_entry(key, "1" if allow_spinning else "0")
     if not cpu_arena:
         so.enable_cpu_mem_arena = False
     so.log_severity_level = 3

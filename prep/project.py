@@ -41,6 +41,11 @@ class ProjectDirs:
         return self.root / "02_cropped"
 
     @property
+    def clips(self) -> Path:
+        """Video runs: `prep clips` output (16 fps, 4N+1-frame clips), in place of 02_cropped."""
+        return self.root / "02_clips"
+
+    @property
     def captions(self) -> Path:
         return self.root / "03_captions"
 
@@ -67,6 +72,11 @@ class ProjectDirs:
     @property
     def dupes(self) -> Path:
         return self.root / "dupes"
+
+    @property
+    def off_model(self) -> Path:
+        """Crops of images that match none of the references, set aside by `loraprep run` (moved, never deleted)."""
+        return self.root / "off_model"
 
     @property
     def state(self) -> Path:

@@ -72,3 +72,25 @@ def tree_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture
 def digest():
     return tree_digest
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for the whole session (2 CPUs, no dashboard, usage stats off), its temp dir and
+    HOME inside pytest's tmp; skipped with the reason where the [ray] extra is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'loraprep[ray]'); CI installs the extra")
+    base = tmp_path_factory.mktemp("ray")
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED")}
+    os.environ["HOME"] = str(base / "home")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    (base / "home").mkdir()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=str(base / "t"))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -111,3 +111,68 @@ def test_sd_scripts_step_rules(tmp_path: Path) -> None:
     for (name, spe, total), res in zip(ours, results):
         assert not res["errors"], (name, res["errors"])
         assert (res["steps_per_epoch"], res["total_steps"]) == (spe, total), name
+
+
+def _musubi_python() -> str:
+    import sys
+
+    return os.environ.get("LORAPREP_MUSUBI_PYTHON") or sys.executable
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MUSUBI, reason="set LORAPREP_MUSUBI to a musubi-tuner checkout (30c658c4); its Python needs toml, voluptuous, torch, av, cv2")
+def test_musubi_video_datasets_schema_and_counts(tmp_path: Path) -> None:
+    """Video dataset TOMLs (ours from `config`, and every frame_extraction mode) through musubi's own
+    ConfigSanitizer, BlueprintGenerator, VideoDataset caching loop and BucketBatchManager:
+    the batches must equal our estimate, bucket for bucket."""
+    import json
+    import subprocess
+
+    import test_bridge_video as tv
+
+    d = tmp_path / "v"
+    d.mkdir()
+    tv.clip(d / "a.mp4", 45)
+    tv.clip(d / "b.mp4", 25, size=(64, 96))
+    tv.clip(d / "c.mp4", 9)
+    tv.clip(d / "fast.mp4", 61, fps=30)
+    docs = {
+        name: tv.doc(d, **keys)
+        for name, keys in {
+            "head": {"frame_extraction": "head", "target_frames": [1, 21]},
+            "chunk": {"frame_extraction": "chunk", "target_frames": [9, 13], "num_repeats": 2, "batch_size": 2},
+            "slide": {"frame_extraction": "slide", "target_frames": [21], "frame_stride": 4},
+            "uniform": {"frame_extraction": "uniform", "target_frames": [5, 21], "frame_sample": 4},
+            "full": {"frame_extraction": "full", "max_frames": 33, "source_fps": 30.0},
+            "head_fps": {"frame_extraction": "head", "target_frames": [17, 29], "source_fps": 30.0},
+        }.items()
+    }
+    # and what `config` writes for a mixed folder
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    tv.clip(mixed / "walk.mp4", 33)
+    tv.clip(mixed / "run.mp4", 49, size=(64, 96))
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (512, 384), (i * 40, 90, 90)).save(mixed / f"img{i}.png")
+        (mixed / f"img{i}.txt").write_text("sage_walk, standing")
+    models = make_models(tmp_path / "models")
+    rc = write_run_config("wan22-t2v", mixed, tmp_path / "run", models=models["wan22-t2v"], trigger="sage_walk", preset="24gb")
+    docs["config_mixed"] = rc.dataset
+    for name, doc in docs.items():
+        for ds in doc["datasets"]:
+            ds["cache_directory"] = str(tmp_path / "caches" / name / Path(ds["cache_directory"]).name)
+        p = tmp_path / f"{name}.toml"
+        p.write_text(tomli_w.dumps(doc))
+        out = tmp_path / f"{name}.json"
+        res = subprocess.run([_musubi_python(), str(Path(__file__).with_name("musubi_video_count.py")), MUSUBI, str(p), str(out)], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (name, res.stderr[-3000:])
+        theirs = json.loads(out.read_text())
+        ours = estimate_from(get_arch("wan22-t2v"), doc, {"max_train_epochs": 1})
+        assert sum(r["batches"] for r in theirs) == ours.batches_per_epoch, (name, theirs, ours.buckets)
+        theirs_buckets: dict[str, int] = {}
+        for r in theirs:
+            for k, v in r["buckets"].items():
+                theirs_buckets[k] = theirs_buckets.get(k, 0) + v
+        assert theirs_buckets == ours.buckets, (name, theirs_buckets, ours.buckets)

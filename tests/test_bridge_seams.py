@@ -243,10 +243,13 @@ def test_relative_model_paths_resolve_against_the_working_folder(world, monkeypa
 
 def test_config_gives_the_step_budget_warning_estimate_gives(world) -> None:
     root, ds, models = world
-    rc = write_run_config("anima", ds, root / "run", models=models["anima"], repeats=60)  # 3 x 60 x 10 epochs
+    rc = write_run_config("anima", ds, root / "run", models=models["anima"], repeats=150)  # 3 x 150 x 10 epochs = 4500 > 4000
     est = estimate_run(root / "run")
-    budget = [w for w in est.warnings if "above the budget" in w]
-    assert budget and budget[0] in rc.warnings
+    over = [w for w in est.warnings if "steps guides give for anima" in w and "overfit" in w]
+    assert over and over[0] in rc.warnings  # the range recorded in run.json, the same words
+    capped = estimate_run(root / "run", budget=1000)
+    budget = [w for w in capped.warnings if "above the budget" in w]
+    assert budget and not [w for w in est.warnings if "above the budget" in w]
 
 
 # -- 5. preflight ------------------------------------------------------------------------------------

@@ -75,3 +75,30 @@ def test_cli_json_on_stdout_progress_on_stderr_and_strict(tmp_path):
     r3 = subprocess.run([sys.executable, "-m", "prep.cli", "check", str(folder)], capture_output=True, text=True, timeout=120)
     assert r3.returncode == 0 and r3.stdout == ""
     assert "truncated.jpg" in r3.stderr and "EXIF-rotated" in r3.stderr
+
+
+def test_check_reports_videos_beside_images_with_what_clips_drop(tmp_path):
+    from videos import corrupt, write_video
+
+    from prep.cli import app as prep_app
+    from typer.testing import CliRunner
+
+    gradient().save(tmp_path / "a.png")
+    write_video(tmp_path / "walk.mp4", 90, fps=30)  # 3 s at 30 fps -> 48 frames at 16 fps: one 33-frame clip, 15 dropped
+    corrupt(tmp_path / "broken.mp4")
+    rep = check_folder(tmp_path, CheckOptions(trainer="wan22-t2v", resolution=512, faces=False))
+    js = rep.to_json()
+    assert js["summary"]["readable"] == 1  # the image is still checked as before
+    vids = js["videos"]
+    assert vids["target"]["fps"] == 16.0  # Wan's fps from prep.archs
+    (walk,) = vids["videos"]
+    assert walk["file"] == "walk.mp4" and walk["clips"] == 0 and any("shorter than one 81-frame clip" in w for w in walk["warnings"])
+    assert [e["file"] for e in vids["errors"]] == ["broken.mp4"]
+    assert rep.has_errors  # an unreadable video is an error, named
+    res = CliRunner().invoke(prep_app, ["check", str(tmp_path), "--trainer", "wan22-t2v", "--no-faces"])
+    assert "videos" in res.output and "broken.mp4" in res.output
+
+
+def test_check_without_videos_has_no_video_section(tmp_path):
+    gradient().save(tmp_path / "a.png")
+    assert "videos" not in check_folder(tmp_path, CheckOptions(faces=False)).to_json()

@@ -130,3 +130,39 @@ def test_cli_dry_run_writes_nothing(tmp_path):
     assert r.returncode == 3  # refused members make it partial
     assert not out.exists()
     assert '"refused": 4' in r.stdout
+
+
+def test_videos_imported_like_images_from_zip_and_folder(tmp_path):
+    """Videos (and their captions) come in byte for byte; an animated GIF counts as a video, a still one as an image."""
+    import videos as V
+
+    from prep.video import probe_video
+
+    made = tmp_path / "made"
+    made.mkdir()
+    clip = V.write_video(made / "walk.mp4", 10)
+    webm = V.write_video(made / "b.webm", 5, codec="libvpx-vp9")
+    anim, still = V.animated_gif(made / "moving.gif"), V.still_gif(made / "still.gif")
+    zpath = tmp_path / "clips.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.write(clip, "phone/walk.mp4")
+        z.writestr("phone/walk.txt", "a person walking")
+        z.write(webm, "phone/b.webm")
+        z.write(clip, "phone/SAME NAME?.MOV")
+        z.write(anim, "moving.gif")
+        z.write(still, "still.gif")
+        z.writestr("phone/voice.m4a", b"not a video")
+    out = tmp_path / "raw"
+    report = import_source(zpath, out)
+    assert (out / "phone/walk.mp4").read_bytes() == clip.read_bytes()
+    assert (out / "phone/walk.txt").read_text() == "a person walking"
+    assert probe_video(out / "phone/SAME NAME_.MOV").frames == 10  # named by the image rules (safe on Windows)
+    kinds = {e.output: e.kind for e in report.entries if e.output}
+    assert kinds["moving.gif"] == "video" and kinds["still.gif"] == "image" and kinds["phone/b.webm"] == "video"
+    assert report.to_json()["kinds"] == {"image": 1, "video": 4, "caption": 1}
+    assert any(e.source == "phone/voice.m4a" and e.status == "ignored" and "video" in e.reason for e in report.entries)
+    again = import_source(zpath, out)
+    assert again.count("skipped") == 6 and again.imported == 0
+    # a folder too, and --no-videos leaves them out
+    plain = import_source(made, tmp_path / "raw2", ImportOptions(include_videos=False))
+    assert sorted(e.output for e in plain.entries if e.output) == ["moving.gif", "still.gif"]

@@ -365,3 +365,54 @@ def test_auto_retry_oom_after_a_saved_state_resumes_only_the_failed_expert(tmp_p
     argvs = recorded_argv(tmp_path)
     assert argvs[1][argvs[1].index("--resume") + 1].endswith("lora_high-000001-state")
     assert "--resume" not in argvs[2]
+
+
+def test_auto_retry_after_a_refused_host_allocation(tmp_path: Path, root: Path) -> None:
+    """The OOM a memory limit gives on a CPU (what the real tier provokes with prlimit): host
+    advice, and the retry's copy with fewer data-loader workers fits."""
+    run = make_run(tmp_path, fake_args=["--oom_unless", "max_data_loader_n_workers = 2", "--oom_kind", "host_alloc"])
+    res = launch_run(run, _opts(root, auto_retry_oom=True))
+    assert [o.status for o in res.outcomes] == ["host_oom", "done"], [o.message for o in res.outcomes]
+    assert res.exit_code == 0
+    first = res.outcomes[0]
+    assert first.progress.host_oom and "ran out of host memory" in first.message and "DefaultCPUAllocator" in first.message
+    assert res.advice is not None and res.advice.kind == "host" and "tried to allocate 8 MiB" in res.advice.headline
+    assert res.retry is not None and res.retry["kind"] == "host" and res.retry["changes"] == {"max_data_loader_n_workers": 2}
+    assert "max_data_loader_n_workers = 2" in (run / "train.oom-retry1.toml").read_text()
+
+
+def test_a_refused_host_allocation_without_retry_is_exit_3(tmp_path: Path, root: Path) -> None:
+    run = make_run(tmp_path, fake_args=["--mode", "host_alloc", "--fail_at", "2"])
+    r = run_cli(launch_args(run, root, "--json"), tmp_path)
+    assert r.returncode == EXIT_OOM, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "oom" and out["advice"]["kind"] == "host"
+    assert out["advice"]["suggestions"][0]["key"] == "max_data_loader_n_workers"
+
+
+def test_a_new_session_does_not_show_the_last_sessions_progress(tmp_path: Path, root: Path) -> None:
+    """Seen on a real resume: status.json kept the finished session's step 4/4 until the new
+    session's first tick, so `status` (and the studio) showed a resumed run as already at its end."""
+    run = make_run(tmp_path, epochs=1, steps_per_epoch=4, train={
+        "network": {"network_module": "networks.lora_anima", "network_dim": 16, "network_alpha": 16},
+        "training": {"save_state": True, "max_train_epochs": 1},
+    })
+    assert launch_run(run, _opts(root, preflight=False)).exit_code == 0
+    assert json.loads((run / "status.json").read_text())["progress"]["step"] == 4
+    import tomli_w
+
+    (run / "train.toml").write_text(tomli_w.dumps({"network": {"network_module": "networks.lora_anima", "network_dim": 16, "network_alpha": 16},
+                                                   "training": {"save_state": True, "max_train_epochs": 2}}))
+    seen: list[object] = []
+
+    def observer(kind: str, data: dict) -> None:
+        if kind == "command":
+            seen.append(json.loads((run / "status.json").read_text()).get("progress"))
+
+    spec = json.loads((run / "run.json").read_text())
+    i = spec["commands"][0]["args"].index("--epochs")
+    spec["commands"][0]["args"][i + 1] = "2"
+    (run / "run.json").write_text(json.dumps(spec))
+    res = launch_run(run, _opts(root, resume=True, preflight=False), observer)
+    assert res.exit_code == 0, res.message
+    assert seen == [None]  # not the old {"step": 4, ...}

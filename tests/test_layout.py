@@ -156,3 +156,55 @@ def test_cli(tmp_path: Path) -> None:
     assert data["n_images"] == 2 and data["image_dir"].endswith("4_ohwx")
     res = CliRunner().invoke(app, ["layout", str(src), "-o", str(tmp_path / "ds2"), "--trigger", "x", "--reg", str(src)])
     assert res.exit_code == 2
+
+
+def test_clips_folder_laid_out_with_trigger_mixed_with_images(tmp_path: Path, digest) -> None:
+    """prep clips output + captions (and a few images) -> one subset folder, trigger first, unique stems."""
+    import videos as V
+
+    from prep.clips import ClipsOptions, clips_folder
+    from prep.video import probe_video
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    V.write_video(raw / "walk.mp4", 40)
+    clips = tmp_path / "clips"
+    clips_folder(raw, clips, ClipsOptions(frames=9, resolution="128x96"))
+    names = sorted(p.name for p in clips.glob("*.mp4"))
+    assert len(names) == 2
+    (clips / names[0]).with_suffix(".txt").write_text("a person walks to the left", encoding="utf-8")
+    Image.new("RGB", (96, 64), (10, 200, 30)).save(clips / "still.png")
+    (clips / "still.txt").write_text("sage_walk, a still frame", encoding="utf-8")
+    V.corrupt(clips / "zz_broken.mp4")
+    before = digest(clips)
+    rep = layout_dataset(clips, tmp_path / "ds", LayoutOptions(trigger="sage_walk", repeats=2))
+    folder = tmp_path / "ds" / "img" / "2_sage_walk"
+    vids = sorted(folder.glob("*.mp4"))
+    assert rep.n_videos == 2 and rep.n_images == 1 and len(vids) == 2
+    stems = [p.stem for p in folder.iterdir() if p.suffix != ".txt"]
+    assert len(stems) == len(set(stems)) == 3  # images and videos never share a stem (musubi's caches are by stem)
+    caps = {p.name: p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in vids}
+    assert sorted(caps.values()) == ["sage_walk", "sage_walk, a person walks to the left"]
+    assert all(probe_video(p).frames == 9 for p in vids)
+    assert [i.id for i in rep.failed] == ["zz_broken.mp4"] and "not a readable video" in rep.failed[0].reason
+    assert not [w for w in rep.warnings if "4N+1" in w]  # clips by prep clips need no warning
+    meta = json.loads((tmp_path / "ds" / "layout.json").read_text())
+    assert sorted(meta["videos"].values()) == sorted(str(clips / n) for n in names)
+    assert (tmp_path / "ds" / "buckets.json").is_file()  # the clips' buckets travel with the dataset
+    assert digest(clips) == before
+    again = layout_dataset(clips, tmp_path / "ds", LayoutOptions(trigger="sage_walk", repeats=2))
+    assert again.count("skipped") == 3
+
+
+def test_raw_video_laid_out_with_a_warning(tmp_path: Path) -> None:
+    import videos as V
+
+    src = tmp_path / "src"
+    src.mkdir()
+    V.write_video(src / "raw.mov", 30, fps=30)
+    V.animated_gif(src / "loop.gif")
+    rep = layout_dataset(src, tmp_path / "ds", LayoutOptions(trigger="t"))
+    assert rep.n_videos == 1 and rep.n_images == 1  # the GIF stays an image (its first frame), as before
+    assert any("raw.mov" in w and "4N+1" in w and "prep clips" in w for w in rep.warnings)
+    assert any("loop.gif" in w and "animated GIF" in w for w in rep.warnings)
+    assert sorted(p.suffix for p in (tmp_path / "ds" / "img" / "10_t").iterdir() if p.suffix != ".txt") == [".mov", ".png"]

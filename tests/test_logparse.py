@@ -123,3 +123,22 @@ def test_sigkill_reported_by_accelerate_is_a_kill() -> None:
 def test_message_glued_to_an_unterminated_bar_is_still_seen() -> None:
     p = parse_text("\rsteps:  17%|#7  | 2/12 [00:01<00:05, 2.0it/s, avr_loss=0.1]torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB\n")
     assert p.step == 2 and p.oom and p.oom_detail["tried"] == "1.00 GiB"
+
+
+def test_refused_cpu_allocation_is_a_host_oom_with_the_size() -> None:
+    """What torch prints when a memory limit (ulimit -v / RLIMIT_AS) refuses a CPU allocation."""
+    text = (
+        "steps:  25%|##5       | 1/4 [00:37<01:52, 37.45s/it, avr_loss=2.21]\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/sd-scripts/library/anima_utils.py", line 107, in load_anima_model\n'
+        "    sd = load_safetensors_with_lora_and_fp8(\n"
+        "RuntimeError: [enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 268435456 bytes. "
+        "Error code 12 (Cannot allocate memory)\n"
+    )
+    p = parse_text(text)
+    assert p.host_oom and not p.oom and not p.killed
+    assert p.oom_detail["tried"] == "256 MiB"
+    assert p.last_error is not None and p.last_error.startswith("RuntimeError: [enforce fail")
+    assert any("anima_utils.py" in line for line in p.error_lines)
+    assert parse_text("MemoryError\n").host_oom and parse_text("OSError: [Errno 12] Cannot allocate memory\n").host_oom
+    assert not parse_text("INFO     memory efficient attention enabled\n").host_oom

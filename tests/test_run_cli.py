@@ -57,6 +57,7 @@ def test_dry_run_writes_nothing_and_says_what_would_run(tmp_path):
     rep = json.loads(res.stdout)
     assert rep["dry_run"] is True
     stages = {s["name"]: s for s in rep["stages"]}
+    assert stages.pop("variations")["status"] == "skipped"  # only with --renders
     assert all(s["status"] == "would-run" for s in stages.values())
     assert stages["crop"]["summary"]["options"]["framing"] == "face"
     assert stages["crop"]["summary"]["options"]["anime_model"] == "head.onnx"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraprep.project import PROJECT_KEYS, RUN_KEYS, SECTIONS, CropSection, Project
+from loraprep.project import PROJECT_KEYS, RUN_KEYS, SECTIONS, ClipsSection, CropSection, Project
 from prep.crop import CropOptions
 from prep.options import OptionsError
 
@@ -63,7 +63,19 @@ def test_sections_are_the_stage_options_minus_the_projects_settings():
         assert CropSection.model_fields[name].description == CropOptions.model_fields[name].description
     for sec in SECTIONS:
         fields = set(Project.model_fields[{"import": "import_"}.get(sec.name, sec.name)].annotation.model_fields)
-        assert not fields & set(PROJECT_KEYS), sec.name
+        assert not fields & (set(PROJECT_KEYS) - set(sec.own)), sec.name
+    assert ClipsSection.model_fields["resolution"].annotation is str  # [clips] has its own WxH resolution
+
+
+def test_clips_section_reaches_the_clips_stage_and_image_projects_ignore_it(tmp_path):
+    from loraprep.project import Project
+
+    p = Project(source="raw", trigger="walk", trainer="wan22-t2v", clips={"resolution": "480x832", "frames": 49})
+    opts = p.stage_options("clips")
+    assert (opts.resolution, opts.frames, opts.trainer) == ("480x832", 49, "wan22-t2v")
+    Project(source="raw", trigger="sage", trainer="anima").check_stages()  # a Wan-only stage is not checked for Anima
+    with pytest.raises(OptionsError, match="frames"):
+        Project(source="raw", trigger="walk", trainer="wan22-t2v", clips={"frames": 80}).check_stages()
 
 
 def test_the_project_settings_reach_each_stage_that_has_them(tmp_path):

@@ -181,3 +181,124 @@ def test_plan_lists_torch_download_for_a_gpu_machine(tmp_path: Path, monkeypatch
     kinds = [s.argv[:4] for s in plan.steps]
     assert kinds[0][:3] == ["git", "clone", "--no-checkout"]
     assert plan.steps[-1].argv[-2:] == ["-e", "."]  # musubi installs itself from pyproject
+
+
+# --- torch: registry fallback, matching pairs, setup --check ------------------------------------
+
+
+def fake_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = (), body: str = "") -> Path:
+    """A tiny pure-Python wheel standing in for torch / torchvision (their real wheels are GBs):
+    the package reports its version and declares what the real one declares (torchvision: its torch)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"__version__ = {version!r}\n{body}",
+        f"{info}/METADATA": "Metadata-Version: 2.1\n" + f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: loraprep-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    whl = dest / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        record = []
+        for path, text in files.items():
+            data = text.encode()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        z.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    return whl
+
+
+def _closed_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connection refused, like an unreachable index
+    return port
+
+
+def test_unreachable_pytorch_index_falls_back_to_the_registrys_matching_pair(
+    tmp_path: Path, upstream: tuple[Path, str, str], wheels: Path
+) -> None:
+    repo, pinned, _ = upstream
+    # the "registry": torch 2.7.1 and 2.8.0, and torchvisions for 2.7.1, 2.8.0 and a 2.9.0 it does not have
+    fake_wheel(wheels, "torch", "2.7.1")
+    fake_wheel(wheels, "torch", "2.8.0")
+    fake_wheel(wheels, "torchvision", "0.22.1", ("torch==2.7.1",))
+    fake_wheel(wheels, "torchvision", "0.23.0", ("torch==2.8.0",))
+    fake_wheel(wheels, "torchvision", "0.24.0", ("torch==2.9.0",))
+    index = f"http://127.0.0.1:{_closed_port()}/whl/{{label}}"
+    pip = {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": str(wheels), "PIP_CONSTRAINT": ""}
+    # no torch flags at all: the machine's build (CPU here, or its CUDA), whose index does not answer
+    r = run_cli(["setup", "sd-scripts", "--commit", pinned], tmp_path, timeout=300, LORAPREP_SD_SCRIPTS_URL=repo.as_uri(), LORAPREP_TORCH_INDEX=index, **pip)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "unreachable" in said and "package registry" in said
+    checkout = tmp_path / "home" / "trainers" / f"sd-scripts-{pinned[:12]}"
+    marker = json.loads((checkout / ".loraprep-setup.json").read_text())
+    assert marker["torch_source"] == "registry (fallback)"
+    assert (marker["torch_version"], marker["torchvision_version"]) == ("2.8.0", "0.23.0")  # newest pair that belongs together
+    py = marker["python"]
+    got = subprocess.run([py, "-c", "import torch, torchvision; print(torch.__version__, torchvision.__version__)"], capture_output=True, text=True, check=True)
+    assert got.stdout.split() == ["2.8.0", "0.23.0"]
+
+    # a torchvision made for another torch is caught, not left to fail at `import torchvision`
+    from train_bridge.setup import SetupError, torch_pair
+
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--find-links", str(wheels), "torchvision==0.24.0"], check=True,
+                   env={**os.environ, "PIP_CONSTRAINT": ""})
+    with pytest.raises(SetupError, match=r"torchvision 0\.24\.0 was built for torch 2\.9\.0, but torch 2\.8\.0 is installed"):
+        torch_pair(py)
+
+
+def test_torch_override_keeps_the_pair_consistent() -> None:
+    from train_bridge.setup import SetupError, matching_torchvision, parse_torch_override
+
+    assert parse_torch_override("torch==2.5.1").packages == ("torch==2.5.1", "torchvision==0.20.1")
+    assert parse_torch_override("torch==2.14.1").packages == ("torch==2.14.1", "torchvision==0.29.1")
+    assert parse_torch_override("torch==2.7.1 torchvision==0.22.1").packages == ("torch==2.7.1", "torchvision==0.22.1")
+    with pytest.raises(SetupError, match="not the release for torch 2.7.1 \\(0.22.1\\)"):
+        parse_torch_override("torch==2.7.1 torchvision==0.21.0")
+    assert matching_torchvision("2.6.0+cu124") == "0.21.0" and matching_torchvision("1.13.1") is None
+
+
+def test_index_reachability(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from train_bridge.setup import index_reachable
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert index_reachable(f"http://127.0.0.1:{srv.server_address[1]}/whl/cpu", timeout=5)  # 404 is an answer: pip would read it
+    finally:
+        srv.shutdown()
+    assert not index_reachable(f"http://127.0.0.1:{_closed_port()}/whl/cpu", timeout=5)
+    assert not index_reachable((tmp_path / "nope").as_uri()) and index_reachable(tmp_path.as_uri())
+
+
+def test_setup_check_imports_the_trainer_once_and_names_what_is_missing(tmp_path: Path) -> None:
+    root = tmp_path / "sd-scripts"
+    (root / "library").mkdir(parents=True)
+    (root / "library" / "__init__.py").write_text("")
+    (root / "library" / "train_util.py").write_text("X = 1\n")
+    (root / "library" / "config_util.py").write_text("raise RuntimeError('broken build: undefined symbol _ZN3c10')\n")
+    (root / "train_network.py").write_text("import loraprep_test_not_installed_pkg\n")
+    venv = tmp_path / "bare-venv"  # a trainer venv where nothing was installed: fast, and independent of this machine's packages
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    r = run_cli(["setup", "sd-scripts", "--check", "--path", str(root), "--venv", str(venv), "--json"], tmp_path, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert not rep["passed"] and rep["python"] == py
+    assert rep["versions"]["torch"] is None and {"module": "torch", "missing": "torch"}.items() <= next(m for m in rep["missing"] if m["module"] == "torch").items()
+    assert "library.train_util" in rep["ok"]
+    missing = {m["module"]: m["missing"] for m in rep["missing"]}
+    assert missing["train_network"] == "loraprep_test_not_installed_pkg"
+    assert missing["anima_train_network"] == "anima_train_network"  # every script loraprep writes configs for is imported
+    assert any(e["module"] == "library.config_util" and "undefined symbol" in e["error"] for e in rep["errors"])
+    assert any("--force" in f for f in rep["fixes"])
+    said = " ".join(r.stderr.split())
+    assert "missing train_network" in said and "loraprep_test_not_installed_pkg" in said

@@ -70,7 +70,7 @@ def renders(tmp_path: Path) -> Path:
 
 
 def _opts(model: Path, **kw) -> VariationOptions:
-    base = dict(backend="diffusers", model=str(model), styles=STYLES, per_image=2, max_synthetic_share=1.0, trigger="Sage",
+    base = dict(backend="diffusers", model=str(model), styles=STYLES, per_image=2, max_synthetic_share=1.0, trigger="Sage", identity_check=False,
                 steps=2, strength=0.5, batch_size=2, max_side=64, device="cpu")
     base.update(kw)
     return VariationOptions(**base)
@@ -139,3 +139,65 @@ def test_a_bad_render_fails_alone(tiny_pipeline, renders, tmp_path):
     rep = render_variations(renders, out, _opts(tiny_pipeline, per_image=1, styles=["pencil sketch"]))
     assert rep.generated == 2
     assert len(rep.failed) == 1 and rep.failed[0]["id"].startswith("broken__") and "broken.png" in rep.failed[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def single_file(tiny_pipeline, tmp_path_factory) -> Path:
+    """The tiny pipeline as ONE original-layout .safetensors (Civitai's layout), via diffusers' reverse converter."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from tests.sd_single_file import save_original_sd_checkpoint
+
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_pipeline, safety_checker=None, requires_safety_checker=False)
+    return save_original_sd_checkpoint(pipe, tmp_path_factory.mktemp("civitai") / "tinyMix_v1.safetensors")
+
+
+def test_the_single_file_is_in_the_original_layout(single_file, tiny_pipeline):
+    """diffusers' own forward conversion gives back exactly the pipeline's weights: the file is what a user has."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from safetensors.torch import load_file
+
+    ck = load_file(str(single_file))
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in ck) and any(k.startswith("first_stage_model.encoder.down.") for k in ck)
+    assert "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight" in ck
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline / "unet")
+    back, ref = convert_ldm_unet_checkpoint(ck, dict(unet.config)), unet.state_dict()
+    assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
+
+
+def test_a_single_file_checkpoint_loads_with_from_single_file_and_a_local_config(single_file, tiny_pipeline, renders, tmp_path, monkeypatch):
+    from prep.variations.backends.diffusers_backend import checkpoint_family
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert checkpoint_family(single_file).name == "sd"  # from the tensor names in the header, not the file name
+    folder = render_variations(renders, tmp_path / "folder", _opts(tiny_pipeline, per_image=1, batch_size=1))
+    rep = render_variations(renders, tmp_path / "file", _opts(single_file, per_image=1, batch_size=1, checkpoint_config=str(tiny_pipeline)))
+    assert rep.ok and rep.generated == 2 and folder.generated == 2, rep.failed
+    rec = {r.id: r for r in Manifest.in_folder(tmp_path / "file").step_records("render-variations") if r.data.get("kind") == "variation"}
+    assert {r.data["model"] for r in rec.values()} == {str(single_file)} and {r.data["checkpoint_config"] for r in rec.values()} == {str(tiny_pipeline)}
+    # the same weights through the same pipeline class: the same pixels as the diffusers folder
+    for vid in rec:
+        assert np.array_equal(_px(tmp_path / "file" / vid), _px(tmp_path / "folder" / vid)), vid
+
+
+def test_a_single_file_without_configs_offline_says_what_to_pass(single_file, renders, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf"))
+    rep = render_variations(renders, tmp_path / "out", _opts(single_file, per_image=1))
+    assert rep.generated == 0 and rep.failed
+    reason = rep.failed[0]["reason"]
+    assert "--checkpoint-config" in reason and "stable-diffusion-v1-5" in reason and str(single_file) in reason
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "lora.safetensors"  # a LoRA given as --model: diffusers alone would call it "v1"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 16)}, str(bad))
+    with pytest.raises(ValueError, match="lora.safetensors.*not a full Stable Diffusion"):
+        render_variations(renders, tmp_path / "out2", _opts(bad, per_image=1))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.safetensors: not a readable"):
+        render_variations(renders, tmp_path / "out4", _opts(tmp_path / "junk.safetensors", per_image=1))
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickles"):
+        render_variations(renders, tmp_path / "out3", _opts(ckpt, per_image=1))

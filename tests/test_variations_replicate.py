@@ -40,7 +40,7 @@ def renders(tmp_path: Path) -> Path:
 
 
 def _opts(stub: ReplicateImgStub, **kw) -> VariationOptions:
-    base = dict(styles=["oil painting portrait", "pencil sketch", "watercolor portrait"], per_image=2, max_synthetic_share=1.0,
+    base = dict(styles=["oil painting portrait", "pencil sketch", "watercolor portrait"], per_image=2, max_synthetic_share=1.0, identity_check=False,
                 trigger="Sage", workers=2,
                 backend_options={"api_token": TOKEN, "base_url": stub.url, "poll_interval": 0.01, "policy": FAST})
     base.update(kw)
@@ -132,7 +132,7 @@ def test_kill_and_resume_never_bills_twice_or_regenerates(renders, tmp_path):
         env = {**os.environ, "REPLICATE_API_TOKEN": TOKEN, "REPLICATE_BASE_URL": stub.url, "LORAPREP_NO_PROGRESS": "1"}
         cmd = [sys.executable, "-c", "from prep.cli import main; main()", "render-variations", str(renders), "-o", str(out),
                "--style", "oil painting portrait", "--style", "pencil sketch", "--style", "watercolor portrait", "-n", "2",
-               "--max-synthetic-share", "1", "--trigger", "Sage", "--workers", "2", "--poll-interval", "0.02"]
+               "--max-synthetic-share", "1", "--no-identity-check", "--trigger", "Sage", "--workers", "2", "--poll-interval", "0.02"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         try:

@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command("check")(check)
     app.command("presets")(presets)
     app.command("options")(options)
+    app.command("samples")(samples)
 
 
 def config(
@@ -24,6 +25,7 @@ def config(
     dataset: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder (from `prep layout`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder for train.toml, dataset.toml, sample_prompts.txt, run.json."),
     preset: str = typer.Option("16gb", "--preset", "-p", help="VRAM preset: 8gb, 12gb, 16gb, 24gb, 48gb, 80gb."),
+    use_case: str = typer.Option(None, "--use-case", "-u", help="What is trained: face, full-body, 3d-to-photo, anime, video-ready (dim/alpha/lr and the step range; docs/train_bridge-presets.md)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="key=value, checked against the trainer's option list (dataset.KEY=V for the dataset TOML). Repeatable."),
     dit: str = typer.Option(None, "--dit", help="DiT / transformer weights (Anima, FLUX, Wan; Wan 2.2: the low-noise expert)."),
     dit_high: str = typer.Option(None, "--dit-high", help="Wan 2.2 high-noise expert DiT."),
@@ -61,7 +63,7 @@ def config(
     try:
         rc = write_run_config(
             arch, dataset, out, models=models, preset=preset, overrides=list(set_), trigger=trigger, output_name=name, repeats=repeats,
-            ignore_crop_record=ignore_crop_record, dry_run=dry_run,
+            ignore_crop_record=ignore_crop_record, use_case=use_case, dry_run=dry_run,
         )
     except (ConfigError, KeyError, ValueError) as exc:
         issues = getattr(exc, "issues", None)
@@ -88,15 +90,21 @@ def config(
 
 def estimate(
     run: Path = typer.Argument(..., exists=True, file_okay=False, help="Run folder (from `train_bridge config`)."),
-    max_steps: int = typer.Option(1000, "--max-steps", help="Warn above this many steps (Colab's ~1000; 0 = no budget)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Warn above this many steps (e.g. 1000 for a Colab T4 session; 0 = no ceiling). Default: the step range of the run's architecture and use case."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ) -> None:
     """Exact steps per epoch and in total (sd-scripts / musubi bucket rules), and rough time per GPU."""
     from train_bridge.estimate import estimate_run
-    from train_bridge.runspec import RunSpecError
+    from train_bridge.presets import StepTarget, step_target
+    from train_bridge.runspec import RunSpec, RunSpecError
 
     try:
         est = estimate_run(run, budget=max_steps or None)
+        if max_steps is None:  # the range `config` checked the run against
+            spec = RunSpec.load(run)
+            t = spec.derived.get("step_target") or {}
+            target = StepTarget(t["low"], t["high"], t.get("source", "")) if {"low", "high"} <= set(t) else step_target(spec.arch_spec(), (spec.raw.get("asked") or {}).get("use_case"))
+            est.warnings += target.warnings(est.total_steps, est.steps_per_epoch, spec.arch + (f" {spec.raw['asked']['use_case']}" if (spec.raw.get("asked") or {}).get("use_case") else ""))
     except (RunSpecError, ValueError) as exc:  # run.json / a TOML missing or malformed: named in the message
         raise fail(str(exc), EXIT_USAGE) from None
     if as_json:
@@ -149,11 +157,14 @@ def check(
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
-def presets(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
-    """The VRAM presets per architecture."""
-    from train_bridge.presets import preset_table
+def presets(
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    use_cases: bool = typer.Option(False, "--use-cases", help="The use-case presets (dim/alpha/lr, step range, source) instead of the VRAM ones."),
+) -> None:
+    """The VRAM presets per architecture (or, with --use-cases, the use-case presets)."""
+    from train_bridge.presets import preset_table, use_case_table
 
-    rows = preset_table()
+    rows = use_case_table() if use_cases else preset_table()
     if as_json:
         emit_json(rows)
         raise typer.Exit(EXIT_OK)
@@ -189,3 +200,38 @@ def options(
     for o in rows:
         t.add_row(o.name, o.type + ("[]" if o.is_list else ""), repr(o.default), ", ".join(map(str, o.choices)) if o.choices else "")
     console.print(t)
+
+
+def samples(
+    run: Path = typer.Argument(..., exists=True, file_okay=False, help="Run folder (from `train_bridge config`)."),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="One grid image: rows = prompts, columns = the saved checkpoints (same prompts and seed)."),
+    all_steps: bool = typer.Option(False, "--all-steps", help="With --checkpoints: a column for every sampled step, checkpoint or not."),
+    out: Path = typer.Option(None, "--out", "-o", help="The grid PNG (default: RUN/samples_grid.png)."),
+    cell: int = typer.Option(256, "--cell", min=64, max=1024, help="Pixels per sample in the grid."),
+    as_json: bool = typer.Option(False, "--json", help="The samples by prompt and step as JSON on stdout."),
+) -> None:
+    """The run's samples by prompt and step; --checkpoints renders them side by side to pick a checkpoint."""
+    from train_bridge.runspec import RunSpecError
+    from train_bridge.samples import collect_run_samples, write_checkpoint_grid
+
+    try:
+        if checkpoints:
+            path, table = write_checkpoint_grid(run, out, all_steps=all_steps, cell=cell)
+        else:
+            path, table = None, collect_run_samples(run)
+    except (RunSpecError, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        emit_json({**table.as_dict(), "grid": str(path) if path else None})
+        raise typer.Exit(EXIT_OK)
+    for i in table.rows():
+        console.print(f"[bold]{i}[/bold] {show(table.prompt_text(i))}")
+        for c in table.columns:
+            s = c.samples.get(i)
+            ck = f" · checkpoint {c.checkpoint.name}" if c.checkpoint else ""
+            console.print(f"  {c.label}{ck}: {show(s.path.name) if s else '-'}")
+    if not table.columns:
+        console.print("no samples yet (the trainer writes them to OUTPUT/sample every sample_every_n_steps steps)")
+    if path is not None:
+        console.print(f"wrote {path} ({len(table.rows())} prompts x {len(table.columns)} checkpoints)")
+    raise typer.Exit(EXIT_OK)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,7 @@ import typer
 
 from prep.cli.common import console, emit_json, fail, show
 from train_bridge.launch import (
+    EXIT_DONE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -45,9 +47,13 @@ def setup_cmd(
     force: bool = typer.Option(False, "--force", help="Reinstall even if the marker says it is up to date."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be downloaded and done; do nothing."),
     as_json: bool = typer.Option(False, "--json", help="Machine output on stdout."),
+    check: bool = typer.Option(False, "--check", help="Install nothing: import the installed trainer once with its Python and report what is missing."),
 ) -> None:
     """Install a trainer at a pinned commit with its own virtual environment (once)."""
     from train_bridge.setup import SetupError, plan_setup, run_setup
+
+    if check:
+        _setup_check(trainer, path, venv, as_json)
 
     try:
         plan = plan_setup(
@@ -86,6 +92,37 @@ def setup_cmd(
     console.print(f"[green]{plan.trainer} ready[/green]: {plan.checkout} · python {plan.python}")
     if as_json:
         emit_json({"status": "done", **plan.as_dict()})
+
+
+def _setup_check(trainer: str, path: Path | None, venv: Path | None, as_json: bool) -> None:
+    from train_bridge.setup import SetupError, check_setup, venv_python
+
+    try:
+        rep = check_setup(trainer, path, str(venv_python(venv.expanduser().resolve())) if venv else None)
+    except SetupError as exc:
+        console.print("[red]error:[/red] " + show(str(exc)), soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    console.print(f"[bold]{rep.trainer}[/bold] {rep.root} · python {rep.python}")
+    v = rep.versions
+    t = rep.torch or {}
+    console.print(
+        f"  torch {v.get('torch') or 'missing'} (CUDA build {t.get('cuda_build') or 'none'}, GPU {'yes' if t.get('gpu') else 'no'}) · "
+        f"torchvision {v.get('torchvision') or 'missing'} · accelerate {v.get('accelerate')} · transformers {v.get('transformers')} · diffusers {v.get('diffusers')}"
+    )
+    console.print(f"  imported {len(rep.ok)} of {len(rep.ok) + len(rep.missing) + len(rep.errors)} modules")
+    for m in rep.missing:
+        console.print(f"  [red]missing[/red] {m['module']}: no module {m['missing']!r}")
+    for e in rep.errors:
+        console.print(f"  [red]fails[/red] {e['module']}: {e['error']}")
+    for n in rep.notes:
+        console.print(f"  [yellow]note:[/yellow] {n}")
+    for f in rep.fixes():
+        console.print(f"  fix: {f}", soft_wrap=True)
+    if rep.passed:
+        console.print(f"[green]{rep.trainer} imports cleanly[/green]")
+    if as_json:
+        emit_json(rep.as_dict())
+    raise typer.Exit(0 if rep.passed else EXIT_FAILED)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -273,6 +310,7 @@ def launch_cmd(
     reconnect: int = typer.Option(3, "--reconnect", help="With --remote: times to retry a dropped connection before leaving the run to `train_bridge attach`."),
     pull_every: float = typer.Option(5.0, "--pull-every", help="With --remote: seconds between pulls of new checkpoints and samples."),
     disk: int = typer.Option(50, "--disk", help="With --remote runpod: the pod's disk in GB."),
+    detach: bool = typer.Option(False, "--detach", help="Train in the background: check, start, write status.json and return; the training survives this terminal. `train_bridge attach RUN` brings the view back."),
 ) -> None:
     """Run the trainer for a run folder with live progress, OOM advice and resume.
 
@@ -309,6 +347,9 @@ def launch_cmd(
             f"`train_bridge config ... -o RUN_DIR`, or use `train_bridge launch ARCH DATASET --<model> PATH ...`."
         )
         raise typer.Exit(EXIT_USAGE)
+    if detach and remote is not None:
+        console.print("[red]error:[/red] --detach is for local runs; a --remote run already trains on the remote and `train_bridge attach` follows it.")
+        raise typer.Exit(EXIT_USAGE)
     if remote is not None:
         from train_bridge.cli_remote import remote_options, run_remote
         from train_bridge.remote.session import launch_remote
@@ -332,6 +373,8 @@ def launch_cmd(
         trainer_dir=trainer_dir, python=python, accelerate=False if no_accelerate else None, grace_s=grace,
         recache=recache, dry_run=dry_run, preflight=not no_preflight,
     )
+    if detach and not dry_run:
+        _detach(target, opts, as_json)
     from train_bridge.progress_view import LiveView
 
     view = LiveView(console, live=False if plain else None)
@@ -362,6 +405,46 @@ def launch_cmd(
     if as_json:
         emit_json(res.as_dict())
     raise typer.Exit(res.exit_code)
+
+
+def launch_flags(opts: LaunchOptions) -> list[str]:
+    """The `launch` flags that give these options (what a detached launcher is started with)."""
+    flags = [
+        *(["--resume"] if opts.resume else []), *(["--restart"] if opts.restart else []),
+        *([] if opts.gpu_check else ["--no-gpu-check"]), *([] if opts.preflight else ["--no-preflight"]),
+        *(["--auto-retry-oom"] if opts.auto_retry_oom else []), *(["--recache"] if opts.recache else []),
+        *(["--no-accelerate"] if opts.accelerate is False else []), "--grace", str(opts.grace_s), "--plain",
+    ]
+    if opts.trainer_dir is not None:
+        flags += ["--trainer-dir", str(Path(opts.trainer_dir).resolve())]
+    if opts.python is not None:
+        flags += ["--python", opts.python]
+    return flags
+
+
+def _detach(target: Path, opts: LaunchOptions, as_json: bool) -> None:
+    """Check everything a launch checks before starting (so errors land here, not in a log),
+    then start the launcher in the background and return."""
+    import dataclasses
+
+    from train_bridge.launch import detach_launch
+
+    try:
+        launch_run(target, dataclasses.replace(opts, dry_run=True))
+    except LaunchError as exc:
+        if as_json:
+            emit_json({"status": "error", "exit_code": exc.code, "message": str(exc)})
+        raise fail(str(exc), exc.code) from None
+    argv = [sys.executable, "-m", "train_bridge.cli", "launch", str(target.resolve()), *launch_flags(opts)]
+    info = detach_launch(target, argv)
+    console.print(
+        f"[green]training in the background[/green] (launcher pid {info['pid']}; its output: {info['launcher_output']}).\n"
+        f"  follow it: [bold]train_bridge attach {target}[/bold]   progress: train_bridge status {target}   "
+        f"stop it: train_bridge attach {target} --stop"
+    )
+    if as_json:
+        emit_json({"status": "detached", **info})
+    raise typer.Exit(EXIT_DONE)
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from prep.buckets import BucketRecord, read_bucket_record
 from prep.fsutil import atomic_write_text
 from prep.trigger import trigger_problem
 from train_bridge import presets as _presets
-from train_bridge.estimate import COLAB_BUDGET, estimate_from
+from train_bridge.estimate import estimate_from
 from train_bridge.model_paths import missing_text_encoders, resolve_model
 from train_bridge.options import OptionList, load_option_list
 from train_bridge.runspec import RUN_FILE, RunSpec, RunSpecError
@@ -297,16 +297,78 @@ def _keep_alpha_ratio(cfg: dict[str, Any], ref: tuple[Any, Any], explicit: set[s
 # -- writers ----------------------------------------------------------------------------------------
 
 
-def _sample_prompts(spec: ArchSpec, trigger: str, class_token: str | None, res: tuple[int, int]) -> str:
+SAMPLE_TAGS = 6
+"""How many of the dataset's most common tags go into the first sample prompt (loraprep's choice:
+enough to reproduce a typical training image, well inside every text encoder's budget)."""
+
+
+def dataset_top_tags(ds: Any, trigger: str | None, class_token: str | None, n: int = SAMPLE_TAGS) -> list[str]:
+    """The dataset's most common caption tags (comma-separated captions beside the training
+    images), without the trigger and class token: a prompt that should reproduce the set."""
+    from collections import Counter
+
+    skip = {t.strip().lower() for t in (trigger, class_token) if t}
+    counts: Counter[str] = Counter()
+    for sub in ds.train_subsets:
+        folder = Path(sub.image_dir)
+        if not folder.is_dir():
+            continue
+        for cap in sorted(folder.glob("*.txt")):
+            try:
+                text = cap.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # `check` and `caption lint` report unreadable captions
+            seen = set()
+            for raw in text.replace("\n", ",").split(","):
+                tag = " ".join(raw.split())
+                key = tag.lower()
+                # a sentence is not a tag; ' --' would start a sample option, '#' a comment
+                if not tag or key in skip or key in seen or len(tag.split()) > 4 or "--" in tag or "#" in tag:
+                    continue
+                seen.add(key)
+                counts[tag] += 1
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def _sample_prompts(spec: ArchSpec, trigger: str, class_token: str | None, res: tuple[int, int], *,
+                    top_tags: list[str] | None = None, extra: tuple[str, ...] = _presets.DEFAULT_PROMPTS) -> str:
+    """The first prompt is the trigger plus the dataset's most common tags (what training shows
+    it); the others put the subject where the dataset may not (the over-training check). Every
+    line has the same seed (--d), so a prompt's samples differ only by the training step."""
     subject = f"{trigger}, {class_token}" if class_token else trigger
     step = spec.sample_size_step
     opts = spec.sample_prompt_options.format(w=res[0] - res[0] % step, h=res[1] - res[1] % step)
-    lines = [
-        "# loraprep sample prompts: one per line, options after ' --' (see sd-scripts docs/train_network)",
-        f"{subject}, portrait, looking at viewer, simple background {opts}",
-        f"{subject}, full body, standing outdoors, daylight {opts}",
-    ]
+    lines = ["# loraprep sample prompts: one per line, options after ' --' (see sd-scripts docs/train_network)"]
+    if top_tags:
+        lines.append(f"{subject}, {', '.join(top_tags)} {opts}")
+    lines += [f"{p.format(subject=subject)} {opts}" for p in extra]
     return "\n".join(lines) + "\n"
+
+
+def _sampling(configs: dict[str, dict[str, Any]], explicit: set[str], preset: str, total_steps: int | None) -> dict[str, Any]:
+    """Samples every N steps, and a checkpoint at each sample so that every checkpoint can be
+    judged by its samples (`train_bridge samples RUN --checkpoints`). sd-scripts ignores
+    sample_every_n_steps when sample_every_n_epochs is set (train_util.sample_images_common),
+    so the epoch keys go; whatever --set asked for is kept as asked."""
+    if not any("sample_prompts" in c for c in configs.values()):
+        return {}  # the trainer samples nothing by default (musubi-tuner's Wan)
+    asked_sampling = explicit & {"sample_every_n_steps", "sample_every_n_epochs"}
+    asked_saving = explicit & {"save_every_n_steps", "save_every_n_epochs", "save_last_n_epochs", "save_last_n_steps",
+                               "save_last_n_epochs_state", "save_last_n_steps_state"}
+    if "sample_every_n_epochs" in explicit:
+        return {}  # epoch sampling asked for: the epoch checkpoints stay with it
+    n = _presets.sample_every(preset, total_steps)
+    for cfg in configs.values():
+        if "sample_every_n_steps" in explicit:
+            n = cfg["sample_every_n_steps"]
+        cfg.pop("sample_every_n_epochs", None)
+        cfg["sample_every_n_steps"] = n
+        if not asked_saving:
+            for k in ("save_every_n_epochs", "save_last_n_epochs", "save_last_n_epochs_state"):
+                cfg.pop(k, None)
+            cfg["save_every_n_steps"] = n
+            cfg["save_last_n_steps_state"] = n  # the newest step states, not one per sample
+    return {"sample_every_n_steps": n, "save_every_n_steps": None if asked_saving else n, "asked": sorted(asked_sampling | asked_saving)}
 
 
 def _resolve_models(spec: ArchSpec, models: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], list[Issue]]:
@@ -366,21 +428,31 @@ def write_run_config(
     output_name: str | None = None,
     repeats: int | None = None,
     ignore_crop_record: bool = False,
-    budget: int | None = COLAB_BUDGET,
+    budget: int | None = None,
+    use_case: str | None = None,
     dry_run: bool = False,
     now: _dt.datetime | None = None,
 ) -> RunConfig:
-    """Build and (unless `dry_run`) write the run files; raises ConfigError on any problem."""
+    """Build and (unless `dry_run`) write the run files; raises ConfigError on any problem.
+
+    `use_case` (face, full-body, 3d-to-photo, anime, video-ready) sets dim/alpha/lr and the step
+    range the run is checked against (`presets.step_target`, per architecture); `budget` adds a
+    hard step ceiling (a Colab session's, say)."""
     spec = get_arch(arch)
     trainer = trainer_for(spec)
     preset_name = _presets.normalize_preset(preset)
     pr = _presets.get_preset(spec, preset_name)
+    try:
+        use_case = _presets.normalize_use_case(use_case)
+    except ValueError as exc:
+        raise ConfigError([Issue("error", "use_case", str(exc))]) from None
+    uc = _presets.get_use_case(spec, use_case) if use_case else None
     options = load_option_list(spec.options_key)
     run_dir = Path(run_dir).resolve()
     ds = read_dataset(dataset_dir, repeats=repeats)
     issues: list[Issue] = []
     if not any(s.n_images or s.n_videos for s in ds.train_subsets):
-        issues.append(Issue("error", "dataset", f"{ds.root}: no training images found"))
+        issues.append(Issue("error", "dataset", f"{ds.root}: no training images or videos found"))
     trig = trigger or ds.trigger
     if not trig:
         issues.append(Issue("error", "trigger", "unknown: pass --trigger (or lay the dataset out with `prep layout --trigger`)"))
@@ -426,6 +498,9 @@ def write_run_config(
     base.update({"dataset_config": str(ds_path), "output_dir": str(out_dir), "output_name": name, "logging_dir": str(log_dir), "save_state": True})
     base.update(trainer.run_defaults(spec, run_dir, prompts_path, base))
     implied_mp = trainer.derive_from_models(spec, model_paths, base, derived)
+    if uc is not None:
+        base.update(uc.train)
+        derived["use_case"] = {"name": uc.name, **uc.train, "steps": [uc.steps.low, uc.steps.high], "source": uc.source}
     ref_dim_alpha = (base.get("network_dim"), base.get("network_alpha"))
     base.update(train_o)
     explicit = set(train_o)
@@ -494,6 +569,7 @@ def write_run_config(
         "output_name": output_name,
         "repeats": repeats,
         "ignore_crop_record": ignore_crop_record,
+        "use_case": use_case,
     }
     derived.update(
         {
@@ -506,8 +582,18 @@ def write_run_config(
     )
 
     # Exact step estimate from the files we are about to write; the budget warning `estimate` gives.
-    est = estimate_from(spec, dataset_doc, first, budget=budget)
+    est = estimate_from(spec, dataset_doc, first, budget=budget, preset=preset_name)
     warnings += est.warnings
+    target = _presets.step_target(spec, use_case)
+    warnings += target.warnings(est.total_steps, est.steps_per_epoch, spec.name + (f" {use_case}" if use_case else ""))
+    derived["step_target"] = {"low": target.low, "high": target.high, "source": target.source}
+    sampling = _sampling(configs, explicit, preset_name, est.total_steps)
+    if sampling:
+        derived["sampling"] = sampling
+        for cname in configs:
+            problems = [i for i in validate_flat(configs[cname], options, ignored=spec.ignored_keys) if i.level == "error"]
+            if problems:  # pragma: no cover - the keys come from the option list
+                raise ConfigError(problems)
     raw: dict[str, Any] = {
         "version": 1,
         "trainer": spec.trainer,
@@ -539,6 +625,7 @@ def write_run_config(
     for c, p in train_files.items():
         atomic_write_text(p, _toml_text(_sectioned(configs[c]), head))
     atomic_write_text(ds_path, _toml_text(dataset_doc, f"# dataset config for {spec.trainer} ({spec.name}), written by loraprep\n"))
-    atomic_write_text(prompts_path, _sample_prompts(spec, trig, ds.class_token, res))
+    atomic_write_text(prompts_path, _sample_prompts(spec, trig, ds.class_token, res, top_tags=dataset_top_tags(ds, trig, ds.class_token),
+                                                    extra=uc.prompts if uc else _presets.DEFAULT_PROMPTS))
     run_spec.write()
     return rc

@@ -25,11 +25,9 @@ from prep.buckets import musubi_bucket_resolutions
 from train_bridge.runspec import RunSpec, RunSpecError, read_dataset_toml
 from train_bridge.trainers import ArchSpec, trainer_for
 from train_bridge.trainers.base import SubsetCount
-
-COLAB_BUDGET = 1000
-"""Steps above which `estimate` and `config` warn: ~4 h on a Colab T4 for Anima at 768 px
-(reference: "1000 steps ≈ 4+ h on a T4"). The same budget for every architecture: the T4
-figures below show the others are no cheaper per step. loraprep's choice."""
+from train_bridge.vram import advice as vram_advice
+from train_bridge.vram import estimate as vram_estimate
+from train_bridge.vram import preset_vram_gib, weight_bytes
 
 # Seconds per optimisation step at batch 1 and the preset's resolution. Order-of-magnitude
 # figures from the reference (citron notebook: "1000 steps ≈ 4+ h on a T4" for Anima at 768;
@@ -58,6 +56,8 @@ class Estimate:
     time_hours: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     budget: int | None = None
+    vram: list[dict[str, Any]] = field(default_factory=list)
+    """Video runs: the modelled GPU memory of the largest frames x resolution bucket (`train_bridge.vram`)."""
 
     @property
     def over_budget(self) -> bool:
@@ -77,6 +77,7 @@ class Estimate:
             "budget": self.budget,
             "over_budget": self.over_budget,
             "warnings": self.warnings,
+            "vram": self.vram,
         }
 
 
@@ -85,7 +86,35 @@ def musubi_buckets(resolution: tuple[int, int], steps: int = 16) -> list[tuple[i
     return musubi_bucket_resolutions(resolution, steps)
 
 
-def estimate_from(spec: ArchSpec, dataset_doc: dict[str, Any], train: dict[str, Any], *, budget: int | None = None, num_processes: int = 1) -> Estimate:
+def vram_report(spec: ArchSpec, buckets: dict[str, int], train: dict[str, Any], vram_gib: float | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The modelled memory of the heaviest video bucket, and advice when it exceeds `vram_gib`."""
+    shape = spec.dit_shape
+    sizes = []
+    for key in buckets:
+        parts = key.split("x")
+        if len(parts) == 3:
+            sizes.append(tuple(int(p) for p in parts))
+    if shape is None or not sizes:
+        return [], []
+    swap = int(train.get("blocks_to_swap") or 0)
+    bpw = weight_bytes(train)
+    est = max((vram_estimate(shape, f, w, h, blocks_to_swap=swap, bytes_per_weight=bpw) for w, h, f in sizes), key=lambda e: e.total_gib)
+    row = {**est.as_dict(), "blocks_to_swap": swap, "fp8_base": bool(train.get("fp8_base")), "model": "loraprep's model (docs/train_bridge.md), not a measurement"}
+    if vram_gib is not None:
+        row["budget_gib"] = vram_gib
+    warnings = []
+    if vram_gib is not None and est.total_gib > vram_gib:
+        tips = vram_advice(spec, train, est.frames, est.width, est.height, vram_gib)
+        warnings.append(
+            f"{est.frames} frames at {est.width}x{est.height} needs about {est.total_gib:.0f} GiB of GPU memory (loraprep's model) "
+            f"and the preset is for {vram_gib:g} GiB: try {'; or '.join(tips)}"
+        )
+    return [row], warnings
+
+
+def estimate_from(
+    spec: ArchSpec, dataset_doc: dict[str, Any], train: dict[str, Any], *, budget: int | None = None, num_processes: int = 1, preset: str | None = None
+) -> Estimate:
     """Steps for a dataset TOML document and the (flattened) training options."""
     trainer = trainer_for(spec)
     subsets: list[SubsetCount] = []
@@ -115,7 +144,9 @@ def estimate_from(spec: ArchSpec, dataset_doc: dict[str, Any], train: dict[str, 
     runs = 2 if spec.dual_expert else 1
     hours = {gpu: round(total * s * batch_factor * ga * runs / 3600.0, 2) for gpu, s in table.items()}
     warnings += budget_warnings(total, per_epoch, budget)
-    return Estimate(per_epoch, total, int(epochs) if epochs else None, batches, n_train, n_reg, dict(sorted(buckets.items())), subsets, hours, warnings, budget)
+    vram, vram_warnings = vram_report(spec, buckets, train, preset_vram_gib(preset))
+    warnings += vram_warnings
+    return Estimate(per_epoch, total, int(epochs) if epochs else None, batches, n_train, n_reg, dict(sorted(buckets.items())), subsets, hours, warnings, budget, vram)
 
 
 def budget_warnings(total: int, steps_per_epoch: int, budget: int | None) -> list[str]:
@@ -126,8 +157,11 @@ def budget_warnings(total: int, steps_per_epoch: int, budget: int | None) -> lis
     return [f"{total} steps is above the budget of {budget}: try max_train_epochs={max(1, budget // spe)}, or fewer repeats"]
 
 
-def estimate_run(run_dir: Path | str, *, budget: int | None = COLAB_BUDGET) -> Estimate:
+def estimate_run(run_dir: Path | str, *, budget: int | None = None) -> Estimate:
     """Estimate a written run folder (run.json, its dataset TOML and its first train TOML).
+
+    Warns as `config` did: outside the step range recorded in run.json (`derived.step_target`,
+    per architecture and use case, `train_bridge.presets`), and above `budget` when one is given.
 
     Raises RunSpecError (naming the file) for a missing or malformed run.json or TOML.
     """
@@ -140,4 +174,14 @@ def estimate_run(run_dir: Path | str, *, budget: int | None = COLAB_BUDGET) -> E
         ds_path = Path(flat["dataset_config"])
     if ds_path is None:
         raise RunSpecError(f"{run.path}: command {cmd.name} names no dataset config; rewrite it with `train_bridge config`.")
-    return estimate_from(spec, read_dataset_toml(ds_path), flat, budget=budget)
+    est = estimate_from(spec, read_dataset_toml(ds_path), flat, budget=budget, preset=getattr(run, "preset", None))
+    target = run.derived.get("step_target") if isinstance(run.derived, dict) else None
+    if isinstance(target, dict) and {"low", "high"} <= set(target):
+        from train_bridge.presets import StepTarget  # noqa: PLC0415
+
+        uc = run.derived.get("use_case")
+        what = spec.name + (f" {uc['name']}" if isinstance(uc, dict) and uc.get("name") else "")
+        for w in StepTarget(int(target["low"]), int(target["high"]), str(target.get("source", ""))).warnings(est.total_steps, est.steps_per_epoch, what):
+            if w not in est.warnings:
+                est.warnings.append(w)
+    return est

@@ -239,7 +239,11 @@ def pid_alive(pid: object) -> bool:
         return False
     except (PermissionError, OSError):
         return True
-    return True
+    try:  # an exited child not yet reaped (a detached launcher's parent may live on) is a zombie
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class StatusWriter:
@@ -396,7 +400,7 @@ def classify(proc: _Proc, progress: TrainProgress) -> str:
         return "interrupted"
     if progress.oom:
         return "oom"
-    if (proc.returncode in (137, -9) or progress.killed) and not proc.killed_by_us:
+    if (proc.returncode in (137, -9) or progress.killed or (progress.host_oom and proc.returncode != 0)) and not proc.killed_by_us:
         return "host_oom"
     if proc.returncode == 0:
         return "done"
@@ -646,6 +650,7 @@ def launch_run(run_dir: Path, opts: LaunchOptions, observer: Observer | None = N
         force=True, state="starting", log=str(log_path), started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         resume=opts.resume, run_dir=str(spec.run_dir), output_dir=str(spec.output_dir), launcher_pid=os.getpid(),
         exit_code=None, message=None, advice=None, finished_at=None,
+        progress=None, command=None, argv=None,  # the previous session's, until this one reports (seen on a real --resume)
     )
     result = LaunchResult("done", EXIT_DONE, spec.run_dir, log_path, plan=plan_view, notices=notices)
     try:
@@ -794,6 +799,8 @@ def _run_command(
             notify("resume_check", {"command": cmd.name, "verified": check.verified, "message": check.message})
     if outcome.status == "failed":
         outcome.message = failure_message(cmd.name, proc.returncode, parser.progress, log_fh.name)
+    elif outcome.status == "host_oom" and parser.progress.host_oom:
+        outcome.message = f"{cmd.name} ran out of host memory (exit {proc.returncode}): {parser.progress.oom_detail.get('host_line', '')}"
     elif outcome.status == "host_oom":
         outcome.message = f"{cmd.name} was killed (exit {proc.returncode}), most likely by the kernel's out-of-memory killer"
     elif outcome.status == "oom":
@@ -873,3 +880,30 @@ def _prepare_oom_retry(
             rc["args"] = list(by_name[rc.get("name", "train")].args)
     spec.update_raw(oom_retries=[*(spec.raw.get("oom_retries") or []), record], commands=raw_cmds)
     return record
+
+
+# --- detached launches -----------------------------------------------------------------------
+
+
+def detach_launch(run_dir: Path, argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start `argv` (a `train_bridge launch RUN ...` without --detach) as a launcher that outlives
+    this terminal: its own session (no SIGHUP when the terminal closes, no Ctrl-C from it), stdin
+    closed, its console output in run/logs/launcher-<time>.txt. status.json names its pid at once,
+    so `status` and `attach` see the run as starting before the launcher has written anything."""
+    run_dir = Path(run_dir).resolve()
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path = log_dir / f"launcher-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    child_env = dict(env if env is not None else os.environ)
+    child_env["LORAPREP_NO_PROGRESS"] = "1"  # no terminal: plain progress lines
+    popen_kw: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "DETACHED_PROCESS", 0)  # type: ignore[attr-defined]
+    }
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=os.getcwd(), env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, **popen_kw)
+    data = read_status(run_dir)
+    if data.get("launcher_pid") != proc.pid:  # the launcher has not written yet (it always has by now, or not at all)
+        data.update(state="starting", launcher_pid=proc.pid, exit_code=None, message=None, finished_at=None)
+    data.update(detached=True, launcher_output=str(out_path), updated_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(status_path(run_dir), json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    return {"pid": proc.pid, "launcher_output": str(out_path), "argv": argv, "run_dir": str(run_dir)}

@@ -34,6 +34,12 @@ CAPACITY_RE = re.compile(
 # The kernel's OOM killer, seen directly (bash "Killed") or through `accelerate launch`, which
 # exits 1 after printing the CalledProcessError of its child.
 KILLED_RE = re.compile(r"died with <Signals\.SIGKILL: 9>|returned non-zero exit status (?:137|-9)\b|^Killed$")
+# Host RAM refused to a CPU allocation (a memory limit such as ulimit -v / RLIMIT_AS / a cgroup
+# without the OOM killer, or a CPU-only run): torch's CPU allocator, Python, C++ and the OS say so.
+HOST_ALLOC_RE = re.compile(
+    r"DefaultCPUAllocator: (?:can't|not enough memory)|\[enforce fail at alloc_cpu|^MemoryError\b|std::bad_alloc"
+    r"|\[Errno 12\] Cannot allocate memory|Cannot allocate memory \(os error 12\)"
+)
 ERROR_RE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(?P<msg>.*)$")
 # `accelerate launch` re-raises its child's failure as its own traceback: frames in
 # accelerate/commands/launch.py, then `subprocess.CalledProcessError: Command '[...]' returned
@@ -80,7 +86,7 @@ def _float_or_none(text: str | None) -> float | None:
 @dataclass
 class Event:
     """One thing the log told us. `kind` is one of: step, epoch, total, batches_per_epoch,
-    checkpoint, state_saved, state_loaded, resume, oom, error, nan."""
+    checkpoint, state_saved, state_loaded, resume, oom, host_oom, killed, error, nan."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +115,7 @@ class TrainProgress:
     resume_path: str | None = None
     oom: bool = False
     killed: bool = False  # a child was SIGKILLed (host out of memory, usually)
+    host_oom: bool = False  # a CPU allocation was refused (host RAM, not GPU memory)
     step_offset: int = 0  # steps done before this session (a resumed sd-scripts bar restarts at 0)
     oom_detail: dict[str, str] = field(default_factory=dict)
     nan: bool = False
@@ -127,6 +134,7 @@ class TrainProgress:
             "global_step": self.global_step,
             "step_offset": self.step_offset,
             "killed": self.killed,
+            "host_oom": self.host_oom,
             "epoch": self.epoch,
             "epochs": self.epochs,
             "avr_loss": None if self.avr_loss is None or math.isnan(self.avr_loss) else self.avr_loss,
@@ -232,6 +240,18 @@ class LogParser:
             p.oom_detail.setdefault("line", line[:300])
             self._traceback = None
             return [Event("oom", {"line": line})] if first else []
+        if HOST_ALLOC_RE.search(line) and not WRAPPER_FRAME_RE.search(line):
+            first = not p.host_oom
+            p.host_oom = True
+            p.oom_detail.setdefault("host_line", line[:300])
+            if (t := re.search(r"you tried to allocate (\d+) bytes", line)) is not None:
+                n = int(t[1])
+                p.oom_detail.setdefault("tried", f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB")
+            if ERROR_RE.match(line):  # it is also the trainer's own error line
+                p.last_error = line[:500]
+                p.error_lines = [b[:500] for b in ((self._traceback or []) + [line])[-ERROR_CONTEXT_LINES:]]
+                self._traceback = None
+            return [Event("host_oom", {"line": line})] if first else []
         if KILLED_RE.search(line):
             self._traceback = None
             p.killed = True

@@ -241,10 +241,17 @@ def advise(
     train = load_train(train_toml)
     ds = load_toml(dataset_toml)
     if kind == "host":
-        headline = (
-            "the trainer was killed by the operating system (exit 137 / signal 9): the machine ran out of RAM, "
-            "not GPU memory. Check `dmesg | grep -i oom` to confirm."
-        )
+        if detail and detail.get("host_line"):
+            tried = f" (tried to allocate {detail['tried']})" if detail.get("tried") else ""
+            headline = (
+                f"the trainer could not get host RAM{tried}: {detail['host_line'][:200]}. The machine (or a memory limit on the "
+                "process: ulimit -v, a container's limit) ran out of RAM, not GPU memory."
+            )
+        else:
+            headline = (
+                "the trainer was killed by the operating system (exit 137 / signal 9): the machine ran out of RAM, "
+                "not GPU memory. Check `dmesg | grep -i oom` to confirm."
+            )
         return OomAdvice("host", headline, host_suggestions(arch, trainer, train))
     tail = ""
     if detail and detail.get("tried"):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-from train_bridge.logparse import Event, TrainProgress
+from train_bridge.logparse import Event, LogParser, TrainProgress
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -146,3 +147,117 @@ class LiveView:
         for key in ("train_toml", "dataset_toml"):
             if data.get(key):
                 self.console.print(f"[dim]  config copy: {data[key]}[/dim]")
+
+
+# -- the loss history (the studio's run page) ---------------------------------------------------
+
+SMOOTHING = 0.9
+"""EMA weight of the smoothed loss curve (TensorBoard's default slider value; loraprep's choice)."""
+
+
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Exponential moving average, debiased like TensorBoard's so the first points are not pulled to 0."""
+    out, last, n = [], 0.0, 0
+    for v in values:
+        if math.isnan(v) or math.isinf(v):
+            out.append(v)
+            continue
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight**n))
+    return out
+
+
+def scheduled_lr(train: dict[str, Any], step: int, total: int | None) -> float | None:
+    """The learning rate the scheduler gives at `step` (diffusers' get_scheduler formulas, which
+    sd-scripts uses): the trainer prints it only to TensorBoard, so the page computes it from
+    train.toml. None for a scheduler this does not model (the value is then not guessed)."""
+    lr = train.get("learning_rate")
+    if not isinstance(lr, (int, float)):
+        return None
+    kind = str(train.get("lr_scheduler") or "constant")
+    warm = train.get("lr_warmup_steps") or 0
+    if isinstance(warm, float) and warm < 1 and total:
+        warm = int(warm * total)  # sd-scripts: a float below 1 is a fraction of the steps
+    warm = int(warm)
+    if warm and step < warm and kind != "constant":
+        return lr * step / max(1, warm)
+    if kind in ("constant", "constant_with_warmup"):
+        return float(lr)
+    if not total:
+        return None
+    progress = min(1.0, max(0.0, (step - warm) / max(1, total - warm)))
+    if kind == "linear":
+        return lr * (1.0 - progress)
+    if kind == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return None
+
+
+class LossHistory:
+    """(global step, loss) for every step line of a run's logs, read with the terminal view's
+    parser (`LogParser`) and kept current by reading only what was appended since the last call.
+
+    Each launch writes its own log; a resumed session's bar counts from 0 again, so its steps
+    are shifted by the launch's own rule (`launch._set_step_offset`) to the run's global step.
+    The value is the trainer's printed loss: sd-scripts prints `avr_loss`, its average over the
+    last epoch's worth of steps (train_util.LossRecorder), musubi-tuner the same; only a trainer
+    that prints no average gives its current loss."""
+
+    def __init__(self, log_dir: Path, steps_per_epoch: int | None = None, total_steps: int | None = None):
+        self.log_dir = Path(log_dir)
+        self.spe = steps_per_epoch
+        self.total_steps = total_steps
+        self._logs: dict[Path, dict[str, Any]] = {}
+
+    def _read(self, log: Path) -> list[tuple[int, float]]:
+        import codecs
+
+        from train_bridge.launch import _set_step_offset
+
+        size = log.stat().st_size
+        st = self._logs.get(log)
+        if st is None or size < st["pos"]:  # new, or truncated/replaced: start again
+            st = {"pos": 0, "parser": LogParser(), "points": [], "resumed": False, "dec": codecs.getincrementaldecoder("utf-8")("replace")}
+        if size > st["pos"]:
+            with open(log, "rb") as fh:
+                fh.seek(st["pos"])
+                data = fh.read(size - st["pos"])
+            st["pos"] += len(data)
+            text = st["dec"].decode(data)
+            st["resumed"] = st["resumed"] or "--resume" in text or "resume training from local state" in text
+            parser: LogParser = st["parser"]
+            events = parser.feed(text)
+            p = parser.progress
+            if st["resumed"] and not p.step_offset:
+                _set_step_offset(p, self.spe, self.total_steps)
+            points: list[tuple[int, float]] = st["points"]
+            for ev in events:
+                if ev.kind != "step" or not ev.data.get("step"):
+                    continue
+                loss = ev.data.get("avr_loss") if ev.data.get("avr_loss") is not None else p.loss
+                if loss is None:
+                    continue
+                gs = int(ev.data["step"]) + p.step_offset
+                if points and points[-1][0] == gs:
+                    points[-1] = (gs, float(loss))
+                else:
+                    points.append((gs, float(loss)))
+        self._logs[log] = st
+        return st["points"]
+
+    def points(self) -> list[tuple[int, float]]:
+        """All logs oldest first; where sessions overlap (a resume redoing steps), the later wins."""
+        logs = sorted(self.log_dir.glob("*.log"), key=lambda p: (p.stat().st_mtime, p.name)) if self.log_dir.is_dir() else []
+        merged: dict[int, float] = {}
+        for log in logs:
+            try:
+                pts = self._read(log)
+            except OSError:
+                continue
+            if pts:
+                first = pts[0][0]
+                for k in [k for k in merged if k >= first]:
+                    del merged[k]
+                merged.update(dict(pts))
+        return sorted(merged.items())

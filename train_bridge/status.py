@@ -86,3 +86,108 @@ def collect_status(run_dir: Path) -> dict[str, Any]:
         "remote": remote,
         "last_contact": st.get("last_contact"),
     }
+
+
+# --- following a local run (`train_bridge attach RUN` for a `launch --detach`) ---------------
+
+import codecs  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from train_bridge.logparse import LogParser  # noqa: E402
+from train_bridge.watch import OutputWatcher  # noqa: E402
+
+COMMAND_HEADER_RE = re.compile(r"^### loraprep \S+ command (?P<name>\S+?): ", re.M)
+FINISHED = ("done", "failed", "oom", "interrupted")
+
+
+def follow_run(
+    run_dir: Path, observer: Callable[[str, dict[str, Any]], None], *, poll_s: float = 0.5, start_timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """Show a local run's progress as the launch's own view does, from its log and status.json,
+    until it ends; return the final status.json. The log is read from its start (so the bar shows
+    where the run is) and then followed; a new log (a retry, a later --resume) is followed too.
+    Events go to `observer` with the same kinds `launch_run` sends (command, event, file, tick)."""
+    run_dir = Path(run_dir).resolve()
+    spec = RunSpec.load(run_dir)
+    watcher = OutputWatcher(spec.output_dir)
+    watcher.seen.clear()  # announce what the run already wrote, once, then what it writes next
+    log_path: Path | None = None
+    offset = 0
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    parser = LogParser()
+    command = "train"
+    pending = ""
+    started = time.monotonic()
+    last_files = 0.0
+
+    def feed(text: str) -> None:
+        nonlocal parser, command, pending
+        text, pending = pending + text, ""
+        pos = 0
+        for m in COMMAND_HEADER_RE.finditer(text):
+            if m.start() > pos:
+                _events(text[pos : m.start()])
+            end = text.find("\n", m.end())
+            if end < 0:  # header not complete yet
+                pending = text[m.start() :]
+                return
+            parser = LogParser()
+            if not m["name"].startswith("cache") and spec.total_steps:
+                parser.progress.total = spec.total_steps
+            command = m["name"]
+            observer("command", {"command": command, "argv": [], "resume_from": read_status(run_dir).get("resume_from"), "log": str(log_path)})
+            pos = end + 1
+        if pos < len(text):
+            _events(text[pos:])
+
+    def _events(text: str) -> None:
+        for ev in parser.feed(text):
+            observer("event", {"command": command, "event": ev, "progress": parser.progress})
+
+    while True:
+        st = read_status(run_dir)
+        log = Path(st["log"]) if st.get("log") else None
+        if log is not None and log != log_path and log.is_file():
+            log_path, offset, pending = log, 0, ""
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            parser = LogParser()
+        if log_path is not None:
+            with open(log_path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            offset += len(data)
+            if data:
+                feed(decoder.decode(data))
+        now = time.monotonic()
+        if now - last_files >= 1.0:
+            last_files = now
+            for kind, path in watcher.poll():
+                observer("file", {"command": command, "kind": kind, "path": str(path)})
+        progress = parser.progress
+        snapshot = st.get("progress") or {}
+        if snapshot.get("step_offset") and not progress.step_offset:
+            progress.step_offset = int(snapshot["step_offset"])  # a resumed run's earlier steps
+        observer("tick", {"command": command, "progress": progress})
+        state = st.get("state")
+        if state in FINISHED:
+            if log_path is not None:  # the rest of the log, written before the final status
+                with open(log_path, "rb") as fh:
+                    fh.seek(offset)
+                    rest = fh.read()
+                offset += len(rest)
+                feed(decoder.decode(rest, final=True))
+                for ev in parser.close():
+                    observer("event", {"command": command, "event": ev, "progress": parser.progress})
+            for kind, path in watcher.poll():
+                observer("file", {"command": command, "kind": kind, "path": str(path)})
+            return st
+        if not pid_alive(st.get("launcher_pid")):
+            if state in ("running", "starting"):
+                st["state"] = "stopped (launcher gone)"
+                return st
+            if state is None or now - started > start_timeout_s:
+                st["state"] = state or "not started"
+                return st
+        time.sleep(poll_s)

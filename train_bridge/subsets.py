@@ -15,7 +15,9 @@ from prep.dataset import discover
 
 LAYOUT_FILE = "layout.json"
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+"""musubi-tuner's `VIDEO_EXTENSIONS` (dataset/media_utils.py), compared lower-cased here; the exact-case
+glob the trainer uses is `train_bridge.video_items.glob_videos`."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ reports the exact step count. The results (a JSON list, one per job) go to OUT.j
 
     python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT OUT.json SCRIPT_STEM TRAIN.toml [--cache-args JSON] [CLI args]
     python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT OUT.json --jobs JOBS.json
+    python trainer_probe.py sd-scripts|musubi-tuner CHECKOUT OUT.json --imports MODULE ...   (`setup --check`)
 """
 
 from __future__ import annotations
@@ -213,12 +214,50 @@ def _musubi_steps(args, user_cfg, result):
     result["total_steps"] = args.max_train_epochs * per_epoch if args.max_train_epochs else args.max_train_steps
 
 
+def probe_imports(trainer, checkout, modules):
+    """Import each module once, as the trainer's scripts do; say which are missing and why.
+    (musubi's Wan code asks CUDA for the current device at import time; without a GPU that
+    is patched as the config probe does, and said.)"""
+    from importlib import metadata
+
+    out = {"trainer": trainer, "python": sys.executable, "ok": [], "missing": [], "errors": [], "versions": {}, "notes": []}
+    os.chdir(checkout)
+    for dist in ("torch", "torchvision", "accelerate", "transformers", "diffusers", "safetensors", "bitsandbytes"):
+        try:
+            out["versions"][dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out["versions"][dist] = None
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            out["missing"].append({"module": name, "missing": exc.name or str(exc), "error": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # an import that fails for another reason (a broken build, an ABI mismatch)
+            out["errors"].append({"module": name, "error": f"{type(exc).__name__}: {exc}"[:800]})
+        else:
+            out["ok"].append(name)
+        if name == "torch" and "torch" in out["ok"]:
+            import torch
+
+            out["torch"] = {"version": torch.__version__, "cuda_build": torch.version.cuda, "gpu": bool(torch.cuda.is_available())}
+            if trainer == "musubi-tuner" and not torch.cuda.is_available():
+                torch.cuda.current_device = lambda: 0  # wan/modules/t5.py calls it in a default argument
+                out["notes"].append("no GPU: torch.cuda.current_device patched for the import (musubi's Wan code needs a GPU to train)")
+    return out
+
+
 def main(argv=None):
     """argv: TRAINER CHECKOUT OUT.json (--jobs JOBS.json | SCRIPT TRAIN.toml [--cache-args JSON] [trainer CLI args])."""
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer, checkout, out = argv[:3]
     rest = argv[3:]
     checkout = os.path.abspath(checkout)
+    if rest[:1] == ["--imports"]:
+        sys.path.insert(0, checkout if trainer == "sd-scripts" else os.path.join(checkout, "src"))
+        result = probe_imports(trainer, checkout, rest[1:])
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1, default=str)
+        return 0
     if rest[:1] == ["--jobs"]:
         with open(rest[1], encoding="utf-8") as fh:
             jobs = json.load(fh)

@@ -16,9 +16,10 @@ REGISTRY: dict[str, str] = {
     "replicate": "captioning.backends.replicate:ReplicateBackend",
     "florence2": "captioning.backends.florence2:Florence2Backend",
     "joycaption": "captioning.backends.joycaption:JoyCaptionBackend",
+    "qwen-vl": "captioning.backends.qwen_vl:QwenVLBackend",
 }
 
-EXTRAS = {"gemini": "gemini", "replicate": "replicate", "florence2": "vlm", "joycaption": "vlm"}
+EXTRAS = {"gemini": "gemini", "replicate": "replicate", "florence2": "vlm", "joycaption": "vlm", "qwen-vl": "vlm"}
 
 
 class UnknownBackend(ValueError):

@@ -81,8 +81,21 @@ class CaptionBackend(Protocol):
     kind: ClassVar[Literal["tags", "text"]]
     # Optional: `parallel: ClassVar[bool] = True` (remote backends) makes the pipeline send one
     # image per call on `concurrency` threads; `prefetch(items, options)`, a context manager,
-    # lets a backend decode ahead of its `caption_batch` calls (wd14).
+    # lets a backend decode ahead of its `caption_batch` calls (wd14);
+    # `accepts_video: ClassVar[bool] = True` says the backend takes clips (items flagged
+    # `flags["video"]`) itself; for the others the pipeline captions sampled still frames
+    # (`captioning.frames`).
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]: ...
 
     def estimate(self, n_images: int, options: CaptionOptions) -> Estimate: ...
+
+
+def accepts_video(backend: object, options: CaptionOptions | None = None) -> bool:
+    """Does this backend caption a clip as a clip (Gemini, Replicate video models, Qwen-VL)?
+
+    A backend whose answer depends on the model (Replicate) has `takes_video(options)`."""
+    fn = getattr(backend, "takes_video", None)
+    if callable(fn) and options is not None:
+        return bool(fn(options))
+    return bool(getattr(backend, "accepts_video", False))

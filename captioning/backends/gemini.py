@@ -11,6 +11,12 @@
   message naming `--model` / the key variable.
 - Finished answers are kept in `state_dir` (per image, keyed by model + prompt + file), so a
   rerun or a crash between answer and caption write never pays twice.
+- Video clips (`accepts_video`): sent as they are (never re-encoded), inline when the request
+  stays under Gemini's inline limit (`INLINE_LIMIT_MB`), else through the Files API: upload,
+  poll `files.get` until ACTIVE, generate, and delete the upload afterwards, on failure too (an
+  upload left by a killed run is deleted by the next one). `video_metadata.fps` is set so that
+  about `DEFAULT_VIDEO_FRAMES` frames cover the clip (Gemini samples 1 fps by default: 5 frames
+  of a 5 s clip show little of a movement). The video prompt presets are `captioning.prompts`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
+from captioning.backends._media import (
+    DEFAULT_MAX_SIDE, DEFAULT_VIDEO_FRAMES, VIDEO_MIME, file_fingerprint, is_video_item, prepare_image, sampling_fps, video_mime,
+)
 from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import build_prompt, clean_caption, finish_caption
@@ -47,6 +55,19 @@ PROMPT_TOKENS = 450
 OUTPUT_TOKENS = 90
 SECONDS_PER_REQUEST = 3.0
 """Typical flash latency for one image caption without thinking (assumption for --dry-run)."""
+
+INLINE_LIMIT_MB = 20.0
+"""Gemini's inline limit for a whole request (file, prompt, system instruction): "Always use the
+Files API when the total request size ... is larger than 20 MB" (ai.google.dev/gemini-api/docs/
+video-understanding, "Upload a video file"). `--set inline_limit_mb=N` changes it."""
+INLINE_OVERHEAD = 64 * 1024
+"""Bytes of JSON, prompt and system instruction counted beside the base64 clip (generous)."""
+VIDEO_TOKENS_PER_FRAME = 258
+"""Tokens per sampled video frame at the default media resolution (same page, "Technical details")."""
+AUDIO_TOKENS_PER_SECOND = 32
+"""Tokens per second of a clip's audio track (same page)."""
+FILE_POLL_SECONDS = 2.0
+FILE_TIMEOUT_SECONDS = 600.0
 
 BLOCK_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
 
@@ -119,6 +140,7 @@ class GeminiBackend:
     kind: ClassVar[Literal["tags", "text"]] = "text"
     parallel: ClassVar[bool] = True
     """Each image is its own request: the pipeline runs one image per call on `--concurrency` threads."""
+    accepts_video: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._run: RemoteRun | None = None
@@ -170,7 +192,15 @@ class GeminiBackend:
             raise ModelNotAvailable(run.fatal)
         prompt = build_prompt(options.lora_type, options.trigger, options.prompt)
         config = self._config(options, prompt.system) if self._client is not None else None
-        return lambda it: self._one(it, options, run, prompt, config)
+        vprompt = build_prompt(options.lora_type, options.trigger, options.prompt, video=True)
+        vconfig = self._config(options, vprompt.system) if self._client is not None else None
+
+        def one(it: ImageItem) -> CaptionResult:
+            if is_video_item(it):
+                return self._one_video(it, options, run, vprompt, vconfig)
+            return self._one(it, options, run, prompt, config)
+
+        return one
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
         return fan_out(items, options.concurrency, self._worker(options))
@@ -219,6 +249,154 @@ class GeminiBackend:
         if status in ("ok", "blocked"):
             run.put(item.id, {"fp": fp, "status": status, "text": text, "reason": reason, "data": data})
         return self._finish(item, options, status, text, reason, data)
+
+    # ---- video clips
+    def _one_video(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, prompt: Any, config: Any) -> CaptionResult:
+        """One clip: inline under the inline limit, else upload / poll / generate / delete."""
+        from prep.video import VideoError, probe_video
+
+        model = self._model(options)
+        ex = options.extra
+        mime = video_mime(item.path)
+        if mime is None:
+            return CaptionResult(item.id, "failed", reason=(
+                f"{item.path}: Gemini does not take {item.path.suffix or 'this'} video; it takes "
+                f"{', '.join(sorted(VIDEO_MIME))}: cut clips with `prep clips` (writes mp4) or convert: "
+                "ffmpeg -i IN -c:v libx264 -crf 16 OUT.mp4"))
+        try:
+            info = probe_video(item.path)
+            size = item.path.stat().st_size
+        except VideoError as exc:
+            return CaptionResult(item.id, "failed", reason=str(exc))
+        except OSError as exc:
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: cannot read ({exc.strerror or exc})")
+        fps = float(ex["video_fps"]) if ex.get("video_fps") else sampling_fps(info.duration, info.fps, int(ex.get("video_frames", DEFAULT_VIDEO_FRAMES)))
+        limit = float(ex.get("inline_limit_mb", INLINE_LIMIT_MB)) * 1e6
+        request_bytes = 4 * ((size + 2) // 3) + INLINE_OVERHEAD + len(prompt.system) + len(prompt.user)
+        way = "inline" if request_bytes <= limit else "files"
+        fp = request_fingerprint(model=model, system=prompt.system, user=prompt.user, file=file_fingerprint(item.path), fps=fps, kind="video")
+        cached = run.get(item.id)
+        if cached and cached.get("fp") == fp and cached.get("status") in ("ok", "blocked"):
+            return self._finish(item, options, cached["status"], cached.get("text"), cached.get("reason"), {**cached.get("data", {}), "cached": True})
+        if run.fatal:
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: {run.fatal}")
+
+        from google.genai import types
+
+        meta = types.VideoMetadata(fps=fps)
+        retries: list[str] = []
+        data: dict[str, Any] = {"model": model, "video": {"sent": way, "bytes": size, "fps": fps, "duration": info.duration,
+                                                          "frames_sampled": max(1, round(info.duration * fps))}}
+
+        def generate(part: Any) -> Any:
+            contents = [part, prompt.user]  # Google: put a single video before the text prompt
+            return call_with_retry(
+                lambda: self._client.models.generate_content(model=model, contents=contents, config=config),
+                classify=classify_genai, policy=run.policy, limiter=run.limiter,
+                on_retry=lambda n, err, delay: retries.append(err.kind),
+            )
+
+        try:
+            if way == "inline":
+                resp = generate(types.Part(inline_data=types.Blob(data=item.path.read_bytes(), mime_type=mime), video_metadata=meta))
+            else:
+                resp = self._via_files(item, mime, run, options, lambda uri: generate(
+                    types.Part(file_data=types.FileData(file_uri=uri, mime_type=mime), video_metadata=meta)), data)
+        except RemoteError as err:
+            file_step = bool(data.get("file_error"))  # the upload or its processing failed, not the model
+            reason = run.redact(str(err) if file_step and err.kind != "auth" else self._explain(err, model))
+            if err.kind == "auth" or (err.kind == "not_found" and not file_step):
+                run.set_fatal(reason)
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: {reason}", data={**data, "retries": len(retries), "http_status": err.status})
+        except OSError as exc:
+            return CaptionResult(item.id, "failed", reason=f"{item.path}: cannot read ({exc.strerror or exc})", data=data)
+
+        status, text, reason, got = self._read(resp, item)
+        data.update(got, retries=len(retries))
+        if status in ("ok", "blocked"):
+            run.put(item.id, {"fp": fp, "status": status, "text": text, "reason": reason, "data": data})
+        return self._finish(item, options, status, text, reason, data)
+
+    def _via_files(self, item: ImageItem, mime: str, run: RemoteRun, options: CaptionOptions, generate: Any, data: dict[str, Any]) -> Any:
+        """Upload the clip, wait until Gemini has processed it, `generate(uri)`, and delete the upload
+        whatever happened. The upload's name is kept in the state store until it is deleted, so a
+        run killed in between has the next run delete it (uploads also expire after 48 h)."""
+        key = f"upload:{item.id}"
+        stale = run.get(key)
+        if stale and stale.get("name") and not stale.get("deleted"):
+            self._delete(stale["name"], run, key)
+        try:
+            uploaded = call_with_retry(
+                lambda: self._client.files.upload(file=str(item.path), config={"mime_type": mime, "display_name": item.path.name[:120]}),
+                classify=classify_genai, policy=run.policy, limiter=run.limiter,
+            )
+        except RemoteError as err:
+            data["file_error"] = True
+            raise RemoteError(f"uploading the clip through the Files API failed: {err}", status=err.status, retryable=err.retryable, kind=err.kind) from err
+        run.put(key, {"name": uploaded.name, "deleted": False})
+        data["file"] = uploaded.name
+        try:
+            active = self._wait_active(uploaded, item, run, options, data)
+            return generate(active.uri)
+        finally:
+            self._delete(uploaded.name, run, key)
+
+    def _wait_active(self, file: Any, item: ImageItem, run: RemoteRun, options: CaptionOptions, data: dict[str, Any]) -> Any:
+        import time
+
+        poll = float(options.extra.get("file_poll", FILE_POLL_SECONDS))
+        deadline = time.monotonic() + float(options.extra.get("file_timeout", FILE_TIMEOUT_SECONDS))
+        polls = 0
+        while True:
+            state = _enum_name(getattr(file, "state", None))
+            if state == "ACTIVE":
+                data["file_polls"] = polls
+                return file
+            if state == "FAILED":
+                data["file_error"] = True
+                err = getattr(file, "error", None)
+                msg = getattr(err, "message", None) or "no reason given"
+                raise RemoteError(f"Gemini could not process the uploaded clip ({msg}); check that it plays, or re-encode it: "
+                                  "ffmpeg -i IN -c:v libx264 -crf 16 OUT.mp4", kind="error")
+            if time.monotonic() > deadline:
+                data["file_error"] = True
+                raise RemoteError(f"the uploaded clip was still {state or 'PROCESSING'} after {options.extra.get('file_timeout', FILE_TIMEOUT_SECONDS)} s; "
+                                  "rerun later or raise --set file_timeout=SECONDS", retryable=False, kind="timeout")
+            time.sleep(poll)
+            polls += 1
+            name = file.name
+            try:
+                file = call_with_retry(lambda: self._client.files.get(name=name), classify=classify_genai, policy=run.policy, limiter=run.limiter)
+            except RemoteError as err:
+                data["file_error"] = True
+                raise RemoteError(f"checking the uploaded clip {name} failed: {err}", status=err.status, retryable=err.retryable, kind=err.kind) from err
+
+    def _delete(self, name: str, run: RemoteRun, key: str) -> None:
+        """Best effort: a delete that fails is noted in the state store and tried again next run."""
+        try:
+            call_with_retry(lambda: self._client.files.delete(name=name), classify=classify_genai, policy=run.policy, limiter=run.limiter)
+        except RemoteError as err:
+            if err.status != 404:  # 404: already gone
+                return
+        run.put(key, {"name": name, "deleted": True})
+
+    def estimate_video(self, n_clips: int, seconds: float, options: CaptionOptions) -> Estimate:
+        """Cost of `n_clips` clips of `seconds` in all: sampled frames x 258 tokens + 32 audio tokens a second."""
+        model = self._model(options)
+        avg = seconds / n_clips if n_clips else 0.0
+        ex = options.extra
+        fps = float(ex["video_fps"]) if ex.get("video_fps") else sampling_fps(avg, 0.0, int(ex.get("video_frames", DEFAULT_VIDEO_FRAMES)))
+        frames = max(1, round(avg * fps))
+        tokens_in = PROMPT_TOKENS + frames * VIDEO_TOKENS_PER_FRAME + round(avg * AUDIO_TOKENS_PER_SECOND)
+        price = price_for(model)
+        cost = n_clips * (tokens_in * price[0] + OUTPUT_TOKENS * price[1]) / 1e6 if price else None
+        notes = (f"{model}: {n_clips} clip(s), ~{avg:.1f} s each sampled at {fps:g} fps = {frames} frames x {VIDEO_TOKENS_PER_FRAME} tokens "
+                 f"+ audio; ~{tokens_in} input tokens per clip")
+        conc = max(1, options.concurrency)
+        secs = n_clips * (SECONDS_PER_REQUEST * 3) / conc
+        if options.rpm:
+            secs = max(secs, n_clips * 60.0 / options.rpm)
+        return Estimate(images=n_clips, seconds=secs, cost_usd=cost, notes=notes)
 
     def _explain(self, err: RemoteError, model: str) -> str:
         if err.kind == "not_found":

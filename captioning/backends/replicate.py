@@ -9,6 +9,11 @@
   API, never sent as a multi-MB data URI.
 - One billed prediction per image: its id is persisted in `state_dir` right after the create and
   a retry, a rerun or a resume after a kill reloads it instead of creating another.
+- Video clips: a preset with a `video_key` (`nemotron-video`: NVIDIA Nemotron Nano 12B v2 VL,
+  whose schema takes `video` + `video_fps`) gets the clip as it is, uploaded through the files
+  API like any file input, with the video prompt preset and a sampling rate set to the clip's
+  length (`captioning.backends._media.sampling_fps`). Any model: `--set video_key=NAME --set
+  fps_key=NAME`. For a preset without one, the pipeline captions sampled frames instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from dataclasses import dataclass, field, replace
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-from captioning.backends._media import DEFAULT_MAX_SIDE, file_fingerprint, prepare_image
+from captioning.backends._media import (
+    DEFAULT_MAX_SIDE, DEFAULT_VIDEO_FRAMES, file_fingerprint, is_video_item, prepare_image, sampling_fps, video_mime,
+)
 from captioning.backends._remote import RemoteRun, fan_out, request_fingerprint, stream_results
 from captioning.backends.base import CaptionOptions, CaptionResult, Estimate
 from captioning.prompts import clean_caption, finish_caption, flat_prompt
@@ -56,6 +63,12 @@ class ReplicatePreset:
     hardware: str = "nvidia-t4"
     seconds: float = 3.0
     """Assumed run time per image for --dry-run (cold boots not included)."""
+    video_key: str | None = None
+    """Input that takes a video clip (None: the model reads images only)."""
+    fps_key: str | None = None
+    """Input that sets the frames per second the model samples from the clip."""
+    fps_range: tuple[int, int] = (1, 30)
+    takes_images: bool = True
 
 
 PRESETS: dict[str, ReplicatePreset] = {
@@ -63,6 +76,14 @@ PRESETS: dict[str, ReplicatePreset] = {
     "llava": ReplicatePreset("yorickvp/llava-13b", prompt_key="prompt", input={"temperature": 0.2, "top_p": 1, "max_tokens": 300}, hardware="nvidia-a40-large", seconds=5.0),
     "llava-1.6": ReplicatePreset("yorickvp/llava-v1.6-vicuna-13b", prompt_key="prompt", input={"temperature": 0.2, "top_p": 1, "max_tokens": 300}, hardware="nvidia-a40-large", seconds=6.0),
     "blip": ReplicatePreset("salesforce/blip", input={"task": "image_captioning"}, hardware="nvidia-t4", seconds=1.0),
+    # replicate.com/nvidia/nemotron-nano-v2-12b-vl (version f4559446..., its API page): inputs `video`
+    # ("Input video file (provide either images or video, not both)"), `prompt`, `video_fps`
+    # (1-30, default 1), `max_new_tokens` (default 128 for videos), `temperature` (default 0);
+    # output a string. Hardware and run time are our assumptions (not on that page).
+    "nemotron-video": ReplicatePreset(
+        "nvidia/nemotron-nano-v2-12b-vl:f455944681df5f1bfb4171a7e1100983bd0e788d40cb75f5ae799921732d0d19",
+        image_key="video", prompt_key="prompt", input={"temperature": 0.2, "max_new_tokens": 300},
+        hardware="nvidia-l40s", seconds=10.0, video_key="video", fps_key="video_fps", fps_range=(1, 30), takes_images=False),
 }
 DEFAULT_PRESET = "florence-2"
 
@@ -101,6 +122,10 @@ def resolve(options: CaptionOptions) -> ReplicatePreset:
         output_key=ex.get("output_key", base.output_key),
         hardware=str(ex.get("hardware", base.hardware)),
         seconds=float(ex.get("seconds_per_image", base.seconds)),
+        video_key=ex.get("video_key", base.video_key) or None,
+        fps_key=ex.get("fps_key", base.fps_key) or None,
+        fps_range=base.fps_range,
+        takes_images=bool(ex.get("takes_images", base.takes_images)),
     )
 
 
@@ -125,6 +150,9 @@ def caption_from_output(output: Any, output_key: str | None = None) -> str | Non
     return t.strip()
 
 
+MAX_FILE_BYTES = 100_000_000
+"""Replicate's upload limit for a file input (100 MB, replicate.com/docs/topics/predictions/input-files)."""
+
 BLOCK_WORDS = ("nsfw", "safety", "content policy", "flagged as sensitive")
 
 
@@ -141,6 +169,10 @@ class ReplicateBackend:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_run": None, "_client": None}
+
+    def takes_video(self, options: CaptionOptions) -> bool:
+        """Clips go to the model itself when its preset names a video input (`video_key`)."""
+        return resolve(options).video_key is not None
 
     def _ensure(self, options: CaptionOptions) -> RemoteRun:
         with _SETUP:  # the executor's threads call this at once on the first images
@@ -166,7 +198,18 @@ class ReplicateBackend:
             raise ModelNotAvailable(run.fatal)
         preset = resolve(options)
         prompt = flat_prompt(options.lora_type, options.trigger, options.prompt) if preset.prompt_key else None
-        return lambda it: self._one(it, options, run, preset, prompt)
+        vprompt = flat_prompt(options.lora_type, options.trigger, options.prompt, video=True) if preset.prompt_key else None
+
+        def one(it: ImageItem) -> CaptionResult:
+            if preset.video_key and is_video_item(it):
+                return self._one(it, options, run, preset, vprompt, video=True)
+            if not preset.takes_images and not is_video_item(it):
+                return CaptionResult(it.id, "failed", reason=(
+                    f"{it.path}: {preset.model.split(':')[0]} takes video clips only; caption the images with an image "
+                    f"model (--model {DEFAULT_PRESET}) in a second run"))
+            return self._one(it, options, run, preset, prompt)
+
+        return one
 
     def caption_batch(self, items: list[ImageItem], options: CaptionOptions) -> list[CaptionResult]:
         return fan_out(items, options.concurrency, self._worker(options))
@@ -175,12 +218,38 @@ class ReplicateBackend:
         """Results as they finish, `--concurrency` predictions in flight (the pipeline prefers this)."""
         return stream_results(items, options.concurrency, self._worker(options))
 
-    def _one(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, preset: ReplicatePreset, prompt: str | None) -> CaptionResult:
+    def _clip_input(self, item: ImageItem, options: CaptionOptions, preset: ReplicatePreset) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The clip as a file input (sent as it is) and its sampling rate; raises VideoError / OSError."""
+        import mimetypes
+
+        from prep.replicate_run import FileInput
+        from prep.video import probe_video
+
+        info = probe_video(item.path)
+        size = item.path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise OSError(f"{size / 1e6:.0f} MB is above Replicate's {MAX_FILE_BYTES // 1_000_000} MB upload limit; cut it shorter with `prep clips`")
+        ex = options.extra
+        fps = float(ex["video_fps"]) if ex.get("video_fps") else sampling_fps(info.duration, info.fps, int(ex.get("video_frames", DEFAULT_VIDEO_FRAMES)))
+        lo, hi = preset.fps_range
+        mime = video_mime(item.path) or mimetypes.guess_type(item.path.name)[0] or "application/octet-stream"
+        inputs: dict[str, Any] = {preset.video_key or "video": FileInput(item.path.read_bytes(), item.path.name, mime)}
+        meta = {"bytes": size, "duration": info.duration, "fps": fps}
+        if preset.fps_key:
+            inputs[preset.fps_key] = int(min(hi, max(lo, round(fps))))  # the schema takes whole frames per second
+            meta["fps"] = inputs[preset.fps_key]
+        return inputs, meta
+
+    def _one(self, item: ImageItem, options: CaptionOptions, run: RemoteRun, preset: ReplicatePreset, prompt: str | None,
+             video: bool = False) -> CaptionResult:
         from prep.replicate_run import FileInput, run_prediction
+        from prep.video import VideoError
 
         max_side = int(options.extra.get("max_side", DEFAULT_MAX_SIDE))
         try:
-            fp = request_fingerprint(model=preset.model, input=preset.input, image_key=preset.image_key, prompt=prompt, file=file_fingerprint(item.path), max_side=max_side)
+            fp = request_fingerprint(model=preset.model, input=preset.input, image_key=preset.video_key if video else preset.image_key,
+                                     prompt=prompt, file=file_fingerprint(item.path), max_side=None if video else max_side,
+                                     video=video, fps=options.extra.get("video_fps"), frames=options.extra.get("video_frames"))
         except OSError as exc:
             return CaptionResult(item.id, "failed", reason=f"{item.path}: cannot read ({exc.strerror or exc})")
         ckey = f"caption:{item.id}"
@@ -189,11 +258,21 @@ class ReplicateBackend:
             return self._finish(item, options, cached["text"], {**cached.get("data", {}), "cached": True})
         if run.fatal:
             return CaptionResult(item.id, "failed", reason=f"{item.path}: {run.fatal}")
-        try:
-            img = prepare_image(item.path, max_side=max_side, quality=int(options.extra.get("jpeg_quality", 90)))
-        except ImageLoadError as exc:
-            return CaptionResult(item.id, "failed", reason=str(exc))
-        inputs: dict[str, Any] = {preset.image_key: FileInput(img.data, f"{item.path.stem}.jpg", img.mime_type), **preset.input}
+        clip: dict[str, Any] = {}
+        if video:
+            try:
+                media, clip = self._clip_input(item, options, preset)
+            except VideoError as exc:
+                return CaptionResult(item.id, "failed", reason=str(exc))
+            except OSError as exc:
+                return CaptionResult(item.id, "failed", reason=f"{item.path}: {exc.strerror or exc}")
+            inputs: dict[str, Any] = {**media, **preset.input}
+        else:
+            try:
+                img = prepare_image(item.path, max_side=max_side, quality=int(options.extra.get("jpeg_quality", 90)))
+            except ImageLoadError as exc:
+                return CaptionResult(item.id, "failed", reason=str(exc))
+            inputs = {preset.image_key: FileInput(img.data, f"{item.path.stem}.jpg", img.mime_type), **preset.input}
         if preset.prompt_key and prompt:
             inputs[preset.prompt_key] = prompt
         try:
@@ -209,7 +288,7 @@ class ReplicateBackend:
             if err.status == 404 or err.kind in ("not_found", "auth"):
                 run.set_fatal(reason)
             return CaptionResult(item.id, "failed", reason=f"{item.path}: {reason}", data={"model": preset.model, "http_status": err.status})
-        data: dict[str, Any] = {"model": preset.model, "prediction_id": res.id, "resumed": res.resumed}
+        data: dict[str, Any] = {"model": preset.model, "prediction_id": res.id, "resumed": res.resumed, **({"video": clip} if video else {})}
         if "predict_time" in res.metrics:
             data["predict_time"] = res.metrics["predict_time"]
         if res.status != "succeeded":

@@ -31,8 +31,8 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -281,6 +281,17 @@ class _Prefetch:
         self.pending = iter(())
 
 
+def rating_record(probs: np.ndarray, names: np.ndarray, cats: np.ndarray) -> dict[str, object]:
+    """The image's most likely rating and every rating's score, for the caption record (the
+    manifest), whether or not the caption carries a rating tag: `caption lint`, the studio
+    (`rating:explicit`) and the user filter on it."""
+    idx = np.flatnonzero(cats == 9)
+    if idx.size == 0:
+        return {}
+    best = idx[int(np.argmax(probs[idx]))]
+    return {"rating": str(names[best]), "ratings": {str(names[i]): round(float(probs[i]), 4) for i in idx}}
+
+
 class WD14Backend:
     """`--backend wd14`: local WD tagger; returns thresholded tags, the pipeline writes them."""
 
@@ -383,11 +394,15 @@ class WD14Backend:
         if good:
             probs = model.run(np.stack(arrays), per_run)
             mask = thresholds.select(probs, cats)
+            char_mask = mask & (cats == 4)
             for row, item in enumerate(good):
                 idx = np.flatnonzero(mask[row])
                 scores = probs[row, idx]
                 tags = [Tag(n, float(s), c) for n, s, c in zip(names[idx], scores, cat_names[idx])]
-                results[item.id] = CaptionResult(item.id, "ok", tags=tags, data={"model": model.label, "thresholded": True})
+                data = {"model": model.label, "thresholded": True, **rating_record(probs[row], names, cats)}
+                chars = np.flatnonzero(char_mask[row])
+                data["characters"] = {str(names[i]): round(float(probs[row, i]), 4) for i in chars[np.argsort(-probs[row, chars])]}
+                results[item.id] = CaptionResult(item.id, "ok", tags=tags, data=data)
         return [results[item.id] for item, _ in batch]
 
     def estimate(self, n_images: int, options: CaptionOptions) -> Estimate:

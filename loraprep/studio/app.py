@@ -84,12 +84,57 @@ class _Auth(BaseHTTPMiddleware):
         return resp
 
 
-def create_app(dataset: Dataset, *, token: str | None = None, loopback: bool = True, cache_dir: Path | None = None) -> Starlette:
-    """The studio for `dataset`. `token`: required on every request (None: none, loopback only)."""
-    if token is None and not loopback:
-        raise ValueError("a studio bound to a non-loopback address needs a token")
+def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.filters["urlq"] = lambda s: quote(str(s), safe="")
+    return env
+
+
+def find_run_dir(dataset: Dataset | None, run_dir: Path | None) -> Path | None:
+    """The run the page watches: the one asked for, else the project's `run/` once `train_bridge
+    config` (or `loraprep run`) has written its run.json there."""
+    if run_dir is not None:
+        return Path(run_dir)
+    project = getattr(dataset, "project", None) if dataset is not None else None
+    if project is not None and (project.run / "run.json").is_file():
+        return project.run
+    return None
+
+
+def create_run_app(run_dir: Path, *, token: str | None = None, loopback: bool = True, read_only: bool = False,
+                   launch_args: list[str] | None = None, poll_s: float | None = None) -> Starlette:
+    """The run page alone (`loraprep studio RUN_DIR` on a run folder): same auth, same routes."""
+    from starlette.responses import RedirectResponse
+
+    from loraprep.studio.run_page import RunWatch, run_routes
+
+    if token is None and not loopback:
+        raise ValueError("a studio bound to a non-loopback address needs a token")
+    env = _env()
+    watch = RunWatch(run_dir, launch_args=launch_args, read_only=read_only, **({"poll_s": poll_s} if poll_s else {}))
+
+    def render(name: str, status: int = 200, headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
+        ctx.setdefault("has_dataset", False)
+        return HTMLResponse(env.get_template(name).render(**ctx), status_code=status, headers=headers)
+
+    routes = [Route("/", lambda request: RedirectResponse("/run" + (f"?{request.url.query}" if request.url.query else ""))),
+              *run_routes(watch, render), Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return HTMLResponse(f'<div class="notice error" role="alert">studio: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>', status_code=500)
+
+    app = Starlette(routes=routes, middleware=[Middleware(_Auth, token=token, loopback=loopback)], exception_handlers={Exception: server_error})
+    app.state.run = watch
+    return app
+
+
+def create_app(dataset: Dataset, *, token: str | None = None, loopback: bool = True, cache_dir: Path | None = None,
+               run_dir: Path | None = None, launch_args: list[str] | None = None) -> Starlette:
+    """The studio for `dataset`. `token`: required on every request (None: none, loopback only).
+    `run_dir`: the run the run page watches (default: the project's run/ when it has run.json)."""
+    if token is None and not loopback:
+        raise ValueError("a studio bound to a non-loopback address needs a token")
+    env = _env()
     # read-only writes nothing into the folder: its thumbnails go to the user's cache
     thumbs = ThumbCache(cache_dir or default_cache_dir(dataset.project.state if dataset.project and not dataset.read_only else None))
     ds = dataset
@@ -365,6 +410,22 @@ def create_app(dataset: Dataset, *, token: str | None = None, loopback: bool = T
         Route("/api/shortcuts", shortcuts),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    watch = None
+    run_at = find_run_dir(ds, run_dir)
+    if run_at is not None:
+        from loraprep.studio.run_page import RunWatch, run_routes
+
+        from train_bridge.runspec import RunSpecError
+
+        try:
+            watch = RunWatch(run_at, launch_args=launch_args, read_only=ds.read_only)
+        except RunSpecError:
+            if run_dir is not None:
+                raise  # asked for by --run: say why it cannot be watched
+            watch = None  # the project's run/ is broken: the dataset pages still open (`train_bridge status` names the problem)
+        if watch is not None:
+            routes[-1:-1] = run_routes(watch, lambda name, status=200, headers=None, **ctx: render(name, status, headers, has_dataset=True, **ctx))
+    env.globals["run_link"] = watch is not None
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return HTMLResponse(f'<div class="notice error" role="alert">studio: {html.escape(type(exc).__name__)}: {html.escape(str(exc))}</div>', status_code=500)
@@ -372,6 +433,7 @@ def create_app(dataset: Dataset, *, token: str | None = None, loopback: bool = T
     app = Starlette(routes=routes, middleware=[Middleware(_Auth, token=token, loopback=loopback)], exception_handlers={Exception: server_error})
     app.state.dataset = ds
     app.state.thumbs = thumbs
+    app.state.run = watch
     env.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")})
     return app
 

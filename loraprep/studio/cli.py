@@ -50,26 +50,41 @@ def bind(host: str = LOOPBACK, port: int = 0) -> socket.socket:
     return sock
 
 
-def studio_url(host: str, port: int, token: str | None) -> str:
+def studio_url(host: str, port: int, token: str | None, page: str = "") -> str:
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    return f"http://{shown}:{port}/{page}" + (f"?token={token}" if token else "")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A run folder written by `train_bridge config` (it holds run.json)."""
+    return (Path(folder) / "run.json").is_file()
 
 
 def serve(folder: Path, *, host: str = LOOPBACK, port: int = 0, token: bool = True, read_only: bool = False,
-          trigger: str | None = None, trainer: str | None = None, open_browser: bool = False) -> None:
-    """Run the studio until interrupted."""
+          trigger: str | None = None, trainer: str | None = None, open_browser: bool = False,
+          run_dir: Path | None = None, launch_args: list[str] | None = None) -> None:
+    """Run the studio until interrupted. A run folder alone opens the run page only."""
     import uvicorn
 
-    from loraprep.studio.app import create_app
-    from loraprep.studio.data import Dataset
+    from loraprep.studio.app import create_app, create_run_app, find_run_dir
 
     check_bind(host, token)
-    ds = Dataset(folder, trigger=trigger, trainer=trainer, read_only=read_only)
     secret = secrets.token_urlsafe(24) if token else None
-    app = create_app(ds, token=secret, loopback=is_loopback(host))
+    if is_run_folder(folder) and run_dir is None:
+        app = create_run_app(folder, token=secret, loopback=is_loopback(host), read_only=read_only, launch_args=launch_args)
+        what = f"studio: run {Path(folder).resolve()}{' (read-only)' if read_only else ''}"
+        page = "run"
+    else:
+        from loraprep.studio.data import Dataset
+
+        ds = Dataset(folder, trigger=trigger, trainer=trainer, read_only=read_only)
+        app = create_app(ds, token=secret, loopback=is_loopback(host), run_dir=run_dir, launch_args=launch_args)
+        run_at = find_run_dir(ds, run_dir)
+        what = f"studio: {len(ds.entries)} images in {ds.images_dir}{' (read-only)' if read_only else ''}" + (f"; run page for {run_at}" if run_at else "")
+        page = ""
     sock = bind(host, port)
-    url = studio_url(host, sock.getsockname()[1], secret)
-    console.print(f"studio: {len(ds.entries)} images in {ds.images_dir}{' (read-only)' if read_only else ''}")
+    url = studio_url(host, sock.getsockname()[1], secret, page)
+    console.print(what)
     console.print(f"open [bold]{url}[/bold]  (ctrl+c stops it)", soft_wrap=True)
     if open_browser:
         import webbrowser
@@ -92,13 +107,17 @@ def register(app: typer.Typer) -> None:
         trainer: str = typer.Option(None, "--trainer", help="Architecture for buckets and token budgets (default: the project's, else sdxl)."),
         no_token: bool = typer.Option(False, "--no-token", help="No token in the URL (loopback only)."),
         open_browser: bool = typer.Option(False, "--open", help="Open the address in the default browser."),
+        run: Path = typer.Option(None, "--run", help="A run folder (from `train_bridge config`) for the run page (default: the project's run/ once it has run.json)."),
+        launch_option: list[str] = typer.Option([], "--launch-option", help="An option the Resume button passes to `train_bridge launch RUN --resume` (e.g. --launch-option=--no-gpu-check). Repeatable."),
     ) -> None:
-        """See and fix the dataset in the browser: grid, image page, filters, batch edits."""
+        """See and fix the dataset in the browser: grid, image page, filters, batch edits; watch a training run."""
         if not folder.is_dir():
-            raise fail(f"{folder}: no such folder; give a loraprep project or a folder of images", EXIT_USAGE)
+            raise fail(f"{folder}: no such folder; give a loraprep project, a folder of images or a run folder", EXIT_USAGE)
+        if run is not None and not is_run_folder(run):
+            raise fail(f"--run {run}: no run.json there; write the run folder with `train_bridge config ... -o {run}`", EXIT_USAGE)
         try:
             check_bind(host, not no_token)
             serve(folder, host=host, port=port, token=not no_token, read_only=read_only, trigger=trigger, trainer=trainer,
-                  open_browser=open_browser)
+                  open_browser=open_browser, run_dir=run, launch_args=list(launch_option))
         except ValueError as exc:
             raise fail(str(exc), EXIT_USAGE) from None

@@ -33,11 +33,13 @@ from captioning.lint import (
     ENCODERS,
     encoder_for,
     is_tag_caption,
+    is_trigger_only,
     prose_identity_candidates,
     token_counter,
 )
 from captioning.tags import normalize, split_caption
 from prep import overrides as ovr
+from prep.check import QUALITY_KINDS
 from prep.dataset import discover
 from prep.fsutil import atomic_write_text
 from prep.project import ProjectDirs
@@ -45,10 +47,11 @@ from prep.trigger import trigger_pattern
 
 LINT_CODES = (
     "no_caption", "empty", "unreadable", "trigger_missing", "trigger_not_first", "trigger_repeated",
-    "duplicate_tags", "over_budget", "identity_tags", "boilerplate",
+    "duplicate_tags", "over_budget", "identity_tags", "boilerplate", "trigger_only",
 )
 """Lint codes the studio recomputes live after each edit (the same rules as `caption lint`)."""
-CHECK_KINDS = ("corrupt", "small", "transparent", "exif_rotated", "animated")
+CHECK_KINDS = ("corrupt", "small", "transparent", "exif_rotated", "animated", *QUALITY_KINDS)
+"""prep check findings shown as `check:KIND` badges and filters (quality and identity flags included)."""
 
 
 class EditRefused(ValueError):
@@ -70,6 +73,8 @@ class Entry:
     crop: dict[str, Any] | None = None
     rejected: bool = False
     edited: bool = False
+    rating: str | None = None
+    """The WD tagger's rating (general/sensitive/questionable/explicit) from the caption records."""
 
     @property
     def tags(self) -> list[str]:
@@ -241,6 +246,9 @@ class Dataset:
                 for flag in e.crop.get("flags") or []:
                     e.findings[f"crop:{flag}"] = e.crop.get("reason") or flag
         if self.project is None:
+            ratings = self._ratings()
+            for e in self.entries.values():
+                e.rating = ratings.get(e.id)
             return
         check = _read_json(self.project.reports / "check.json") or {}
         for kind in CHECK_KINDS:
@@ -253,12 +261,29 @@ class Dataset:
             for sid in [keep, *map(str, g.get("others") or [])]:
                 for e in by_source.get(sid, []):
                     e.findings[f"dup:{keep}"] = f"duplicate group of {keep}"
+        ratings = self._ratings()
+        for e in self.entries.values():
+            e.rating = ratings.get(e.id)
         lint = _read_json(self.project.reports / "lint.json") or {}
         for issue in lint.get("issues") or []:  # codes the studio does not recompute stay as read
             code = str(issue.get("code"))
             e = self.entries.get(str(issue.get("id")))
             if e is not None and code not in LINT_CODES:
                 e.findings[f"lint:{code}"] = str(issue.get("message") or code)
+
+    def _ratings(self) -> dict[str, str]:
+        """Image id -> WD rating, from the caption records (a project's 03_captions, else the folder's manifest)."""
+        from prep.manifest import Manifest
+
+        path = (self.project.captions if self.project is not None else self.images_dir) / "manifest.jsonl"
+        if not path.is_file():
+            return {}
+        out = {}
+        for (step, item_id), rec in Manifest(path).latest().items():
+            rating = rec.data.get("rating") if step == "caption" else None
+            if isinstance(rating, str):
+                out[item_id] = rating
+        return out
 
     # -- live lint -------------------------------------------------------------------------------
 
@@ -292,6 +317,8 @@ class Dataset:
                     f["lint:trigger_repeated"] = f"{self.trigger!r} appears {len(hits)} times"
         tags = split_caption(text)
         tag_style = is_tag_caption(text)
+        if self.lora_type == "character" and (not self.trigger or trigger_pattern(self.trigger).search(text)) and is_trigger_only(text, self.trigger):
+            f["lint:trigger_only"] = "the trigger alone or nearly so: describe what changes between images"
         if tag_style:
             dup = [t for t, c in Counter(normalize(t) for t in tags).items() if c > 1]
             if dup:

@@ -5,7 +5,10 @@
     -tag:smile tokens>60 (check:small OR dup)
 
 Terms: `lint:CODE`, `crop:FLAG`, `check:KIND`, `dup` (any duplicate group) or `dup:KEEP_ID`,
-`tag:NAME` (has the tag; `-tag:NAME` or `NOT tag:NAME` lacks it), `text:WORDS` (caption
+`tag:NAME` (has the tag; `-tag:NAME` or `NOT tag:NAME` lacks it), `rating:NAME` (the WD
+tagger's rating: general, sensitive, questionable, explicit), `check:blurry` and the other
+quality/identity flags of `prep check` (monochrome, face_small, jpeg_artifacts, no_face,
+off_model, outside_cluster), `text:WORDS` (caption
 contains, case-insensitive), `tokens>N` / `tokens<N` (the trainer's encoder), `is:flagged`
 (any finding), `is:edited` (a hand edit in overrides.json), `is:rejected`, `id:PART`; a bare
 word searches the caption text. Terms side by side are ANDed; AND binds tighter than OR.
@@ -18,12 +21,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from captioning.tags import normalize
+from captioning.tags import RATINGS, normalize
 
 if TYPE_CHECKING:
     from loraprep.studio.data import Dataset, Entry
 
 Pred = Callable[["Entry", "Dataset"], bool]
+
 _TOKEN = re.compile(r'\(|\)|-?[\w.]+(?::|[<>]=?)"[^"]*"|"[^"]*"|[^\s()]+')
 
 
@@ -57,6 +61,11 @@ def _atom(tok: str) -> Pred:
         elif key == "tag":
             nt = normalize(val)
             pred = lambda e, ds: nt in e.norm_tags
+        elif key == "rating":
+            if val.lower() not in RATINGS:
+                raise FilterError(f"rating:{val}: use rating:{', rating:'.join(RATINGS)}")
+            want_rating = val.lower()
+            pred = lambda e, ds: e.rating == want_rating
         elif key == "text":
             low = val.lower()
             pred = lambda e, ds: low in (e.text or "").lower()
@@ -73,7 +82,7 @@ def _atom(tok: str) -> Pred:
             else:
                 raise FilterError(f"is:{val}: use is:flagged, is:edited or is:rejected")
         else:
-            raise FilterError(f"{tok}: unknown filter key {key!r} (lint, crop, check, dup, tag, text, tokens, is, id)")
+            raise FilterError(f"{tok}: unknown filter key {key!r} (lint, crop, check, dup, tag, rating, text, tokens, is, id)")
     elif tok == "dup":
         pred = lambda e, ds: any(k.startswith("dup:") for k in e.findings)
     else:
@@ -152,6 +161,10 @@ def describe_terms() -> list[tuple[str, str]]:
         ("lint:over_budget", "over the encoder's token budget"),
         ("crop:no_face / crop:multi_face / crop:small_source", "crop flags"),
         ("check:small / check:transparent / check:exif_rotated", "prep check flags"),
+        ("check:blurry / check:monochrome / check:face_small / check:jpeg_artifacts", "prep check quality flags"),
+        ("check:off_model / check:outside_cluster / check:no_face", "someone else, or no face (prep check --reference / --identity)"),
+        ("lint:other_character / lint:trigger_only / lint:near_identical", "captions teaching the wrong identity"),
+        ("rating:explicit", "the WD tagger's rating (general, sensitive, questionable, explicit)"),
         ("dup", "in a duplicate group"),
         ('tag:"long hair"  -tag:smile', "has / lacks a tag"),
         ("text:smiling", "caption contains"),

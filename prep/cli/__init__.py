@@ -12,9 +12,9 @@ app = make_app("prep", "Prepare a folder of raw images as a LoRA training datase
 
 
 def _register() -> None:
-    from prep.cli import check_cmd, crop_cmd, dedupe_cmd, import_cmd, layout_cmd, trigger_cmd, variations_cmd
+    from prep.cli import check_cmd, clips_cmd, crop_cmd, dedupe_cmd, import_cmd, layout_cmd, trigger_cmd, variations_cmd
 
-    for mod in (import_cmd, check_cmd, dedupe_cmd, crop_cmd, variations_cmd, trigger_cmd, layout_cmd):
+    for mod in (import_cmd, check_cmd, dedupe_cmd, crop_cmd, clips_cmd, variations_cmd, trigger_cmd, layout_cmd):
         mod.register(app)
 
 

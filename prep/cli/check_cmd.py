@@ -12,8 +12,17 @@ import typer
 from rich.table import Table
 
 from prep.check import STAGE, CheckOptions, CheckReport
-from prep.cli.common import EXIT_FAILED, RichProgress, console, emit_json, show
+from prep.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    RichProgress,
+    console,
+    emit_json,
+    fail,
+    show,
+)
 from prep.cli.where import resolve_folders, with_project_options
+from prep.models import ModelNotAvailable
 from prep.options import options_command
 from prep.project import find_project
 
@@ -30,13 +39,19 @@ def check(
     *,
     options: CheckOptions,
 ) -> None:
-    """Count, measure and find problems: corrupt files, small, transparent, rotated, captions, duplicates, buckets."""
+    """Count, measure and find problems: corrupt files, small, transparent, rotated, captions, duplicates, buckets,
+    blur, monochrome, small faces, JPEG artefacts, and (--reference / --identity) images of someone else."""
     project = find_project()
     if folder is None:
         where = resolve_folders("prep check", None, Path("."), project_src=lambda p: p.raw, project_out=lambda p: p.raw, src_help="a folder of images", project=project)
         folder = where.src
     options = with_project_options(options, project, section="check", top=("resolution", "trainer"))
-    report = STAGE.run(folder, None, options, progress=RichProgress(enabled=True))
+    try:
+        report = STAGE.run(folder, None, options, progress=RichProgress(enabled=True))
+    except ValueError as exc:  # prep.identity.ReferenceError (a bad reference folder) is one
+        raise fail(str(exc), EXIT_USAGE) from None
+    except ModelNotAvailable as exc:
+        raise fail(str(exc)) from None
     if as_json:
         emit_json(report.to_json())
     else:
@@ -59,7 +74,23 @@ def render(report: CheckReport) -> None:
     t.add_row("captions", f"{c['ok']} ok, {c['missing']} missing, {c['empty']} empty, {c['orphans']} without an image")
     t.add_row(f"buckets @ {report.options.resolution}" + (f" ({report.options.trainer})" if report.options.trainer else ""), ", ".join(f"{k}: {v}" for k, v in s["buckets"].items()) or "-")
     t.add_row("duplicates", str(s["duplicates"]))
+    if report.identity:
+        ident = report.identity
+        t.add_row("identity", f"{ident['model']} at similarity >= {ident['threshold']:g}"
+                  + (f", {len(ident['references'])} references" if ident.get("references") else "")
+                  + (f", clusters {ident['clusters']}" if ident.get("clusters") else ""))
+    if report.videos:
+        v = report.videos["summary"]
+        tg = report.videos["target"]
+        t.add_row("videos", f"{v['videos']} ({v['ok']} readable, {v['errors']} errors), {v['seconds']:g} s: "
+                  f"{v['clips']} clips of {tg['frames']} frames at {tg['fps']:g} fps, {v['dropped_seconds']:g} s dropped")
     console.print(t)
+    if report.videos:
+        for e in report.videos["errors"]:
+            console.print(f"[bold yellow]video unreadable[/bold yellow]: {show(e['file'])}: {show(e['reason'])}")
+        for vid in report.videos["videos"]:
+            for w in vid["warnings"]:
+                console.print(f"[yellow]video[/yellow] {show(vid['file'])}: {show(w)}")
     probs = report.problems()
     labels = {
         "corrupt": "unreadable",
@@ -73,6 +104,14 @@ def render(report: CheckReport) -> None:
         "caption_orphans": "caption without an image",
         "caption_shared_stem": "two images share one caption name",
         "duplicates": "duplicate groups (kept first)",
+        "blurry": "blurry",
+        "monochrome": "monochrome (greyscale, sepia or one hue)",
+        "face_small": f"face too small for a {report.options.framing} crop",
+        "jpeg_artifacts": "heavy JPEG artefacts",
+        "no_face": "no face found",
+        "off_model": "off-model (no face matches the references)",
+        "outside_cluster": "outside the dominant identity cluster",
+        "quality_unmeasured": "quality/face measures failed",
     }
     for kind, entries in probs.items():
         if not entries:

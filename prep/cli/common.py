@@ -42,6 +42,7 @@ class Group(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         from prep.fsutil import DiskFull
         from prep.lock import OutputLocked
+        from prep.ray_engine import RayUnavailable  # does not import ray
 
         try:
             return super().invoke(ctx)
@@ -49,6 +50,8 @@ class Group(TyperGroup):
             raise fail(str(exc), EXIT_USAGE) from None
         except DiskFull as exc:
             raise fail(str(exc), EXIT_FAILED) from None
+        except RayUnavailable as exc:  # --engine ray without Ray, or a cluster it cannot reach
+            raise fail(str(exc), EXIT_USAGE) from None
 
 
 def make_app(name: str, help: str, **kw: Any) -> typer.Typer:

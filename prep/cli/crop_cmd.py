@@ -38,6 +38,8 @@ def crop(
         "prep crop", src, out, project_src=lambda p: p.raw, project_out=lambda p: p.cropped, src_help="a folder of images", default_out=DEFAULT_OUT
     )
     options = with_project_options(options, where.project, section="crop", top=("resolution", "trainer"))
+    if where.project is not None and options.off_model == "set-aside" and not options.set_aside:
+        options = options.changed(set_aside=str(where.project.off_model))  # where loraprep run sets them aside
     try:
         report = STAGE.run(where.src, where.out, options, progress=RichProgress(enabled=not as_json))
     except ValueError as exc:
@@ -65,6 +67,9 @@ def render(report: CropReport) -> None:
     )
     for w in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {show(w)}")
+    if report.off_model:
+        where = f"; their crops were moved to {show(report.set_aside_folder)}" if report.set_aside and report.set_aside_folder else ""
+        console.print(f"[yellow]off-model:[/yellow] {len(report.off_model)} images have no face matching the references{where} (crops.jsonl: flag off_model, identity scores)")
     problems = [r for r in report.results if r.status in ("flagged", "skipped", "failed")]
     if problems:
         t = Table(show_header=True, title_justify="left")

@@ -47,6 +47,9 @@ def import_cmd(
             f"{verb} {report.imported} files into {show(out)} "
             f"({report.count('skipped')} already there, {report.count('renamed')} renamed, {report.count('ignored')} ignored)"
         )
+        if report.kind_count("video"):
+            console.print(f"  {report.kind_count('image')} image(s), {report.kind_count('video')} video(s) (cut them with `prep clips`), "
+                          f"{report.kind_count('caption')} caption(s)")
         for e in report.entries:
             if e.status == "renamed":
                 console.print(f"  renamed  {show(repr(e.source))} -> {show(e.output)}: {show(e.reason)}")

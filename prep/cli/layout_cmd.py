@@ -23,14 +23,14 @@ def register(app: typer.Typer) -> None:
 
 @options_command(LayoutOptions)
 def layout(
-    src: Path = typer.Argument(None, exists=True, file_okay=False, metavar="SRC", show_default=False, help="Folder of images with .txt captions (read only). Default inside a loraprep project: its 04_captioned."),
+    src: Path = typer.Argument(None, exists=True, file_okay=False, metavar="SRC", show_default=False, help="Folder of images and/or videos (e.g. prep clips output) with .txt captions (read only). Default inside a loraprep project: its 04_captioned."),
     out: Path = typer.Option(None, "--out", "-o", show_default=False, help="Dataset folder to write (img/, reg/, layout.json, buckets.json, manifest.jsonl). Default inside a project: its dataset/."),
     copy: bool = typer.Option(False, "--copy", help="Always copy (default: hard links where the filesystem allows, else copies)."),
     as_json: bool = typer.Option(False, "--json", help="JSON report on stdout."),
     *,
     options: LayoutOptions,
 ) -> None:
-    """Lay images and captions out as dataset/img/{repeats}_{trigger}[ {class}]/ for sd-scripts and musubi-tuner."""
+    """Lay images, videos and captions out as dataset/img/{repeats}_{trigger}[ {class}]/ for sd-scripts and musubi-tuner."""
     where = resolve_folders("prep layout", src, out, project_src=lambda p: p.captioned, project_out=lambda p: p.dataset, src_help="a folder of captioned images")
     opts = with_project_options(options, where.project, section="layout", top=("trigger",), rename={"reg": "reg_dir"})
     if copy:
@@ -48,6 +48,8 @@ def layout(
         verb = "would write" if dry_run else "wrote"
         methods = {m: report.count(m) for m in ("hardlink", "copy", "convert", "skipped")}
         console.print(f"{verb} {report.n_images} training image(s) to {show(report.image_dir)}")
+        if report.n_videos:
+            console.print(f"{verb} {report.n_videos} training video(s) beside them (musubi-tuner video dataset)")
         if report.reg_dir:
             console.print(f"{verb} {report.n_reg} regularisation image(s) to {show(report.reg_dir)}")
         console.print("  " + ", ".join(f"{k}: {v}" for k, v in methods.items() if v))

@@ -119,13 +119,25 @@ def _print(r: Any) -> None:
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {show(w)}")
     if r.dry_run:
-        console.print(f"would copy {r.originals} originals and make {r.planned} variations ({r.resumed} already done) with {r.backend} {r.model}, strength {r.strength}")
+        keep = f", keep at most {r.cap} in the final set" if r.cap is not None and r.cap < r.planned else ""
+        console.print(f"would copy {r.originals} originals and make {r.planned} variations ({r.resumed} already done){keep} with {r.backend} {r.model}, strength {r.strength}")
         for v in r.variations[:40]:
             console.print(f"  {show(v['id'])}  seed {v['seed']}  [dim]{show(v['caption'])}[/dim]")
         if len(r.variations) > 40:
             console.print(f"  ... {len(r.variations) - 40} more")
         return
     console.print(f"{r.originals} originals copied, {r.generated} variations made, {r.resumed} already done, {len(r.failed)} failed  ({r.backend} {r.model}, strength {r.strength})")
+    ident = r.identity or {}
+    if ident.get("enabled"):
+        console.print(f"identity ({ident['model']}, threshold {ident['threshold']:.3f}): {ident['checked']} checked, {len(ident['drifted'])} drifted, "
+                      f"{len(ident['unchecked'])} unchecked (render without a detectable face)")
+    for a in r.set_aside[:40]:
+        sim = f" (similarity {a['similarity']:.3f})" if a.get("similarity") is not None else ""
+        console.print(f"[yellow]  set aside[/yellow] {show(a['id'])} -> {show(a['where'])}: {show(a['reason'] or a['kind'])}{sim}")
+    if len(r.set_aside) > 40:
+        console.print(f"  ... {len(r.set_aside) - 40} more set aside (see --json)")
+    for u in ident.get("unchecked", [])[:10]:
+        console.print(f"[dim]  kept unchecked {show(u['id'])}: {show(u['note'])}[/dim]")
     for f in r.failed[:20]:
         console.print(f"[red]  {show(f['id'])}: {show(f['reason'])}[/red]")
     if r.contact_sheet:

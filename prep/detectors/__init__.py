@@ -39,6 +39,9 @@ class Box:
     score: float
     kind: str = "face"
     detector: str = ""
+    landmarks: tuple[tuple[float, float], ...] | None = None
+    """YuNet's five points in image pixels (right eye, left eye, nose tip, right and left mouth
+    corner, as OpenCV's FaceDetectorYN orders them); None for detectors without landmarks."""
 
     @property
     def width(self) -> float:
@@ -58,7 +61,8 @@ class Box:
 
     def scaled(self, factor: float) -> Box:
         """The same box in an image `factor` times as large."""
-        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score, self.kind, self.detector)
+        lm = tuple((x * factor, y * factor) for x, y in self.landmarks) if self.landmarks is not None else None
+        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score, self.kind, self.detector, lm)
 
     def clipped(self, width: float, height: float) -> Box:
         return Box(
@@ -69,6 +73,7 @@ class Box:
             self.score,
             self.kind,
             self.detector,
+            self.landmarks,
         )
 
     def to_list(self, ndigits: int = 1) -> list[float]:
@@ -201,11 +206,19 @@ class OnnxDetector:
                     self._session = sess
         return self._session
 
-    def _boxes(self, xyxy: np.ndarray, scores: np.ndarray, lb: Letterbox, image: Image.Image, kind: str) -> list[Box]:
-        """Model-input boxes mapped back to `image`, clipped to it, empty ones dropped, largest first."""
+    def _boxes(self, xyxy: np.ndarray, scores: np.ndarray, lb: Letterbox, image: Image.Image, kind: str,
+               landmarks: np.ndarray | None = None) -> list[Box]:
+        """Model-input boxes mapped back to `image`, clipped to it, empty ones dropped, largest first.
+
+        `landmarks` (N x 5 x 2, model-input pixels) are mapped back the same way and kept unclipped."""
         mapped = lb.to_image(xyxy)
+        points: list[tuple[tuple[float, float], ...] | None] = [None] * len(mapped)
+        if landmarks is not None:
+            lm = landmarks.astype(np.float64).reshape(len(mapped), -1, 2)
+            lm = np.stack([(lm[..., 0] - lb.pad_x) / lb.scale, (lm[..., 1] - lb.pad_y) / lb.scale], axis=-1)
+            points = [tuple((float(x), float(y)) for x, y in row) for row in lm]
         out = [
-            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), kind, self.name).clipped(image.width, image.height)
-            for b, s in zip(mapped, scores)
+            Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s), kind, self.name, p).clipped(image.width, image.height)
+            for b, s, p in zip(mapped, scores, points)
         ]
         return sort_largest_first([b for b in out if b.area > 0])

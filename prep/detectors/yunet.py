@@ -72,14 +72,17 @@ class YuNetDetector(OnnxDetector):
         sess = self._sess()
         names = [o.name for o in sess.get_outputs()]
         outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: blob})))
-        xyxy, scores = decode_yunet(outs, INPUT_SIZE, INPUT_SIZE, self.score_threshold)
+        xyxy, scores, kps = decode_yunet(outs, INPUT_SIZE, INPUT_SIZE, self.score_threshold, landmarks=True)
         keep = nms(xyxy, scores, self.nms_threshold, self.top_k)
-        return self._boxes(xyxy[keep], scores[keep], lb, image, "face") if keep else []
+        return self._boxes(xyxy[keep], scores[keep], lb, image, "face", kps[keep]) if keep else []
 
 
-def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (x0 y0 x1 y1, model-input pixels) and scores above `score_threshold`."""
-    all_boxes, all_scores = [], []
+def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_threshold: float, *, landmarks: bool = False) -> Any:
+    """Boxes (x0 y0 x1 y1, model-input pixels) and scores above `score_threshold`.
+
+    With `landmarks`, also the five points per box (N x 5 x 2, model-input pixels), decoded as
+    FaceDetectorYN does: point = (cell + offset) * stride (no exp, unlike the box size)."""
+    all_boxes, all_scores, all_kps = [], [], []
     for s in STRIDES:
         cols = width // s
         cls = np.clip(outs[f"cls_{s}"].reshape(-1), 0.0, 1.0)
@@ -99,6 +102,11 @@ def decode_yunet(outs: dict[str, np.ndarray], width: int, height: int, score_thr
         h = np.exp(bbox[:, 3]) * s
         all_boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
         all_scores.append(score[idx])
+        if landmarks:
+            kps = outs[f"kps_{s}"].reshape(-1, 5, 2)[idx].astype(np.float64)
+            all_kps.append(np.stack([(kps[..., 0] + c[:, None]) * s, (kps[..., 1] + r[:, None]) * s], axis=-1))
     if not all_boxes:
-        return np.zeros((0, 4)), np.zeros((0,))
-    return np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64)
+        empty = (np.zeros((0, 4)), np.zeros((0,)))
+        return (*empty, np.zeros((0, 5, 2))) if landmarks else empty
+    found = (np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64))
+    return (*found, np.concatenate(all_kps)) if landmarks else found

@@ -3,7 +3,9 @@
 The source folder is only read. The output folder gets: a copy of every original with a
 `3d render`-tagged caption, N variations per original with style-tagged captions, a
 `manifest.jsonl` whose records carry the provenance of each variation (source, style, strength,
-seed, model, backend), and `contact_sheet.jpg` (each render beside its variations).
+seed, model, backend) and its face similarity to its render, `contact_sheet.jpg` (each render
+beside its variations), and `set_aside/` (variations whose face drifted from the render's, and
+those over the final-set share; moved there, never deleted; see prep.variations.identity).
 
 A manifest record is appended only after the image and its caption are on disk, so a rerun
 after a kill skips finished variations; for Replicate the prediction ids in
@@ -13,6 +15,8 @@ instead of paying for a new one.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -45,11 +49,23 @@ from prep.variations.captions import (
     variation_caption,
 )
 from prep.variations.families import Family, family_of, strength_warning
+from prep.variations.identity import (
+    ASIDE_DIR,
+    DRIFTED,
+    KEPT,
+    SURPLUS,
+    Check,
+    IdentityChecker,
+    aside_id,
+    choose_surplus,
+    decide,
+)
 from prep.variations.plan import (
     PlannedVariation,
     Source,
     is_variation_name,
     plan_variations,
+    synthetic_cap,
 )
 
 STEP = "render-variations"
@@ -63,6 +79,10 @@ DEFAULT_STYLES = [
     "pencil sketch",
     "watercolor portrait",
 ]
+DEFAULT_PER_IMAGE = 3
+"""Candidates made per render: the low end of the 3-5 people cite (docs/render-variations.md)."""
+DEFAULT_SYNTHETIC_SHARE = 0.6
+"""Variations' share of the final set, about 60 % variations / 40 % originals (docs/render-variations.md)."""
 DEFAULT_NEGATIVE = "3d render, cgi, blender, plastic skin"
 """Sent to models that take a negative prompt, to pull away from the render look."""
 
@@ -79,13 +99,19 @@ class VariationOptions(StageOptions):
     """
 
     styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES), description="Styles, one variation style each.", json_schema_extra={"cli": None})
-    per_image: int = Field(2, ge=0, description="Variations per render (styles rotate across renders).", json_schema_extra=_cli("--per-image", "-n"))
+    per_image: int = Field(DEFAULT_PER_IMAGE, ge=0, description="Variations made per render (styles rotate across renders); the most faithful are kept under --max-synthetic-share.", json_schema_extra=_cli("--per-image", "-n"))
     strength: float | None = Field(None, ge=0.01, le=1.0, description="img2img strength; default by model family (FLUX 0.6, SDXL 0.45).")
     backend: str = Field("replicate", description="replicate (hosted, default) or diffusers (local GPU).", json_schema_extra=_cli("--backend", "-b"))
-    model: str | None = Field(None, description="replicate: owner/name[:version] (flux-dev, sdxl presets); diffusers: HF id or local folder.", json_schema_extra=_cli("--model", "-m"))
+    model: str | None = Field(None, description="replicate: owner/name[:version] (flux-dev, sdxl presets); diffusers: HF id, local diffusers folder or single-file .safetensors checkpoint.", json_schema_extra=_cli("--model", "-m"))
+    checkpoint_config: str | None = Field(None, description="diffusers, single-file --model: a diffusers-format folder or Hub repo id of the same family with the component configs (default: the family's base repo, if already in the HF cache).")
     trigger: Trigger | None = Field(None, description="Trigger word put first in every caption (inside a loraprep project: its [project] trigger).", json_schema_extra=_cli("--trigger", "-t"))
     original_tag: str = Field(DEFAULT_ORIGINAL_TAG, description="Tag added to the originals' captions.")
-    max_synthetic_share: float = Field(0.5, ge=0.0, le=1.0, description="Cap variations at this share of the output set (1 = no cap).")
+    max_synthetic_share: float = Field(DEFAULT_SYNTHETIC_SHARE, ge=0.0, le=1.0, description="Most variations kept, as a share of originals + variations in the final set; the rest go to set_aside/surplus (1 = no cap).")
+    identity_check: bool = Field(True, description="Compare each variation's face with its render's and set drifted ones aside.", json_schema_extra=_cli("--identity-check/--no-identity-check"))
+    identity_model: str = Field("auto", description="sface (photos, 3D renders), ccip (anime), or auto (by --identity-detector).")
+    identity_model_path: str | None = Field(None, description="Identity model file (default: the HF cache at the pinned revision; env LORAPREP_SFACE_MODEL).")
+    identity_detector: str = Field("photo", description="Face detector for the identity check: photo, anime or auto.")
+    min_identity: float | None = Field(None, ge=-1.0, le=1.0, description="Face similarity below which a variation is set aside (default: the model's published same-identity threshold, SFace 0.363).")
     seed: int = Field(0, description="Mixed into every per-image seed; change it for fresh samples.")
     steps: int | None = Field(None, ge=1, description="Inference steps (default by family).")
     guidance: float | None = Field(None, description="Guidance scale (default by family).")
@@ -116,7 +142,13 @@ class VariationsReport:
     """Variations already finished by an earlier run and not regenerated."""
     failed: list[dict[str, str]] = field(default_factory=list)
     dropped_by_cap: int = 0
+    """Variations set aside in set_aside/surplus because the final-set share is reached."""
     cap: int | None = None
+    """Most variations the final-set share allows (None: uncapped)."""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """model, threshold, checked, kept, drifted, unchecked (the identity pass)."""
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
+    """Variations moved out of the final set: id, where (relative to the output), reason, similarity."""
     backend: str = ""
     model: str = ""
     strength: float = 0.0
@@ -248,6 +280,17 @@ def _family_for(backend: str, model: str) -> Family:
         from prep.variations.families import FAMILIES
 
         return FAMILIES.get(preset_for(model).family, family_of(model))
+    if backend == "diffusers" and model:
+        from prep.variations.backends.diffusers_backend import (
+            checkpoint_family,
+            is_single_file,
+        )
+
+        if is_single_file(model):
+            try:
+                return checkpoint_family(model)  # from the file's tensor names (its header), not its name
+            except ImportError:
+                pass  # no [diffusers] extra: making the backend says so
     return family_of(model)
 
 
@@ -359,12 +402,16 @@ def _render_variations(
     pairs = _sources(src, out, options, report)
     sources = [s for s, _ in pairs]
     report.sources = len(sources)
-    plan = plan_variations(sources, options.styles, per_image=options.per_image, max_synthetic_share=options.max_synthetic_share, seed=options.seed)
-    report.planned, report.cap, report.dropped_by_cap = len(plan.variations), plan.cap, plan.dropped
-    if plan.dropped:
+    # Every render gets its candidates; the final-set share is applied after the identity check,
+    # so the set keeps the most faithful variations (prep.variations.identity.choose_surplus).
+    plan = plan_variations(sources, options.styles, per_image=options.per_image, max_synthetic_share=1.0, seed=options.seed)
+    report.planned = len(plan.variations)
+    report.cap = synthetic_cap(len(sources), options.max_synthetic_share)
+    if report.cap is not None and report.planned > report.cap:
         report.warnings.append(
-            f"--max-synthetic-share {options.max_synthetic_share} allows {plan.cap} variations for {len(sources)} originals; "
-            f"{plan.dropped} of {plan.wanted} asked for are not made (raise the share or add renders)"
+            f"{report.planned} variations are made for {len(sources)} renders and at most {report.cap} kept in the final set "
+            f"(--max-synthetic-share {options.max_synthetic_share}): each render keeps its most faithful ones, the rest wait in "
+            f"{ASIDE_DIR}/{SURPLUS}/ (lower --per-image to make fewer, raise the share to keep more)"
         )
     by_id = {s.id: s for s in sources}
     jobs = [
@@ -400,19 +447,19 @@ def _render_variations(
     # ended while this one started is not paid for twice.
     held.enter_context(output_lock(out, "prep render-variations"))
     manifest = Manifest.in_folder(out)
+    _find_moved(out, manifest, jobs)
     todo: list[VariationJob] = []
     for j in jobs:
         if _is_finished(manifest, j, report.backend, model):
             report.resumed += 1
         else:
             todo.append(j)
+    # The identity model must be there before anything is paid for (ModelNotAvailable says how to get it).
+    checker = IdentityChecker(out, model_name=options.identity_model, model_path=options.identity_model_path,
+                              detector=options.identity_detector, state_dir=STATE_DIR) if options.identity_check and jobs else None
 
     out.mkdir(parents=True, exist_ok=True)
     pending = {j.id: j for j in todo}
-    for j in jobs:
-        cap = caption_path_for(out / j.id)
-        if j.id not in pending and read_caption(cap) != j.caption:
-            atomic_write_text(cap, j.caption + "\n")  # new trigger or tag: caption changes, image need not
     if options.copy_originals:
         for s, path in pairs:
             try:
@@ -437,11 +484,101 @@ def _render_variations(
             if on_result:
                 on_result(r)
 
+    _check_and_place(out, manifest, jobs, by_id, checker, options, report)
+
     if options.contact_sheet and sources:
         rows = _contact_rows(out, sources, plan.variations)
         if rows:
             report.contact_sheet = str(write_contact_sheet(rows, out / CONTACT_SHEET))
     return report
+
+
+def _where(kind: str, vid: str) -> str:
+    return vid if kind == KEPT else aside_id(kind, vid)
+
+
+def _find_moved(out: Path, manifest: Manifest, jobs: list[VariationJob]) -> None:
+    """A run killed between moving a variation and recording the move: find the file where it
+    went, so it is not generated (and paid for) again."""
+    for j in jobs:
+        rec = manifest.get(STEP, j.id)
+        if rec is None or rec.status != "ok" or manifest.is_done(STEP, j.id, j.source_sha256):
+            continue
+        for kind in (KEPT, DRIFTED, SURPLUS):
+            rel = _where(kind, j.id)
+            if (out / rel).is_file():
+                cap = caption_path_for(out / rel)
+                manifest.append(dataclasses.replace(rec, outputs=[rel, rel_or_abs(cap, out)] if cap.exists() else [rel], time=rec.time))
+                break
+
+
+def _move(out: Path, old: str, new: str) -> list[str]:
+    """Move a variation and its caption inside the output folder (renames: atomic, never a copy)."""
+    src, dst = out / old, out / new
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    cap_src, cap_dst = caption_path_for(src), caption_path_for(dst)
+    if cap_src.exists():
+        os.replace(cap_src, cap_dst)
+    return [new, rel_or_abs(cap_dst, out)]
+
+
+def _check_and_place(
+    out: Path, manifest: Manifest, jobs: list[VariationJob], by_id: dict[str, Source], checker: IdentityChecker | None,
+    options: VariationOptions, report: VariationsReport,
+) -> None:
+    """Embed what is not embedded yet, decide kept / drifted / surplus, and move each file where its
+    decision says (the manifest record follows it); captions are (re)written where the file is."""
+    threshold = options.min_identity if options.min_identity is not None else (checker.threshold if checker else None)
+    info: dict[str, Any] = {"enabled": checker is not None}
+    if checker is not None:
+        info.update(model=checker.name, threshold=threshold, threshold_source="--min-identity" if options.min_identity is not None else f"{checker.name}'s published threshold")
+    checked = embedded = 0
+    decisions: dict[str, tuple[str, str | None, float | None]] = {}
+    order = {j.id: i for i, j in enumerate(jobs)}
+    for j in jobs:
+        rec = manifest.get(STEP, j.id)
+        if rec is None or rec.status != "ok" or not rec.outputs or not (out / rec.outputs[0]).is_file():
+            continue
+        check: Check | None = None
+        if checker is not None:
+            check = Check.from_json(rec.data.get("identity"))
+            if check is None or check.model != checker.name:  # not embedded yet (or by another model)
+                check = checker.check(out / rec.outputs[0], Path(by_id[j.source_id].path), j.source_sha256)
+                rec = dataclasses.replace(rec, data={**rec.data, "identity": check.to_json()})
+                manifest.append(rec)
+                embedded += 1
+            checked += 1
+        kind, note = decide(check, threshold if threshold is not None else 0.0)
+        decisions[j.id] = (kind, note, check.similarity if check else None)
+    cap = report.cap
+    surplus = choose_surplus(((vid, jobs[order[vid]].source_id, d[2], order[vid]) for vid, d in decisions.items() if d[0] == KEPT), cap)
+    unchecked: list[dict[str, Any]] = []
+    for vid, (kind, note, sim) in decisions.items():
+        if kind == KEPT and vid in surplus:
+            kind, note = SURPLUS, f"over the final-set share ({cap} variations for {report.sources} renders at --max-synthetic-share {options.max_synthetic_share})"
+        rec = manifest.get(STEP, vid)
+        assert rec is not None
+        want = _where(kind, vid)
+        if rec.outputs[0] != want:
+            try:
+                outputs = _move(out, rec.outputs[0], want)
+            except OSError as exc:
+                report.failed.append({"id": vid, "reason": f"{out / rec.outputs[0]}: cannot move it to {want} ({exc})"})
+                continue
+            manifest.append(dataclasses.replace(rec, outputs=outputs))
+        job = jobs[order[vid]]
+        cap_path = caption_path_for(out / want)
+        if read_caption(cap_path) != job.caption:
+            atomic_write_text(cap_path, job.caption + "\n")  # new trigger or tag: caption changes, image need not
+        if kind != KEPT:
+            report.set_aside.append({"id": vid, "where": want, "reason": note, "similarity": sim, "kind": kind})
+        elif note:
+            unchecked.append({"id": vid, "note": note})
+    report.dropped_by_cap = sum(1 for a in report.set_aside if a["kind"] == SURPLUS)
+    info.update(checked=checked, embedded_now=embedded, kept=sum(1 for d in decisions.values() if d[0] == KEPT) - report.dropped_by_cap,
+                drifted=[a["id"] for a in report.set_aside if a["kind"] == DRIFTED], unchecked=unchecked)
+    report.identity = info
 
 
 def _make_backend(options: VariationOptions, model: str, out: Path) -> VariationBackend:
@@ -451,7 +588,8 @@ def _make_backend(options: VariationOptions, model: str, out: Path) -> Variation
         kw.setdefault("rpm", options.rpm)
         kw.setdefault("concurrency", options.workers or 4)
     else:
-        kw.update(device=options.device, dtype=options.dtype, ip_adapter=options.ip_adapter, ip_adapter_scale=options.ip_adapter_scale)
+        kw.update(device=options.device, dtype=options.dtype, ip_adapter=options.ip_adapter, ip_adapter_scale=options.ip_adapter_scale,
+                  config=options.checkpoint_config)
     return make_backend(options.backend, model, **kw)
 
 

@@ -37,6 +37,15 @@ OOM = """Traceback (most recent call last):
 torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.69 GiB of which 1.03 GiB is free. Including non-PyTorch memory, this process has 14.66 GiB memory in use.
 """
 
+# What sd-scripts printed here (48d368fa, torch 2.14.1) when a memory limit (prlimit --as) refused
+# an allocation while the Anima DiT loaded on CPU: host RAM, not GPU memory.
+HOST_ALLOC = """Traceback (most recent call last):
+  File "/tmp/trainers/sd-scripts/anima_train_network.py", line 440, in <module>
+    trainer.train(args)
+  File "/tmp/trainers/sd-scripts/library/anima_utils.py", line 107, in load_anima_model
+    sd = load_safetensors_with_lora_and_fp8(
+RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 8388608 bytes. Error code 12 (Cannot allocate memory)
+"""
 
 TRAINER_ERROR = """Traceback (most recent call last):
   File "/content/sd-scripts/anima_train_network.py", line 512, in <module>
@@ -68,7 +77,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--steps_per_epoch", type=int, default=4)
     ap.add_argument("--sleep", type=float, default=0.0)
-    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "kill9", "accel_kill9", "wait", "cache", "fail", "accel_fail"])
+    ap.add_argument("--mode", default="normal", choices=["normal", "oom", "host_alloc", "kill9", "accel_kill9", "wait", "cache", "fail", "accel_fail"])
     ap.add_argument("--fail_at", type=int, default=2)
     ap.add_argument("--resume")
     ap.add_argument("--initial_step", type=int)
@@ -77,6 +86,7 @@ def main() -> int:
     ap.add_argument("--save_state", action="store_true")
     ap.add_argument("--samples", action="store_true")
     ap.add_argument("--oom_unless", help="OOM unless the config file contains this text")
+    ap.add_argument("--oom_kind", default="oom", choices=["oom", "host_alloc"], help="which OOM --oom_unless gives")
     ap.add_argument("--record_argv")
     args = ap.parse_args()
     # Like sd-scripts: the training TOML fills in what the command line does not say.
@@ -111,7 +121,7 @@ def main() -> int:
     mode = args.mode
     if args.oom_unless:
         cfg = Path(args.config_file).read_text(encoding="utf-8") if args.config_file else ""
-        mode = "normal" if args.oom_unless in cfg else "oom"
+        mode = "normal" if args.oom_unless in cfg else args.oom_kind
     spe, epochs = args.steps_per_epoch, args.epochs
     total = spe * epochs
     print(f"  num batches per epoch / 1epochのバッチ数: {spe}", flush=True)
@@ -146,6 +156,11 @@ def main() -> int:
             if mode == "oom" and global_step >= args.fail_at:
                 bar.close()
                 sys.stderr.write(OOM)
+                sys.stderr.flush()
+                return 1
+            if mode == "host_alloc" and global_step >= args.fail_at:
+                bar.close()
+                sys.stderr.write(HOST_ALLOC)
                 sys.stderr.flush()
                 return 1
             if mode == "accel_kill9" and global_step >= args.fail_at:

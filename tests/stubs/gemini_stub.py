@@ -4,7 +4,15 @@ Scriptable faults: `fail_plan` (first requests get these answers in order: an HT
 "slow" = answer after `slow_seconds`, "drop" = close the connection), `first_fail_ratio` (that
 share of images get a 429 on their first request), `block_if(image_bytes)` (safety block),
 `missing_models` (404 NOT_FOUND, like a retired model), `delay` (every answer takes this long).
-`requests` logs every call with the image's sha256 so tests can count requests per image."""
+`requests` logs every call with the image's sha256 so tests can count requests per image.
+
+Files API (what google-genai's `files.upload/get/delete` call): `POST /upload/{version}/files` with
+`X-Goog-Upload-Command: start` answers an `x-goog-upload-url`; chunks are POSTed there
+(`upload`, last one `upload, finalize`, answered `x-goog-upload-status: final` and the File);
+`GET /{version}/files/{id}` answers PROCESSING for the first `processing_polls` gets, then ACTIVE
+(FAILED when `fail_processing(bytes)`); `DELETE` removes it. `file_log` records each of these
+(op, name, time); a generateContent naming a file by `fileData.fileUri` is logged with that
+file's sha256 in `image_sha`, `media="file"` and the `videoMetadata.fps` sent."""
 
 from __future__ import annotations
 
@@ -36,6 +44,8 @@ class GeminiStub(StubServer):
         slow_seconds: float = 3.0,
         reply: Callable[[bytes, str], str] | None = None,
         seed: int = 0,
+        processing_polls: int = 1,
+        fail_processing: Callable[[bytes], bool] | None = None,
     ):
         super().__init__()
         self.fail_plan = list(fail_plan or [])
@@ -51,6 +61,11 @@ class GeminiStub(StubServer):
         self.seen: set[str] = set()
         self.rng = random.Random(seed)
         self._mu = threading.Lock()
+        self.processing_polls = processing_polls
+        self.fail_processing = fail_processing
+        self.files: dict[str, dict[str, Any]] = {}
+        self.uploads: dict[str, dict[str, Any]] = {}
+        self.file_log: list[dict[str, Any]] = []
 
     def export(self) -> dict[str, Any]:
         return {"requests": [{k: v for k, v in r.items() if k in ("path", "model", "image_sha", "answer", "time")} for r in self.requests]}
@@ -70,23 +85,106 @@ class GeminiStub(StubServer):
         hdrs = [("Retry-After", self.retry_after)] if code == 429 else []
         return code, {"error": {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}}, hdrs
 
+    # --- Files API
+    def file_ops(self, op: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.file_log if op is None or r["op"] == op]
+
+    def live_files(self) -> list[str]:
+        return sorted(self.files)
+
+    def _file_json(self, f: dict[str, Any]) -> dict[str, Any]:
+        return {"name": f["name"], "displayName": f["display_name"], "mimeType": f["mime"], "sizeBytes": str(len(f["data"])),
+                "createTime": "2026-01-01T00:00:00Z", "updateTime": "2026-01-01T00:00:00Z", "expirationTime": "2026-01-03T00:00:00Z",
+                "sha256Hash": base64.b64encode(hashlib.sha256(f["data"]).digest()).decode(), "uri": f["uri"], "state": f["state"],
+                "source": "UPLOADED", **({"error": {"code": 400, "message": "stub: the video could not be processed"}} if f["state"] == "FAILED" else {})}
+
+    def _files(self, method: str, route: str, path: str, headers: dict[str, str], raw: bytes):  # noqa: ANN202
+        h = {k.lower(): v for k, v in headers.items()}
+        now = time.monotonic()
+        if method == "POST" and route.startswith("/upload/") and route.endswith("/files") and "upload_id=" not in path:
+            if h.get("x-goog-upload-command") != "start" or h.get("x-goog-upload-protocol") != "resumable":
+                return 400, {"error": {"code": 400, "message": "stub: expected a resumable upload start", "status": "INVALID_ARGUMENT"}}, []
+            meta = json.loads(raw or b"{}").get("file", {})
+            uid = f"u{len(self.uploads) + 1}"
+            self.uploads[uid] = {"meta": meta, "data": b"", "mime": h.get("x-goog-upload-header-content-type") or meta.get("mimeType"),
+                                 "size": int(h.get("x-goog-upload-header-content-length") or meta.get("sizeBytes") or 0)}
+            self.file_log.append({"op": "start", "name": None, "time": now, "mime": self.uploads[uid]["mime"]})
+            return 200, {}, [("x-goog-upload-url", f"{self.url}{route}?upload_id={uid}"), ("x-goog-upload-status", "active")]
+        if method == "POST" and "upload_id=" in path:
+            uid = path.split("upload_id=")[1].split("&")[0]
+            up = self.uploads.get(uid)
+            if up is None:
+                return 404, {"error": {"code": 404, "message": "stub: no such upload", "status": "NOT_FOUND"}}, []
+            cmd = h.get("x-goog-upload-command", "")
+            if int(h.get("x-goog-upload-offset", "0")) != len(up["data"]):
+                return 400, {"error": {"code": 400, "message": "stub: wrong upload offset", "status": "INVALID_ARGUMENT"}}, []
+            up["data"] += raw
+            if "finalize" not in cmd:
+                self.file_log.append({"op": "chunk", "name": None, "time": now, "bytes": len(raw)})
+                return 200, {}, [("x-goog-upload-status", "active")]
+            fid = f"stub{len(self.files) + len(self.file_ops('upload')) + 1:04d}"
+            name = f"files/{fid}"
+            f = {"name": name, "display_name": up["meta"].get("displayName", ""), "mime": up["mime"], "data": up["data"],
+                 "uri": f"{self.url}/{route.split('/')[2]}/{name}", "state": "PROCESSING", "gets": 0}
+            with self._mu:
+                self.files[name] = f
+            self.file_log.append({"op": "upload", "name": name, "time": now, "bytes": len(up["data"]), "sha": hashlib.sha256(up["data"]).hexdigest()})
+            return 200, {"file": self._file_json(f)}, [("x-goog-upload-status", "final")]
+        name = "files/" + route.rsplit("/files/", 1)[-1]  # /{version}/files/{id}
+        f = self.files.get(name)
+        if method == "GET":
+            self.file_log.append({"op": "get", "name": name, "time": now})
+            if f is None:
+                return 404, {"error": {"code": 404, "message": f"stub: {name} not found", "status": "NOT_FOUND"}}, []
+            f["gets"] += 1
+            if f["state"] == "PROCESSING" and f["gets"] >= self.processing_polls:
+                f["state"] = "FAILED" if self.fail_processing and self.fail_processing(f["data"]) else "ACTIVE"
+            return 200, self._file_json(f), []
+        if method == "DELETE":
+            self.file_log.append({"op": "delete", "name": name, "time": now})
+            if f is None:
+                return 404, {"error": {"code": 404, "message": f"stub: {name} not found", "status": "NOT_FOUND"}}, []
+            with self._mu:
+                del self.files[name]
+            return 200, {}, []
+        return 404, {"error": {"code": 404, "message": "stub: unknown files call", "status": "NOT_FOUND"}}, []
+
     def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes):  # noqa: ANN201
-        body = json.loads(raw or b"{}")
         route = path.split("?")[0]
+        if "/files" in route and ":generateContent" not in route:
+            return self._files(method, route, path, headers, raw)
+        body = json.loads(raw or b"{}")
         model = route.split("/models/")[-1].split(":")[0] if "/models/" in route else ""
         img = b""
         prompt = ""
+        media = None
+        file_uri = None
+        missing_file = None
+        video_fps = None
         for content in body.get("contents", []):
             for part in content.get("parts", []):
                 if "inlineData" in part:
                     d = part["inlineData"]["data"]
                     img = base64.urlsafe_b64decode(d + "=" * (-len(d) % 4))
+                    media = "inline"
+                elif "fileData" in part:
+                    file_uri = part["fileData"].get("fileUri") or part["fileData"].get("file_uri")  # proto JSON takes both spellings
+                    f = self.files.get("files/" + str(file_uri).rsplit("/files/", 1)[-1])
+                    media = "file"
+                    if f is None or f["state"] != "ACTIVE":
+                        missing_file = file_uri
+                    else:
+                        img = f["data"]
                 elif "text" in part:
                     prompt += part["text"]
+                if "videoMetadata" in part:
+                    video_fps = part["videoMetadata"].get("fps")
         sha = hashlib.sha256(img).hexdigest()
         rec = {"method": method, "path": route, "model": model, "image_sha": sha, "image_bytes": len(img), "prompt": prompt,
+               "media": media, "file_uri": file_uri, "video_fps": video_fps,
                "system": json.dumps(body.get("systemInstruction", "")), "has_key": bool(headers.get("x-goog-api-key") or headers.get("X-Goog-Api-Key")),
-               "mime": next(((p["inlineData"].get("mimeType") or p["inlineData"].get("mime_type")) for c in body.get("contents", []) for p in c.get("parts", []) if "inlineData" in p), None),
+               "mime": next(((p["inlineData"].get("mimeType") or p["inlineData"].get("mime_type")) for c in body.get("contents", []) for p in c.get("parts", []) if "inlineData" in p), None)
+                       or next((p["fileData"].get("mimeType") or p["fileData"].get("mime_type") for c in body.get("contents", []) for p in c.get("parts", []) if "fileData" in p), None),
                "time": time.monotonic(), "answer": None}
         with self._mu:
             self.requests.append(rec)
@@ -109,6 +207,9 @@ class GeminiStub(StubServer):
         if not route.endswith(":generateContent"):
             rec["answer"] = 404
             return self._err(404, "method not found")
+        if missing_file is not None:
+            rec["answer"] = 400
+            return self._err(400, f"File {missing_file} is not in an ACTIVE state or does not exist")
         if model in self.missing_models:
             rec["answer"] = 404
             return self._err(404, f"models/{model} is not found for API version v1beta, or is not supported for generateContent.")

@@ -7,7 +7,8 @@ answer only after `hang_seconds`, so the client times out with the prediction al
 `fail_if(image_bytes)` makes the prediction itself fail; `missing_models` answer 404. The list
 endpoint pages like the real one (newest first, `page_size` per page, `next` = URL with a cursor);
 `list_omits_input` drops inputs from list entries (the client must then GET each candidate).
-`log` records every request; `creates` counts billed predictions per image sha256."""
+`log` records every request; `creates` counts billed predictions per image sha256 (the bytes
+of whichever input carries a file: `image`, `video`, `media` ...)."""
 
 from __future__ import annotations
 
@@ -110,7 +111,9 @@ class ReplicateStub(StubServer):
             if model in self.missing_models:
                 rec["answer"] = 404
                 return 404, {"title": "Model not found", "detail": f"model {model} does not exist or was removed", "status": 404}, []
-            img = self.image_bytes(body.get("input", {}).get("image"))
+            inp = body.get("input", {}) or {}
+            # the file input, whatever the model calls it (image, video, media ...): its bytes count the creates
+            img = self.image_bytes(inp.get("image")) or next((b for b in (self.image_bytes(v) for v in inp.values()) if b), b"")
             sha = hashlib.sha256(img).hexdigest()
             pid = uuid.uuid4().hex[:16]
             p = {"id": pid, "model": model, "version": body.get("version", "v-latest"), "status": "starting", "input": body.get("input"),

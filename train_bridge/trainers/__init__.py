@@ -25,6 +25,8 @@ class Trainer(Protocol):
     name: str
     image_extensions: tuple[str, ...]
     """Suffixes the trainer's image glob finds (exact case)."""
+    video_extensions: tuple[str, ...]
+    """Suffixes the trainer's video glob finds (exact case); () for a trainer without video datasets."""
     dataset_general_keys: dict[str, str]
     """Dataset-wide keys `--set dataset.KEY=V` may set, with their kind."""
     dataset_item_keys: dict[str, str]

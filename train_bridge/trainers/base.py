@@ -49,6 +49,8 @@ class MediaDir:
     path: str
     is_reg: bool
     caption_extension: str | None
+    kind: str = "image"
+    """`image` or `video` (musubi: a video_directory entry; a mixed folder is listed once per kind)."""
 
 
 @dataclass

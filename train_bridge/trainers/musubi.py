@@ -23,6 +23,12 @@ from train_bridge.trainers.base import (
 )
 from train_bridge.trainers.sd_scripts import IMAGE_EXTENSIONS as _SD_IMAGE_EXTENSIONS
 from train_bridge.validate import Issue
+from train_bridge.video_items import (
+    DEFAULT_MAX_FRAMES, MUSUBI_VIDEO_EXTENSIONS, VideoDatasetCount, VideoScan, VideoScanError, count_video_dataset, effective_mode, glob_videos, round_4n1,
+    scan_video,
+)
+from train_bridge.vram import RESOLUTION_LADDER, preset_vram_gib, weight_bytes
+from train_bridge.vram import estimate as vram_estimate
 
 IMAGE_EXTENSIONS = _SD_IMAGE_EXTENSIONS + (".avif", ".AVIF")
 FRAME_EXTRACTION = ("head", "chunk", "slide", "uniform", "full")
@@ -44,6 +50,114 @@ SCHEMA_DATASET = {
 _VIDEO_ONLY = {"video_directory", "video_jsonl_file", "target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps"}
 _IMAGE_ONLY = {"image_directory", "image_jsonl_file", "multiple_target", "fp_latent_window_size"}
 
+# -- video datasets -------------------------------------------------------------------------
+FULL_MAX_DEFAULT = 81
+"""`max_frames` for videos that are not all 4N+1 clips (5 s at 16 fps, Wan's generation
+length and `prep clips`' default): `full` then trains each video's first 81 frames. loraprep's choice."""
+_FPS_TOLERANCE = 0.01
+
+
+def _scans(directory: str, caption_ext: str | None, source_fps: float | None, target_fps: float | None) -> list[VideoScan]:
+    out = []
+    for p in glob_videos(directory):
+        if caption_ext is not None and not os.path.exists(os.path.splitext(p)[0] + caption_ext):
+            continue
+        try:
+            out.append(scan_video(p, source_fps=source_fps, target_fps=target_fps))
+        except VideoScanError:
+            continue  # `check` and `estimate` name it
+    return out
+
+
+def video_keys(spec: ArchSpec, directory: str, item_o: dict[str, Any], general: dict[str, Any], preset: Preset) -> dict[str, Any]:
+    """The video keys of one `[[datasets]]` entry, chosen from the videos themselves.
+
+    Default `frame_extraction = "full"`: musubi trains each video from frame 0 for
+    `min(frames, max_frames)` rounded down to 4N+1 (`retrieve_latent_cache_batches`), so a
+    4N+1-frame clip from `prep clips` trains every frame the user saw. `head` with
+    `target_frames = [N]` would silently drop every clip shorter than N. `source_fps` is set only
+    when the videos are not at the model's rate (musubi re-times to 16 fps only when it is set)
+    and all share one rate (it is one value per dataset).
+    """
+    keys: dict[str, Any] = {}
+    target = spec.video_fps or 16.0
+    fps_given = "source_fps" in item_o
+    probe = _scans(directory, general.get("caption_extension"), None, None)
+    rates = sorted({round(s.fps, 3) for s in probe if s.fps})
+    source = item_o.get("source_fps")
+    if not fps_given and len(rates) == 1 and abs(rates[0] - target) > _FPS_TOLERANCE:
+        source = float(rates[0])
+    if source is not None:
+        keys["source_fps"] = float(source)
+        probe = _scans(directory, general.get("caption_extension"), float(source), target)
+    frames = [s.frames for s in probe]
+    mode = item_o.get("frame_extraction", "head" if "target_frames" in item_o else "full")  # target_frames asked for: a mode that reads it
+    keys["frame_extraction"] = mode
+    all_4n1 = bool(frames) and all((f - 1) % 4 == 0 for f in frames)
+    longest = round_4n1(max(frames)) if frames else FULL_MAX_DEFAULT
+    if mode == "full":
+        keys["max_frames"] = item_o.get("max_frames", longest if all_4n1 else min(longest, FULL_MAX_DEFAULT))
+    else:
+        shortest = round_4n1(min(frames)) if frames else FULL_MAX_DEFAULT
+        keys["target_frames"] = item_o.get("target_frames", [max(1, min(shortest, FULL_MAX_DEFAULT))])
+        if mode == "slide":
+            keys["frame_stride"] = item_o.get("frame_stride", keys["target_frames"][0])
+        if mode == "uniform":
+            keys["frame_sample"] = item_o.get("frame_sample", 2)
+        if "max_frames" in item_o:
+            keys["max_frames"] = item_o["max_frames"]
+    return keys
+
+
+def fitting_resolution(spec: ArchSpec, preset: Preset, res: tuple[int, int], entry: dict[str, Any]) -> tuple[int, int] | None:
+    """A smaller video resolution when the preset's would not fit its card at the dataset's frame count
+    (`train_bridge.vram`'s model); None when it fits or nothing on the ladder does."""
+    budget = preset_vram_gib(preset.name)
+    if budget is None or spec.dit_shape is None:
+        return None
+    frames = int(entry.get("max_frames") or max(entry.get("target_frames") or [1]))
+    swap = int(preset.train.get("blocks_to_swap") or 0)
+    bpw = weight_bytes(preset.train)
+    if vram_estimate(spec.dit_shape, frames, *res, blocks_to_swap=swap, bytes_per_weight=bpw).total_gib <= budget:
+        return None
+    for lw, lh in RESOLUTION_LADDER:
+        w, h = (lw, lh) if res[0] >= res[1] else (lh, lw)
+        if w * h < res[0] * res[1] and vram_estimate(spec.dit_shape, frames, w, h, blocks_to_swap=swap, bytes_per_weight=bpw).total_gib <= budget:
+            return (w, h)
+    return None
+
+
+def video_warnings(spec: ArchSpec, vc: VideoDatasetCount, ds: dict[str, Any]) -> list[str]:
+    """What about a counted video dataset the user should know before training."""
+    out = []
+    d = vc.directory
+    if vc.uncaptioned:
+        out.append(f"{d}: {len(vc.uncaptioned)} video(s) without a caption file ({', '.join(os.path.basename(p) for p in vc.uncaptioned[:3])}): musubi-tuner stops with FileNotFoundError when caching them; caption them or move them out")
+    for u in vc.unreadable:
+        out.append(f"unreadable video: {u}")
+    if vc.too_short:
+        out.append(f"{d}: {len(vc.too_short)} video(s) shorter than every target_frames train nothing: {', '.join(os.path.basename(t) for t in vc.too_short[:3])}")
+    if vc.same_stem:
+        out.append(f"{d}: videos share a name ({', '.join(os.path.basename(p) for p in vc.same_stem[:4])}): musubi's cache files are named by stem, so one overwrites the other; rename them")
+    target = spec.video_fps or 16.0
+    rates = sorted({round(s.fps, 3) for s in vc.scans if s.fps})
+    if ds.get("source_fps") is None and any(abs(r - target) > _FPS_TOLERANCE for r in rates):
+        if len(rates) > 1:
+            out.append(f"{d}: videos at several frame rates ({', '.join(f'{r:g}' for r in rates)} fps); musubi's source_fps is one value per dataset, so they train at their own speed: re-time them with `prep clips --fps {target:g}`")
+        else:
+            out.append(f"{d}: videos are {rates[0]:g} fps and source_fps is not set: they train as if they were {target:g} fps (motion {rates[0] / target:.2g}x slower); set dataset.source_fps={rates[0]:g} or run `prep clips`")
+    mode = effective_mode(ds.get("frame_extraction"), ds.get("frame_sample"))
+    if mode == "full":
+        mf = int(ds.get("max_frames", DEFAULT_MAX_FRAMES))
+        longer = [s for s in vc.scans if s.frames > mf]
+        if longer:
+            out.append(f"{d}: {len(longer)} video(s) are longer than max_frames={mf}: only their first {round_4n1(mf)} frames train (cut them with `prep clips`)")
+        odd = [s for s in vc.scans if s.frames <= mf and (s.frames - 1) % 4]
+        if odd:
+            out.append(f"{d}: {len(odd)} video(s) are not 4N+1 frames long: musubi drops their last 1-3 frames ({', '.join(f'{os.path.basename(s.path)}: {s.frames}' for s in odd[:3])})")
+    return out
+
+
 # -- presets (lora-gym e42df8b0 templates + block swap per VRAM) -----------------------------
 # (square side, batch, blocks_to_swap)
 _ROWS: dict[str, tuple[int, int, int | None]] = {
@@ -64,6 +178,7 @@ _SMALL_T2V = {"t2v-14B": ("t2v-1.3B", 30, 16, 16.0)}
 class MusubiTuner:
     name = "musubi-tuner"
     image_extensions = IMAGE_EXTENSIONS
+    video_extensions = MUSUBI_VIDEO_EXTENSIONS
     dataset_general_keys = DATASET_GENERAL
     dataset_item_keys = DATASET_ITEM
     routed_train_keys: dict[str, str] = {}
@@ -146,6 +261,7 @@ class MusubiTuner:
         self, spec: ArchSpec, ds: DatasetInfo, preset: Preset, general_o: dict[str, Any], item_o: dict[str, Any], run_dir: Path, record: BucketRecord | None
     ) -> dict[str, Any]:
         general_o = dict(general_o)
+        explicit_res = "resolution" in general_o
         res = general_o.pop("resolution", preset.resolution)
         general: dict[str, Any] = {
             "resolution": [res[0], res[1]],
@@ -158,16 +274,18 @@ class MusubiTuner:
         datasets = []
         for i, s in enumerate(ds.train_subsets):
             cache = run_dir / "cache" / f"{i:02d}_{safe_name(s.image_dir.name)}"
-            if s.n_videos and not s.n_images:
-                entry: dict[str, Any] = {"video_directory": str(s.image_dir), "cache_directory": str(cache), "num_repeats": s.num_repeats}
-                entry["target_frames"] = item_o.get("target_frames", [1, 25, 45])
-                entry["frame_extraction"] = item_o.get("frame_extraction", "head")
-                for k in ("frame_stride", "frame_sample", "max_frames", "source_fps"):
-                    if k in item_o:
-                        entry[k] = item_o[k]
-            else:
-                entry = {"image_directory": str(s.image_dir), "cache_directory": str(cache), "num_repeats": item_o.get("num_repeats", s.num_repeats)}
-            datasets.append(entry)
+            repeats = item_o.get("num_repeats", s.num_repeats)
+            if s.n_images or not s.n_videos:
+                datasets.append({"image_directory": str(s.image_dir), "cache_directory": str(cache), "num_repeats": repeats})
+            if s.n_videos:  # a mixed folder is two datasets on the same folder (musubi globs images and videos apart)
+                vcache = cache.with_name(cache.name + "_video") if s.n_images else cache
+                entry: dict[str, Any] = {"video_directory": str(s.image_dir), "cache_directory": str(vcache), "num_repeats": repeats}
+                entry.update(video_keys(spec, str(s.image_dir), item_o, general, preset))
+                if not explicit_res:
+                    fit = fitting_resolution(spec, preset, tuple(general["resolution"]), entry)
+                    if fit is not None:
+                        entry["resolution"] = list(fit)
+                datasets.append(entry)
         return {"general": general, "datasets": datasets}
 
     def dataset_summary(self, doc: dict[str, Any]) -> tuple[tuple[int, int], int]:
@@ -193,9 +311,11 @@ class MusubiTuner:
         general = doc.get("general", {})
         out = []
         for ds in doc.get("datasets", []):
-            d = ds.get("image_directory") or ds.get("video_directory")
-            if d:
-                out.append(MediaDir(d, False, ds.get("caption_extension", general.get("caption_extension"))))
+            ext = ds.get("caption_extension", general.get("caption_extension"))
+            if ds.get("image_directory"):
+                out.append(MediaDir(ds["image_directory"], False, ext))
+            elif ds.get("video_directory"):
+                out.append(MediaDir(ds["video_directory"], False, ext, kind="video"))
         return out
 
     def count_batches(self, spec: ArchSpec, doc: dict[str, Any], subsets_out: list[SubsetCount], buckets_out: Counter[str], warnings: list[str]) -> tuple[int, int, int]:
@@ -205,8 +325,17 @@ class MusubiTuner:
             def get(key: str, default: Any, ds: dict[str, Any] = ds) -> Any:
                 return ds.get(key, general.get(key, default))
 
+            if "video_directory" in ds:
+                vc = count_video_dataset(ds, general, steps=spec.bucket_steps[0])
+                warnings.extend(video_warnings(spec, vc, ds))
+                subsets_out.append(SubsetCount(vc.directory, len(vc.scans), vc.num_repeats, False, vc.items * vc.num_repeats))  # video_warnings names the rest
+                for (w, h, f), c in vc.buckets.items():
+                    buckets_out[f"{w}x{h}x{f}"] += c
+                batches += vc.batches
+                n_items += vc.items * vc.num_repeats
+                continue
             if "image_directory" not in ds:
-                warnings.append(f"{ds.get('video_directory')}: video datasets are not estimated (frame counts need the videos decoded)")
+                warnings.append(f"{ds.get('video_jsonl_file')}: JSONL datasets are not estimated")
                 continue
             selector = self._bucket_spec(spec, ds, general)
             ext = get("caption_extension", None)

@@ -114,6 +114,7 @@ _EXTRA: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
 class SdScripts:
     name = "sd-scripts"
     image_extensions = IMAGE_EXTENSIONS
+    video_extensions: tuple[str, ...] = ()  # sd-scripts trains images only
     dataset_general_keys = DATASET_GENERAL
     dataset_item_keys = DATASET_SUBSET
     routed_train_keys = ROUTED

@@ -1,7 +1,12 @@
 """Local img2img with diffusers (`pip install loraprep[diffusers]`, a GPU for real models).
 
 `AutoPipelineForImage2Image` picks the right pipeline (SDXL, SD, FLUX, SD3, ...) from a model
-id or a local folder. Half precision on GPU (bf16 where supported, else fp16), fp32 on CPU.
+id or a local folder. A single-file checkpoint (`model.safetensors`, as Civitai ships them) is
+read with the img2img pipeline class of its family (`from_single_file`): the family comes from
+the file's tensor names (diffusers' own `infer_diffusers_model_type`, on the header only), and
+the component configs from `config` (a diffusers-format folder or Hub repo id) or else from
+the family's default repo when it is already in the Hugging Face cache; nothing is downloaded.
+Half precision on GPU (bf16 where supported, else fp16), fp32 on CPU.
 Each image gets its own `torch.Generator` seeded with its planned seed, so an image does not
 depend on which other images share its batch and a rerun reproduces it.
 """
@@ -10,15 +15,102 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
+import struct
 import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from prep.variations.backends import GenRequest
-from prep.variations.families import family_of
+from prep.variations.families import FAMILIES, Family, family_of
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+IMG2IMG_PIPELINES = {
+    "sd": "StableDiffusionImg2ImgPipeline",
+    "sdxl": "StableDiffusionXLImg2ImgPipeline",
+    "sd3": "StableDiffusion3Img2ImgPipeline",
+    "flux": "FluxImg2ImgPipeline",
+}
+"""The img2img pipeline class of each family (each has diffusers' FromSingleFileMixin)."""
+CHECKPOINT_FAMILIES = {
+    "v1": "sd", "v2": "sd",
+    "xl_base": "sdxl", "xl_refiner": "sdxl", "playground-v2-5": "sdxl",
+    "sd3": "sd3", "sd35_medium": "sd3", "sd35_large": "sd3",
+    "flux-dev": "flux", "flux-schnell": "flux",
+}
+"""diffusers' model type of a single-file checkpoint (`infer_diffusers_model_type`) -> family."""
+
+
+def is_single_file(model: str) -> bool:
+    """True when `model` names one weights file rather than a Hub id or a diffusers folder."""
+    return Path(model).suffix.lower() in SINGLE_FILE_SUFFIXES and not Path(model).is_dir()
+
+
+class _Shape:
+    def __init__(self, shape: list[int]):
+        self.shape = tuple(shape)
+
+
+class SafetensorsHeader(Mapping[str, _Shape]):
+    """A checkpoint's tensor names and shapes read from its header, without loading any tensor
+    (an SDXL file is 6 GB): enough for diffusers' model-type detection."""
+
+    def __init__(self, path: Path):
+        try:
+            with open(path, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n <= 0 or n > 100_000_000:
+                    raise ValueError("header size out of range")
+                header = json.loads(fh.read(n))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such checkpoint file") from None
+        except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable .safetensors checkpoint ({exc}); re-download it or give a diffusers folder") from None
+        self._shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+    def __getitem__(self, key: str) -> _Shape:
+        return _Shape(self._shapes[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+
+def checkpoint_model_type(path: Path | str) -> str:
+    """diffusers' name for what a single-file checkpoint holds ("v1", "xl_base", "flux-dev", ...)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors checkpoints are loaded ({path.suffix} files are pickles that can run code when opened); "
+                         "get the .safetensors version of the model")
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    header = SafetensorsHeader(path)
+    try:
+        mtype = str(infer_diffusers_model_type(header))
+    except KeyError as exc:
+        raise ValueError(f"{path}: diffusers does not recognise this checkpoint (no tensor {exc}); give a diffusers folder or Hub id instead") from None
+    if mtype in ("v1", "v2") and not any(k.startswith("model.diffusion_model.") for k in header):
+        # diffusers falls back to "v1" for any file it does not recognise (a LoRA, a VAE, an embedding)
+        raise ValueError(f"{path}: not a full Stable Diffusion checkpoint (no model.diffusion_model.* UNet weights; a LoRA, VAE or embedding?); "
+                         "give the base model's checkpoint, a diffusers folder or a Hub id")
+    return mtype
+
+
+def checkpoint_family(path: Path | str) -> Family:
+    """The family of a single-file checkpoint, from its tensor names; ValueError naming the file
+    when it is not an image model img2img can run (a LoRA, a VAE, a video model, ...)."""
+    mtype = checkpoint_model_type(path)
+    fam = CHECKPOINT_FAMILIES.get(mtype)
+    if fam is None:
+        raise ValueError(f"{path}: diffusers reads this checkpoint as {mtype!r}, not a full SD/SDXL/SD3/FLUX model; "
+                         "give a full checkpoint (not a LoRA or a VAE), a diffusers folder or a Hub id")
+    return FAMILIES[fam]
 
 
 def pick_device(device: str = "auto") -> str:
@@ -76,9 +168,11 @@ class DiffusersBackend:
         ip_adapter: str | None = None,
         ip_adapter_scale: float = 0.6,
         cpu_offload: bool = False,
+        config: str | None = None,
         **_: Any,
     ):
         self.model = model
+        self.config = config
         self.device_pref = device
         self.dtype_pref = dtype
         self.ip_adapter = ip_adapter
@@ -89,6 +183,8 @@ class DiffusersBackend:
             raise RuntimeError(f"the diffusers backend needs {', '.join(missing)}: pip install 'loraprep[diffusers]'")
         if ip_adapter:
             parse_ip_adapter(ip_adapter)  # fail on a malformed spec before loading anything
+        self.single_file = is_single_file(model)
+        self.family = checkpoint_family(model) if self.single_file else family_of(model)  # fails early on a bad file
         self._pipe: Any = None
         self._device = ""
         self._dtype: Any = None
@@ -123,7 +219,10 @@ class DiffusersBackend:
                     kw["requires_safety_checker"] = False
             with warnings.catch_warnings():  # newer diffusers renamed torch_dtype; the old name works across versions
                 warnings.simplefilter("ignore", FutureWarning)
-                pipe = AutoPipelineForImage2Image.from_pretrained(self.model, **kw)
+                if self.single_file:
+                    pipe = self._from_single_file(kw)
+                else:
+                    pipe = AutoPipelineForImage2Image.from_pretrained(self.model, **kw)
             if self.ip_adapter:
                 if not hasattr(pipe, "load_ip_adapter"):
                     raise RuntimeError(f"{type(pipe).__name__} does not support IP-Adapter; drop --ip-adapter or pick an SD/SDXL/FLUX model")
@@ -138,8 +237,42 @@ class DiffusersBackend:
             self._pipe = pipe
             return pipe
 
+    def _from_single_file(self, kw: dict[str, Any]) -> Any:
+        """The family's img2img pipeline from one checkpoint file, offline (local_files_only)."""
+        import diffusers
+
+        path = Path(self.model)
+        config = self.config
+        if config is None:
+            from diffusers.loaders.single_file_utils import (
+                DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+            )
+            from huggingface_hub import try_to_load_from_cache
+
+            repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[checkpoint_model_type(path)]["pretrained_model_name_or_path"]
+            if not isinstance(try_to_load_from_cache(repo, "model_index.json"), str):
+                raise RuntimeError(
+                    f"{path}: a single-file checkpoint needs the diffusers configs of its family ({repo}), and none are in the "
+                    f"Hugging Face cache; pass --checkpoint-config FOLDER_OR_REPO (a diffusers-format folder), or fetch the configs once: "
+                    f"hf download {repo} --exclude '*.safetensors' '*.bin' '*.ckpt' '*.onnx*' '*.msgpack'"
+                )
+            config = repo
+        elif not Path(config).is_dir() and config.count("/") != 1:
+            raise RuntimeError(f"--checkpoint-config {config!r}: give a diffusers-format folder (holding model_index.json) or a Hub repo id owner/name")
+        cls = getattr(diffusers, IMG2IMG_PIPELINES[self.family.name])
+        kw = dict(kw, config=str(config), local_files_only=True)
+        if self.family.name == "sd":
+            kw.update(safety_checker=None, requires_safety_checker=False)
+        try:
+            return cls.from_single_file(str(path), **kw)
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuntimeError(f"{path}: diffusers could not load it as {cls.__name__} with configs from {config} ({exc}); "
+                               "check that the configs are of the same family (SD 1.x, SDXL, ...)") from None
+
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"model": self.model, "backend": self.name}
+        if self.single_file:
+            d["checkpoint_config"] = self.config
         if self._dtype is not None:
             d["dtype"] = str(self._dtype).replace("torch.", "")
             d["device"] = self._device
@@ -166,7 +299,7 @@ class DiffusersBackend:
         if self.ip_adapter and len(reqs) > 1:
             # The pipelines take one IP-Adapter image per adapter, not per prompt: go one by one.
             return [im for r in reqs for im in self._run(pipe, [r])]
-        family = family_of(self.model)
+        family = self.family
         params = inspect.signature(pipe.__call__).parameters
         gen_device = "cpu" if self.cpu_offload or self._device == "mps" else self._device
         first = reqs[0]
