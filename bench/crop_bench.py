@@ -205,7 +205,7 @@ def main() -> None:
         dm = marginal(dc, n, dc1)
         rows = [("decode-only bound (`load_image` full size, 1 thread)", dw, dc, dm, "-")]
         base = ["--framing", args.framing]
-        runs = [(f"prep crop --workers 1 (defaults: png, contact sheet)", [*base, "--workers", "1"])]
+        runs = [("prep crop --workers 1 (defaults: png, contact sheet)", [*base, "--workers", "1"])]
         runs += [(f"prep crop --workers 1 --format {f} --no-sheet", [*base, "--workers", "1", "--format", f, "--no-sheet"]) for f in args.formats.split(",")]
         runs += [("prep crop --workers 1 --no-sheet --decode draft (two decodes)", [*base, "--workers", "1", "--no-sheet", "--decode", "draft"])]
         if cores > 1:

@@ -80,6 +80,22 @@ def test_samples_by_prompt_and_checkpoint(finished: Path) -> None:
     assert [c.step for c in picked.columns] == [4, 8, 12]
 
 
+def test_the_final_checkpoint_is_placed_at_the_step_a_resume_reached(finished: Path) -> None:
+    """A run planned for 12 steps and resumed to 16 (the real Anima tier does 4 -> 8): the final
+    `lora.safetensors` holds step 16's weights, not the plan's step 12."""
+    import json
+
+    sample = finished.parent / "output" / "sample"
+    for prompt in (0, 1):
+        png(sample / f"lora_e000004_{prompt:02d}_20260101000019_42.png", (10, 200, 10), (64, 64))
+    st = json.loads((finished / "status.json").read_text())
+    st["state"], st["progress"]["global_step"] = "done", 16
+    (finished / "status.json").write_text(json.dumps(st))
+    t = collect_run_samples(finished)
+    final = {c.label: c.checkpoint.name if c.checkpoint else None for c in t.columns}
+    assert final["epoch 4 (step 16)"] == "lora.safetensors" and final["epoch 3 (step 12)"] is None
+
+
 def test_checkpoint_grid_image_size_and_cells(finished: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     res = run_cli(["samples", str(finished), "--checkpoints", "--cell", "128", "-o", str(out), "--json"], tmp_path)

@@ -168,7 +168,23 @@ def collect_run_samples(run_dir: Path) -> SampleTable:
 
     spec = RunSpec.load(Path(run_dir))
     return collect_samples(spec.output_dir, spec.run_dir / "sample_prompts.txt", output_name=spec.output_name,
-                           steps_per_epoch=spec.steps_per_epoch, total_steps=spec.total_steps)
+                           steps_per_epoch=spec.steps_per_epoch, total_steps=_final_step(spec.run_dir, spec.total_steps))
+
+
+def _final_step(run_dir: Path, planned: int | None) -> int | None:
+    """The step the final checkpoint holds: what the finished run reached (status.json; a resume
+    with more steps goes past the plan), else the planned total."""
+    import json  # noqa: PLC0415
+
+    try:
+        st = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return planned
+    prog = st.get("progress") if isinstance(st, dict) else None
+    reached = prog.get("global_step") if isinstance(prog, dict) else None
+    if st.get("state") == "done" and isinstance(reached, int) and reached > 0:
+        return reached
+    return planned
 
 
 # -- the grid image ---------------------------------------------------------------------------------

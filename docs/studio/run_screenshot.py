@@ -6,6 +6,11 @@ prompt every 20 steps under sd-scripts' names (pictures that sharpen as the step
 photographs the page in headless Chromium mid-run.
 
     .venv/bin/python docs/studio/run_screenshot.py [OUT.png]
+    .venv/bin/python docs/studio/run_screenshot.py OUT.png --run RUN_DIR   # an existing run, as it is
+
+docs/studio/run-real.png is the second form on the real sd-scripts Anima run of
+`bench/real_train.py anima` (random full-size weights on CPU, 4 steps then --resume to 8: its
+loss, its per-epoch samples of noise, its checkpoint and state).
 """
 
 from __future__ import annotations
@@ -57,6 +62,30 @@ def sample(step: int, prompt: int, path: Path) -> None:
     im.save(path)
 
 
+def _driver(height: int = 1750):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for f in ("--headless", "--no-sandbox", "--disable-gpu", f"--window-size=1280,{height}", "--hide-scrollbars"):
+        opts.add_argument(f)
+    opts.binary_location = shutil.which("chromium") or "chromium"
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def shoot_existing(run: Path, out: Path) -> None:
+    """The run page of a run folder as it stands (a finished real run)."""
+    drv = _driver(1100)
+    try:
+        with ServerThread(create_run_app(run, poll_s=0.5)) as srv:
+            drv.get(srv.url("/run"))
+            time.sleep(2.5)
+            drv.save_screenshot(str(out))
+    finally:
+        drv.quit()
+    print(f"wrote {out}")
+
+
 def main(out: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -104,4 +133,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("run.png"))
+    if "--run" in sys.argv:
+        i = sys.argv.index("--run")
+        shoot_existing(Path(sys.argv[i + 1]), Path(sys.argv[1]) if i > 1 else Path(__file__).with_name("run-real.png"))
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("run.png"))
