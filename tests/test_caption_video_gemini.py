@@ -230,7 +230,7 @@ def test_kill_and_resume_pays_each_clip_once_and_leaves_no_upload(tmp_path, env)
     d = tmp_path / "data"
     for i in range(8):
         make_clip(d / f"k{i}.mp4", frames=18, colour=lambda f, i=i: (20 * i, 200 - 20 * i, 90))
-    with GeminiStub(delay=0.2) as stub:
+    with GeminiStub(delay=0.5) as stub:  # slow enough that a loaded machine still kills it mid-run
         env(stub)
         proc = subprocess.Popen([sys.executable, "-c", WORKER, str(d)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
