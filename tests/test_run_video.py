@@ -181,3 +181,34 @@ def test_import_takes_videos_from_a_zip(tmp_path: Path) -> None:
     assert rep.videos == ["walk.mp4"] and rep.n_failed == 0  # beside its caption: the clips inherit it
     assert (out / "walk.mp4").read_bytes() == (tmp_path / "walk.mp4").read_bytes()
     assert (out / "walk.txt").is_file()
+
+
+def test_one_command_with_gemini_motion_captions(tmp_path: Path, monkeypatch) -> None:
+    """The issue's new user: phone clips without captions, one `loraprep run ... --backend gemini
+    --lora-type motion` (Gemini is the real google-genai SDK against a stub on 127.0.0.1): 16 fps
+    4N+1 clips, motion captions with the trigger first, a musubi video TOML, exact steps."""
+    pytest.importorskip("google.genai")
+    from stubs.gemini_stub import GeminiStub
+
+    raw = tmp_path / "phone"
+    raw.mkdir()
+    phone_clip(raw / "walk.mp4", 170)
+    phone_clip(raw / "turn.mp4", 160, rotation=90)
+    monkeypatch.setenv("GEMINI_API_KEY", "AIzaFAKE-run-video-0123456789")
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    with GeminiStub(reply=lambda media, prompt: "a figure walks steadily left to right, the camera holds still") as stub:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", stub.url)
+        project = tmp_path / "project"
+        code, rep = _run([*_base(raw, project), "--backend", "gemini"])
+        asked = [r for r in stub.requests if r["path"].endswith(":generateContent")]
+    assert code == 0, rep
+    assert len(asked) == 2  # one request per clip
+    ds_dir = project / "dataset" / "img" / f"1_{TRIGGER}"
+    clips = sorted(ds_dir.glob("*.mp4"))
+    assert len(clips) == 2 and all(_frames_and_fps(c) == (81, 16.0) for c in clips)
+    caps = [p.read_text().strip() for p in sorted(ds_dir.glob("*.txt"))]
+    assert len(caps) == 2 and all(c.startswith(f"{TRIGGER}, ") and "walks steadily" in c for c in caps), caps
+    entry = tomllib.loads((project / "run" / "dataset.toml").read_text())["datasets"][0]
+    assert entry["frame_extraction"] == "full" and entry["max_frames"] == 81
+    assert estimate_run(project / "run").steps_per_epoch == 2
+    assert "AIzaFAKE-run-video" not in json.dumps(rep) and "AIzaFAKE-run-video" not in (project / "loraprep.toml").read_text()
