@@ -232,7 +232,10 @@ def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Pat
             continue
         if excluded and any(_is_within(_real(p), e) for e in excluded):
             continue
-        if p.name in reports.setdefault(p.parent, report_files(p.parent)):
+        names = reports.get(p.parent)
+        if names is None:  # once per folder: it reads that folder's manifest
+            names = reports[p.parent] = report_files(p.parent)
+        if p.name in names:
             continue
         rel = printable(p.relative_to(root).as_posix())
         problem = unsupported or input_problem(p, what="image file")

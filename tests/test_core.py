@@ -172,3 +172,33 @@ def test_discovery_skips_recorded_reports_and_mac_litter_but_not_a_users_contact
     assert [i.id for i in discover(tmp_path)] == ["a.png", "contact_sheet.jpg", "contact_sheet_002.jpg", "my_contact_sheet.jpg"]
     record_report_files(tmp_path, ["contact_sheet.jpg", "contact_sheet_002.jpg"], written_by="prep crop")
     assert [i.id for i in discover(tmp_path)] == ["a.png", "my_contact_sheet.jpg"]
+
+
+_MANIFEST_OPENS: list[str] = []
+_AUDIT_ON = False
+
+
+def _count_manifest_opens(event: str, args: tuple) -> None:
+    if _AUDIT_ON and event == "open" and str(args[0]).endswith("manifest.jsonl"):
+        _MANIFEST_OPENS.append(str(args[0]))
+
+
+def test_discovery_reads_a_folders_manifest_once_not_once_per_file(tmp_path):
+    """Issue 17: a 100k-image crop folder was read in full once per image (quadratic)."""
+    import sys
+
+    from prep.dataset import discover, record_report_files
+
+    global _AUDIT_ON
+    for i in range(50):
+        (tmp_path / f"img_{i:03d}.png").write_bytes(b"x")
+    record_report_files(tmp_path, ["contact_sheet.jpg"], written_by="prep crop")
+    sys.addaudithook(_count_manifest_opens)  # Python's own audit events: what discover really opens
+    _MANIFEST_OPENS.clear()
+    _AUDIT_ON = True
+    try:
+        found = discover(tmp_path)
+    finally:
+        _AUDIT_ON = False
+    assert len(found) == 50
+    assert len(_MANIFEST_OPENS) == 1, _MANIFEST_OPENS[:3]
