@@ -64,7 +64,7 @@ def _make(args: tuple[Path, int, int]) -> None:
             continue
         rng = np.random.default_rng((7, i))
         field = Image.fromarray(rng.integers(30, 226, (4, 4, 3), dtype=np.uint8)).resize((SIDE, SIDE), Image.Resampling.BICUBIC)
-        side = int(rng.integers(220, 320))  # the astronaut's face is ~1/5 of the photo: 45-65 px here
+        side = int(rng.integers(220, 320))  # the astronaut's face is ~1/5 of the photo: 45-70 px here
         x, y = int(rng.integers(-side // 4, SIDE - side * 3 // 4)), int(rng.integers(-side // 8, SIDE - side * 3 // 4))
         field.paste(face.resize((side, side), Image.Resampling.BILINEAR), (x, y))
         tmp = p.with_suffix(".tmp")
