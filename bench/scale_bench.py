@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wd14_bench import K_CHARACTER, K_GENERAL, K_RATING, SIZE, write_tags_csv  # noqa: E402
+from wd14_bench import K_CHARACTER, K_GENERAL, K_RATING, SIZE, write_tags_csv
 
 SIDE = 320
 _FACE: Image.Image | None = None
@@ -145,8 +145,8 @@ def _tree(root: int) -> dict[int, tuple[int, str]]:
     out = {}
     for p in keep:
         try:
-            rss = int(open(f"/proc/{p}/status").read().split("VmRSS:")[1].split()[0])
-            cmd = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            rss = int(Path(f"/proc/{p}/status").read_text().split("VmRSS:")[1].split()[0])
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             out[p] = (rss, cmd)
         except (OSError, IndexError, ValueError):
             pass

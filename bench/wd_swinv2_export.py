@@ -31,7 +31,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wd14_bench import K_CHARACTER, K_GENERAL, K_RATING, SIZE, write_tags_csv  # noqa: E402
+from wd14_bench import K_CHARACTER, K_GENERAL, K_RATING, SIZE, write_tags_csv
 
 NUM_CLASSES = K_RATING + K_GENERAL + K_CHARACTER  # 10,861
 
