@@ -14,9 +14,10 @@ include/onnxruntime/core/session/onnxruntime_session_options_config_keys.h; "1",
 spins; see its docs/performance/tune-performance/threading.md)."""
 
 
-def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = False,
+def onnx_session(path: str | Path | bytes, device: str = "cpu", threads: int = 0, *, allow_spinning: bool = False,
                  cpu_arena: bool = True) -> Any:
-    """An onnxruntime session for `path` on `device`; `threads` caps intra-op threads (0: ort default).
+    """An onnxruntime session for `path` (or a serialized model) on `device`; `threads` caps
+    intra-op threads (0: ort default).
 
     Spinning is off by default (`allow_spinning=False` sets both SPIN_KEYS to "0"): our callers
     run one small model call between image decodes and encodes on other threads, and a spinning
@@ -42,7 +43,8 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int = 0, *, all
     if not cpu_arena:
         so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    model = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(model, sess_options=so, providers=providers)
     release_freed_heap()
     return session
 
@@ -64,3 +66,30 @@ def release_freed_heap() -> bool:
     trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+def with_free_dims(path: str | Path, inputs: dict[int, str], outputs: dict[int, str]) -> bytes:
+    """The model at `path`, serialized, with the given axes of its graph inputs and outputs made
+    symbolic (`{axis: name}`) and its recorded intermediate shapes dropped (onnxruntime infers them).
+
+    For fully convolutional models exported with one fixed image size (YuNet 2023mar: 640x640):
+    the network runs at any size its strides divide, but onnxruntime refuses an input that does
+    not match a fixed dimension. Raises ValueError naming the file when it is not an ONNX model.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError, truncated files: the caller names the fix
+        raise ValueError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+    initializers = {t.name for t in model.graph.initializer}
+    for values, axes in ((model.graph.input, inputs), (model.graph.output, outputs)):
+        for vi in values:
+            if vi.name in initializers:  # IR < 4 lists weights as inputs too
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            for axis, name in axes.items():
+                if axis < len(dims):
+                    dims[axis].dim_param = name  # a oneof: clears dim_value
+    del model.graph.value_info[:]
+    return model.SerializeToString()

@@ -135,3 +135,61 @@ def test_photo_cropping_never_contacts_the_hub(tmp_path: Path) -> None:
         assert res.stdout.strip() == "[]" and srv.connections == 0
     finally:
         srv.close()
+
+
+# -- detection at the image's own size (symbolic H and W) ----------------------------------
+
+
+def test_input_geometry_reduces_large_keeps_mid_and_lifts_small_images() -> None:
+    from prep.detectors.yunet import input_geometry
+
+    assert input_geometry(4000, 3000) == (pytest.approx(0.16), 640, 480)  # 4:3 photo: 640x480, not 640x640
+    assert input_geometry(1920, 1080) == (pytest.approx(1 / 3), 640, 384)  # 360 rounded up to the stride
+    assert input_geometry(320, 320) == (1.0, 320, 320)  # its own size: no upscale to 640
+    assert input_geometry(500, 333) == (1.0, 512, 352)
+    assert input_geometry(100, 80) == (pytest.approx(3.2), 320, 256)  # tiny: lifted to 320 on the long side
+
+
+def test_the_session_runs_the_file_with_free_height_and_width(yunet_model: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from prep.onnx import with_free_dims
+
+    data = with_free_dims(yunet_model, {2: "height", 3: "width"}, {1: "anchors"})
+    m = onnx.load_from_string(data)
+    assert [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, "height", "width"]
+    assert [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim] == [1, "anchors", 1]
+    assert onnx.load(str(yunet_model)).graph.input[0].type.tensor_type.shape.dim[2].dim_value == 640  # the file is untouched
+    rng = np.random.default_rng(0)
+    blob = rng.uniform(0, 255, (1, 3, 640, 640)).astype(np.float32)
+    fixed = ort.InferenceSession(str(yunet_model), providers=["CPUExecutionProvider"]).run(None, {"input": blob})
+    free = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for a, b in zip(fixed, free.run(None, {"input": blob})):  # at 640x640 the same network, the same numbers
+        assert np.array_equal(a, b)
+    small = free.run(None, {"input": blob[:, :, :256, :320]})
+    assert [o.shape[1] for o in small[:3]] == [40 * 32, 20 * 16, 10 * 8]  # cls_8/16/32 anchors of a 320x256 input
+
+
+def test_boxes_at_the_images_own_size_match_opencvs_variable_size_detector(yunet_model: Path, astronaut: Image.Image) -> None:
+    """FaceDetectorYN.setInputSize runs the same file at any size: ours must agree at 640x480 and 320x240."""
+    cv2 = pytest.importorskip("cv2")
+    for size in ((640, 480), (320, 240)):
+        canvas = Image.new("RGB", size, (40, 40, 40))
+        face = astronaut.resize((size[1], size[1]))
+        canvas.paste(face, (size[0] - size[1], 0))
+        fd = cv2.FaceDetectorYN.create(str(yunet_model), "", size, 0.6, 0.3, 50)
+        _, found = fd.detect(np.ascontiguousarray(np.asarray(canvas)[:, :, ::-1]))
+        assert found is not None and len(found) == 1
+        (ours,) = YuNetDetector(yunet_model).detect(canvas)
+        x, y, w, h = found[0][:4]
+        assert np.allclose([ours.x0, ours.y0, ours.width, ours.height], [x, y, w, h], atol=1.0), size
+        assert ours.score == pytest.approx(float(found[0][14]), abs=0.01)
+
+
+def test_a_file_that_is_not_onnx_names_itself_and_the_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "yunet.onnx"
+    bad.write_bytes(b"\x00not a model at all" * 10)
+    with pytest.raises(ModelNotAvailable) as err:
+        YuNetDetector(bad).detect(Image.new("RGB", (64, 64)))
+    assert str(bad) in str(err.value) and "--detector-model" in str(err.value)

@@ -303,11 +303,12 @@ def test_yunet_landmarks_decode_as_opencvs_face_detector(faces):
     if not hasattr(cv2, "FaceDetectorYN"):
         pytest.skip("this OpenCV build has no FaceDetectorYN")
     from prep.detectors import letterbox
-    from prep.detectors.yunet import SHIPPED_YUNET
+    from prep.detectors.yunet import SHIPPED_YUNET, input_geometry
 
     for img, box in faces.values():
-        canvas, lb = letterbox(img, (640, 640))  # what our YuNet sees
-        det = cv2.FaceDetectorYN.create(str(SHIPPED_YUNET), "", (640, 640), 0.6, 0.3, 50)
+        scale, w, h = input_geometry(img.width, img.height)
+        canvas, lb = letterbox(img, (w, h), scale=scale)  # what our YuNet sees
+        det = cv2.FaceDetectorYN.create(str(SHIPPED_YUNET), "", (w, h), 0.6, 0.3, 50)
         _, found = det.detect(np.ascontiguousarray(canvas[:, :, ::-1]))
         theirs = found[0, 4:14].reshape(5, 2) / lb.scale
         assert np.abs(np.array(box.landmarks) - theirs).max() < 1.0
