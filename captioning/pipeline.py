@@ -48,7 +48,7 @@ STEP = "caption"
 __all__ = ["MODES", "SEPARATOR", "Mode", "caption_folder", "CaptionReport", "CaptionStageOptions", "STAGE"]
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class ItemOutcome:
     id: str
     status: str

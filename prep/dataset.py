@@ -36,7 +36,7 @@ folder that also holds that run's `crops.jsonl`."""
 _LEGACY_REPORT_MARK = "crops.jsonl"
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class ImageItem:
     """One image of a dataset. `id` is the path relative to the dataset root (posix form).
 

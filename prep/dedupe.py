@@ -95,7 +95,7 @@ def is_derived_name(path: Path | str) -> bool:
     return bool(_DERIVED.search(Path(path).stem.lower().strip()))
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class HashedImage:
     id: str
     path: Path

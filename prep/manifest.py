@@ -30,7 +30,7 @@ DONE_STATUSES = frozenset({"ok", "skipped", "flagged", "blocked"})
 MANIFEST_NAME = "manifest.jsonl"
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class Record:
     step: str
     id: str
@@ -80,6 +80,7 @@ class Manifest:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, str], Record] | None = None
+        self._strings: dict[str, str] = {}
 
     @classmethod
     def in_folder(cls, folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
@@ -99,7 +100,7 @@ class Manifest:
                 if not line:
                     continue
                 try:
-                    yield Record.from_json(json.loads(line))
+                    yield Record.from_json(_shared(json.loads(line), self._strings))
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn last line from a killed run
 
@@ -153,6 +154,26 @@ class Manifest:
 
     def step_records(self, step: str) -> list[Record]:
         return [r for (s, _), r in self.latest().items() if s == step]
+
+
+_UNSHARED = frozenset({"id", "source", "source_sha256", "outputs", "time"})
+"""Top-level record fields that differ in every record: not worth a place in the string pool."""
+
+
+def _shared(value: Any, pool: dict[str, str], top: bool = True) -> Any:
+    """`value` (a parsed record) with its dict keys and repeated strings taken from `pool`.
+
+    `json.loads` makes every key and every tag a new string object: a caption record's 60 tags
+    cost about 4 KiB per record, so the index of a 100k-image folder held gigabytes of copies of
+    the same few thousand strings. One shared object per distinct string makes that 8 bytes per
+    tag (measured in docs/benchmarks.md, Scale)."""
+    if isinstance(value, dict):
+        return {pool.setdefault(k, k): (v if top and k in _UNSHARED else _shared(v, pool, False)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v, pool, False) for v in value]
+    if isinstance(value, str) and len(value) <= 256:
+        return pool.setdefault(value, value)
+    return value
 
 
 def _encode_line(d: dict[str, Any]) -> bytes:

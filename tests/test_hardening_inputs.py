@@ -426,3 +426,25 @@ def test_a_contact_sheet_is_a_report_only_in_the_folder_it_was_written_to(tmp_pa
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "contact_sheet.jpg").write_bytes((out / "contact_sheet.jpg").read_bytes())
     assert [i.id for i in discover(tmp_path / "user")] == ["contact_sheet.jpg"]
+
+
+def test_emit_json_streams_a_large_report_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 100k-image report is written piece by piece, never held as one text (and its copy)."""
+    import io
+
+    from prep.cli.common import emit_json
+
+    class Out(io.StringIO):
+        writes: list[int] = []
+
+        def write(self, s: str) -> int:
+            self.writes.append(len(s))
+            return super().write(s)
+
+    out = Out()
+    monkeypatch.setattr(sys, "stdout", out)
+    data = {"images": [{"id": f"img_{i:06d}.jpg", "flags": ["blurry"], "size": [320, 240]} for i in range(5000)] + [{"id": NON_UTF8_NAME}]}
+    emit_json(data)
+    text = out.getvalue()
+    assert json.loads(text) == data and text == json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
+    assert len(out.writes) > 5 and max(out.writes) < 2 * (1 << 16)

@@ -115,9 +115,20 @@ def emit_json(data: Any) -> None:
     A file name that is not UTF-8 reaches here as a lone surrogate (the OS's bytes); it is
     written as the JSON escape `\\udcXX`, which `json.loads` turns back into the same name.
     """
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
-    sys.stdout.flush()
+    # Streamed in 64 KiB pieces: the whole text of a 100k-image report (and its re-encoded copy)
+    # would cost hundreds of MiB on top of the report itself.
+    out = sys.stdout
+    chunks: list[str] = []
+    size = 0
+    for chunk in json.JSONEncoder(indent=2, ensure_ascii=False, default=str).iterencode(data):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 16:
+            out.write("".join(chunks).encode("utf-8", "backslashreplace").decode("utf-8"))
+            chunks, size = [], 0
+    chunks.append("\n")
+    out.write("".join(chunks).encode("utf-8", "backslashreplace").decode("utf-8"))
+    out.flush()
 
 
 def show(name: object) -> str:
