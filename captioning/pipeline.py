@@ -506,13 +506,13 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     caption = merge_caption(existing, text, "overwrite" if keep_apart else mode, tags=tag_caption or is_tags) or ""
     if trigger:
         caption = apply_trigger(caption, trigger)
+    sha, st = _source_digest(item)  # before the caption appears: a kill after it leaves only the append undone
     try:
         atomic_write_text(target, caption + "\n")
     except OSError as exc:  # one caption that cannot be written (name too long, a folder in the way) fails alone
         reason = f"{printable(target)}: cannot write the caption ({printable(exc.strerror or str(exc))}); check the name and the disk"
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=reason)
-    sha, st = _source_digest(item)
     manifest.append(
         Record(
             STEP, item.id, "ok", source=source, source_sha256=sha,

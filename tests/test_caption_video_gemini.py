@@ -245,7 +245,7 @@ def test_kill_and_resume_pays_each_clip_once_and_leaves_no_upload(tmp_path, env)
         rep = caption_folder(d, "gemini", CaptionOptions(trigger="sage_walk", lora_type="motion", concurrency=2,
                                                          extra={"backoff_base": 0.01, "inline_limit_mb": 0.001, "file_poll": 0.01}))
         second = generates(stub)[first:]
-    assert rep.exit_code() == 0 and rep.count("ok") + rep.count("resumed") == 8
+    assert rep.exit_code() == 0 and rep.count("ok") + rep.count("resumed") == 8, [(o.id, o.status, o.reason) for o in rep.outcomes]
     assert all((d / f"k{i}.txt").read_text().startswith("sage_walk, ") for i in range(8))
     done_shas = {sha(d / f"{k}.mp4") for k in done}
     assert not done_shas & {r["image_sha"] for r in second}  # no finished clip generated again
