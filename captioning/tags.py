@@ -15,6 +15,7 @@ silent no-op on current versions.)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,8 +49,13 @@ def normalize(tag: str) -> str:
     return " ".join(t.lower().split())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def display_name(tag: str, *, underscores: bool = False, escape_parens: bool = False) -> str:
-    """How a tag is written into a caption: spaces for underscores (kaomoji kept), optional A1111 escapes."""
+    """How a tag is written into a caption: spaces for underscores (kaomoji kept), optional A1111 escapes.
+
+    Cached (a WD vocabulary is about 10k tags): every caption of a run then shares one string
+    per tag, where a new one per tag per image held 3.9 KiB per image in the manifest index
+    (about 390 MiB at 100k images; docs/benchmarks.md, Scale)."""
     t = tag if (underscores or tag in KAOMOJI) else tag.replace("_", " ")
     if escape_parens:
         t = t.replace("(", "\\(").replace(")", "\\)")

@@ -120,3 +120,14 @@ def test_parse_helpers():
         parse_replacements(["nope"])
     assert split_tags(["a, b", "c"]) == ["a", "b", "c"]
     assert normalize(" Long_Hair ") == "long hair" and normalize("\\(x\\)") == "(x)" and normalize(">_<") == ">_<"
+
+
+def test_every_caption_of_a_run_shares_one_string_per_tag():
+    """100k captions of a WD vocabulary: the written tag names are shared, not rebuilt per image
+    (the manifest index keeps every caption's tag list)."""
+    rules = TagRules()
+    a = rules.apply([Tag("long_hair", 0.9, "general"), Tag("blue_eyes", 0.8, "general")])
+    b = rules.apply([Tag("blue_eyes", 0.7, "general"), Tag("long_hair", 0.6, "general")])
+    assert a == ["long hair", "blue eyes"] and b == ["blue eyes", "long hair"]
+    assert a[0] is b[1] and a[1] is b[0]
+    assert TagRules(underscores=True).apply([Tag("long_hair", 0.9, "general")]) == ["long_hair"]

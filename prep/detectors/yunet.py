@@ -11,7 +11,8 @@ models/face_detection_yunet/README.md, issue #44), and FaceDetectorYN pads the i
 multiple of 32. onnxruntime refuses a shape that contradicts a fixed dimension, so the session
 loads a copy with symbolic H and W (`prep.onnx.with_free_dims`, in memory; the file is never
 changed) and each image is detected at its own size (`input_geometry`): reduced to 640 on the
-long side, padded to a multiple of 32 in the bottom-right. A 4:3 photo then costs 640x480, not
+long side when larger, lifted to 320 when smaller, padded to a multiple of 32 in the
+bottom-right. (On CUDA each new input shape is planned once; there are few: multiples of 32.) A 4:3 photo then costs 640x480, not
 640x640, and a 320 px image 320x320 (4x less than upscaled to 640).
 
 The model file (MIT, 232 KB) ships inside the package (`prep/detectors/data/`, with its
