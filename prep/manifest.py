@@ -164,7 +164,7 @@ def _shared(value: Any, pool: dict[str, str], top: bool = True) -> Any:
     """`value` (a parsed record) with its dict keys and repeated strings taken from `pool`.
 
     `json.loads` makes every key and every tag a new string object: a caption record's 60 tags
-    cost about 4 KiB per record, so the index of a 100k-image folder held gigabytes of copies of
+    cost about 4 KiB per record, so the index of a 100k-image folder held 783 MiB of copies of
     the same few thousand strings. One shared object per distinct string makes that 8 bytes per
     tag (measured in docs/benchmarks.md, Scale)."""
     if isinstance(value, dict):
