@@ -318,7 +318,7 @@ def caption_folder(
         if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
             # Finished earlier with the same settings on the same bytes. Blocked stays blocked
             # (no second paid request); pass resume=False to try it again.
-            if (rec.status == "blocked" or target.exists()) and _same_source(manifest, rec, item, record=not dry_run):
+            if (rec.status == "blocked" or _landed(rec, target)) and _same_source(manifest, rec, item, record=not dry_run):
                 if rec.status == "ok":
                     outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
                 else:
@@ -506,21 +506,46 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     caption = merge_caption(existing, text, "overwrite" if keep_apart else mode, tags=tag_caption or is_tags) or ""
     if trigger:
         caption = apply_trigger(caption, trigger)
-    sha, st = _source_digest(item)  # before the caption appears: a kill after it leaves only the append undone
+    sha, st = _source_digest(item)
+    replaced = _digest(target)
+    if replaced == hashlib.sha256((caption + "\n").encode()).hexdigest()[:16]:
+        replaced = None  # the same text either way: a kill in between changes nothing
+    # The record goes first (write-ahead): a kill after it and before the file leaves a record whose
+    # caption is missing or is still the one it replaced (`_landed` says which), and the image is
+    # captioned again; the other order left our caption looking like the user's.
+    manifest.append(
+        Record(
+            STEP, item.id, "ok", source=source, source_sha256=sha,
+            outputs=[rel_or_abs(target, manifest.path.parent)],
+            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {}), "source_stat": st,
+                  **({"replaced_sha256": replaced} if replaced else {})},
+        )
+    )
     try:
         atomic_write_text(target, caption + "\n")
     except OSError as exc:  # one caption that cannot be written (name too long, a folder in the way) fails alone
         reason = f"{printable(target)}: cannot write the caption ({printable(exc.strerror or str(exc))}); check the name and the disk"
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=reason)
-    manifest.append(
-        Record(
-            STEP, item.id, "ok", source=source, source_sha256=sha,
-            outputs=[rel_or_abs(target, manifest.path.parent)],
-            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {}), "source_stat": st},
-        )
-    )
     return ItemOutcome(item.id, "ok", caption=caption)
+
+
+def _digest(path: Path) -> str | None:
+    """Content hash of a caption file (they are small), None when there is none."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _landed(rec: Record, target: Path) -> bool:
+    """Did the caption `rec` records reach `target`? The record is written before the file, so the
+    file is ours when it exists and is not the caption it replaced (edited since: still ours,
+    kept). Only records of a replaced caption cost a read."""
+    replaced = rec.data.get("replaced_sha256")
+    if replaced is None:
+        return target.exists()
+    return _digest(target) not in (None, replaced)
 
 
 def _prune_core(report: CaptionReport, items: list[ImageItem], output: Path | None, manifest: Manifest, fraction: float,

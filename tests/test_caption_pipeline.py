@@ -141,6 +141,33 @@ def test_killed_run_resumes_and_captions_only_the_rest(model, tmp_path):
     assert not list(d.glob("*.txt"))  # -o: nothing written beside the images
 
 
+def test_a_kill_between_record_and_caption_is_redone_and_edits_are_kept(model, data):
+    """The record is written before the caption file. What a kill between them leaves (the record,
+    and the caption it was replacing or none) is captioned again, never passed off as done or as
+    the user's; a caption the user edited after ours stays theirs."""
+    for name in ("a_red", "b_green"):
+        (data / f"{name}.txt").write_text("old tag, 1girl\n")
+    caption_folder(data, "wd14", opts(model), mode="overwrite")
+    assert read(data / "a_red.txt") == RED + "\n"
+    (data / "a_red.txt").write_text("old tag, 1girl\n")  # killed before the new caption replaced it
+    (data / "b_green.txt").write_text(GREEN + ", my fix\n")  # the user's edit of ours
+    (data / "c_blue.txt").unlink()  # killed before a new caption appeared
+    counting = Counting()
+    rep = caption_folder(data, "wd14", opts(model), mode="overwrite", backend=counting)
+    assert sorted(counting.seen) == ["a_red.png", "c_blue.png"]
+    assert rep.count("ok") == 2 and rep.count("resumed") == 1
+    assert read(data / "a_red.txt") == RED + "\n" and read(data / "c_blue.txt") == BLUE + "\n"
+    assert read(data / "b_green.txt") == GREEN + ", my fix\n"
+
+
+def test_overwriting_a_caption_with_the_same_text_resumes_on_rerun(model, data):
+    (data / "a_red.txt").write_text(RED + "\n")  # already what the tagger writes
+    caption_folder(data, "wd14", opts(model), mode="overwrite")
+    counting = Counting()
+    rep = caption_folder(data, "wd14", opts(model), mode="overwrite", backend=counting)
+    assert counting.seen == [] and rep.count("resumed") == 3
+
+
 def test_output_mirrors_subfolders(model, tmp_path):
     d = tmp_path / "nested"
     (d / "sub").mkdir(parents=True)

@@ -258,6 +258,39 @@ def test_kill_and_resume_pays_each_clip_once_and_leaves_no_upload(tmp_path, env)
     assert stub.live_files() == []  # uploads the killed run left behind were deleted by the rerun
 
 
+def test_upload_whose_answer_the_killed_run_never_got_is_deleted_by_the_rerun(tmp_path, env):
+    """The kill lands after the server made the file and before the SDK returned its name: only the
+    display name recorded beforehand can find it. A file of the user's own is left alone."""
+    from google import genai
+
+    d = tmp_path / "data"
+    make_clip(d / "a.mp4", frames=18)
+    with GeminiStub() as stub:
+        env(stub)
+        (tmp_path / "mine.mp4").write_bytes((d / "a.mp4").read_bytes())
+        client = genai.Client(api_key=KEY)
+        mine = client.files.upload(file=str(tmp_path / "mine.mp4"), config={"mime_type": "video/mp4", "display_name": "mine.mp4"})
+        stub.stall_after_create = True
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(d)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert stub.created.wait(60), proc.stderr.read1().decode() if proc.poll() is not None else "no upload made"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        orphan = [n for n in stub.live_files() if n != mine.name]
+        assert len(orphan) == 1 and not (d / "a.txt").exists()  # the file the killed run never learned the name of
+        stub.stall_after_create = False
+        stub.release.set()
+        rep = caption_folder(d, "gemini", CaptionOptions(trigger="sage_walk", lora_type="motion",
+                                                         extra={"backoff_base": 0.01, "inline_limit_mb": 0.001, "file_poll": 0.01}))
+        assert rep.count("ok") == 1, [(o.id, o.status, o.reason) for o in rep.outcomes]
+        assert stub.live_files() == [mine.name]
+        assert orphan[0] in {e["name"] for e in stub.file_ops("delete")}
+        assert stub.file_ops("list")
+    assert (d / "a.txt").read_text().startswith("sage_walk, ")
+
+
 def test_caption_cli_motion_clips_with_trigger_first(tmp_path, env):
     from typer.testing import CliRunner
 

@@ -14,7 +14,8 @@
 - Video clips (`accepts_video`): sent as they are (never re-encoded), inline when the request
   stays under Gemini's inline limit (`INLINE_LIMIT_MB`), else through the Files API: upload,
   poll `files.get` until ACTIVE, generate, and delete the upload afterwards, on failure too (an
-  upload left by a killed run is deleted by the next one). `video_metadata.fps` is set so that
+  upload left by a killed run is deleted by the next one: its unique display name is recorded
+  before the upload starts, so even a file whose answer never arrived is found by `files.list`). `video_metadata.fps` is set so that
   about `DEFAULT_VIDEO_FRAMES` frames cover the clip (Gemini samples 1 fps by default: 5 frames
   of a 5 s clip show little of a movement). The video prompt presets are `captioning.prompts`'s.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
@@ -323,23 +325,43 @@ class GeminiBackend:
         run killed in between has the next run delete it (uploads also expire after 48 h)."""
         key = f"upload:{item.id}"
         stale = run.get(key)
-        if stale and stale.get("name") and not stale.get("deleted"):
-            self._delete(stale["name"], run, key)
+        if stale and not stale.get("deleted"):
+            if stale.get("name"):
+                self._delete(stale["name"], run, key)
+            elif stale.get("display_name"):
+                self._sweep(stale["display_name"], run, key)
+        # The intent is kept before the upload: a kill after the server made the file but before
+        # its answer arrived leaves only this unique display name, found and deleted next run.
+        display_name = f"loraprep-{secrets.token_hex(6)}-{item.path.name}"[:120]
+        run.put(key, {"display_name": display_name, "deleted": False})
         try:
             uploaded = call_with_retry(
-                lambda: self._client.files.upload(file=str(item.path), config={"mime_type": mime, "display_name": item.path.name[:120]}),
+                lambda: self._client.files.upload(file=str(item.path), config={"mime_type": mime, "display_name": display_name}),
                 classify=classify_genai, policy=run.policy, limiter=run.limiter,
             )
         except RemoteError as err:
             data["file_error"] = True
+            self._sweep(display_name, run, key)  # a retried upload may have made a file whose answer was lost
             raise RemoteError(f"uploading the clip through the Files API failed: {err}", status=err.status, retryable=err.retryable, kind=err.kind) from err
-        run.put(key, {"name": uploaded.name, "deleted": False})
+        run.put(key, {"name": uploaded.name, "display_name": display_name, "deleted": False})
         data["file"] = uploaded.name
         try:
             active = self._wait_active(uploaded, item, run, options, data)
             return generate(active.uri)
         finally:
             self._delete(uploaded.name, run, key)
+
+    def _sweep(self, display_name: str, run: RemoteRun, key: str) -> None:
+        """Delete every upload named `display_name` (one whose answer never arrived); best effort:
+        a listing that fails leaves the intent for the next run."""
+        try:
+            names = call_with_retry(lambda: [f.name for f in self._client.files.list(config={"page_size": 100})
+                                             if getattr(f, "display_name", None) == display_name and f.name],
+                                    classify=classify_genai, policy=run.policy, limiter=run.limiter)
+        except RemoteError:
+            return  # tried again next run; the file expires after 48 h anyway
+        if all([self._delete(name, run, key) for name in names]):
+            run.put(key, {"display_name": display_name, "deleted": True})
 
     def _wait_active(self, file: Any, item: ImageItem, run: RemoteRun, options: CaptionOptions, data: dict[str, Any]) -> Any:
         import time
@@ -371,14 +393,15 @@ class GeminiBackend:
                 data["file_error"] = True
                 raise RemoteError(f"checking the uploaded clip {name} failed: {err}", status=err.status, retryable=err.retryable, kind=err.kind) from err
 
-    def _delete(self, name: str, run: RemoteRun, key: str) -> None:
+    def _delete(self, name: str, run: RemoteRun, key: str) -> bool:
         """Best effort: a delete that fails is noted in the state store and tried again next run."""
         try:
             call_with_retry(lambda: self._client.files.delete(name=name), classify=classify_genai, policy=run.policy, limiter=run.limiter)
         except RemoteError as err:
             if err.status != 404:  # 404: already gone
-                return
+                return False
         run.put(key, {"name": name, "deleted": True})
+        return True
 
     def estimate_video(self, n_clips: int, seconds: float, options: CaptionOptions) -> Estimate:
         """Cost of `n_clips` clips of `seconds` in all: sampled frames x 258 tokens + 32 audio tokens a second."""

@@ -10,7 +10,11 @@ Files API (what google-genai's `files.upload/get/delete` call): `POST /upload/{v
 `X-Goog-Upload-Command: start` answers an `x-goog-upload-url`; chunks are POSTed there
 (`upload`, last one `upload, finalize`, answered `x-goog-upload-status: final` and the File);
 `GET /{version}/files/{id}` answers PROCESSING for the first `processing_polls` gets, then ACTIVE
-(FAILED when `fail_processing(bytes)`); `DELETE` removes it. `file_log` records each of these
+(FAILED when `fail_processing(bytes)`); `DELETE` removes it; `GET /{version}/files` lists them
+(pageSize / pageToken). The display name is read in either spelling (google-genai sends
+`display_name`; proto JSON takes both). `stall_after_create` holds the finalize answer after the
+file exists (`created` is set) until `release`: the window where a killed client has made a
+file it never learned the name of. `file_log` records each of these
 (op, name, time); a generateContent naming a file by `fileData.fileUri` is logged with that
 file's sha256 in `image_sha`, `media="file"` and the `videoMetadata.fps` sent."""
 
@@ -46,6 +50,7 @@ class GeminiStub(StubServer):
         seed: int = 0,
         processing_polls: int = 1,
         fail_processing: Callable[[bytes], bool] | None = None,
+        stall_after_create: bool = False,
     ):
         super().__init__()
         self.fail_plan = list(fail_plan or [])
@@ -66,6 +71,10 @@ class GeminiStub(StubServer):
         self.files: dict[str, dict[str, Any]] = {}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.file_log: list[dict[str, Any]] = []
+        # the window a kill can hit: the server has made the file, the client has no answer yet
+        self.stall_after_create = stall_after_create
+        self.created = threading.Event()
+        self.release = threading.Event()
 
     def export(self) -> dict[str, Any]:
         return {"requests": [{k: v for k, v in r.items() if k in ("path", "model", "image_sha", "answer", "time")} for r in self.requests]}
@@ -124,12 +133,23 @@ class GeminiStub(StubServer):
                 return 200, {}, [("x-goog-upload-status", "active")]
             fid = f"stub{len(self.files) + len(self.file_ops('upload')) + 1:04d}"
             name = f"files/{fid}"
-            f = {"name": name, "display_name": up["meta"].get("displayName", ""), "mime": up["mime"], "data": up["data"],
+            f = {"name": name, "display_name": up["meta"].get("displayName", up["meta"].get("display_name", "")), "mime": up["mime"], "data": up["data"],
                  "uri": f"{self.url}/{route.split('/')[2]}/{name}", "state": "PROCESSING", "gets": 0}
             with self._mu:
                 self.files[name] = f
             self.file_log.append({"op": "upload", "name": name, "time": now, "bytes": len(up["data"]), "sha": hashlib.sha256(up["data"]).hexdigest()})
+            if self.stall_after_create:
+                self.created.set()
+                self.release.wait(30)
             return 200, {"file": self._file_json(f)}, [("x-goog-upload-status", "final")]
+        if method == "GET" and route.endswith("/files"):  # files.list: pageSize / pageToken, newest last
+            q = dict(kv.split("=", 1) for kv in path.partition("?")[2].split("&") if "=" in kv)
+            size, start = int(q.get("pageSize", 10)), int(q.get("pageToken") or 0)
+            with self._mu:
+                page = list(self.files.values())[start:start + size]
+                more = start + size < len(self.files)
+            self.file_log.append({"op": "list", "name": None, "time": now})
+            return 200, {"files": [self._file_json(f) for f in page], **({"nextPageToken": str(start + size)} if more else {})}, []
         name = "files/" + route.rsplit("/files/", 1)[-1]  # /{version}/files/{id}
         f = self.files.get(name)
         if method == "GET":
