@@ -318,12 +318,20 @@ def caption_folder(
         if rec is not None and rec.data.get("config") == config and rec.status in ("ok", "blocked"):
             # Finished earlier with the same settings on the same bytes. Blocked stays blocked
             # (no second paid request); pass resume=False to try it again.
-            if (rec.status == "blocked" or _landed(rec, target)) and _same_source(manifest, rec, item, record=not dry_run):
+            if (rec.status == "blocked" or target.exists()) and _same_source(manifest, rec, item, record=not dry_run):
                 if rec.status == "ok":
                     outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
                 else:
                     outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
+        if (rec is not None and rec.status == "writing" and rec.data.get("config") == config and _landed(rec, target)
+                and _same_source(manifest, rec, item, record=False)):
+            # ours: written just before a kill took its record; recorded now, never counted as the user's
+            if not dry_run:
+                manifest.append(Record(STEP, item.id, "ok", rec.source, rec.source_sha256, list(rec.outputs), None,
+                                       {k: v for k, v in rec.data.items() if k != "caption_sha256"} | {"recovered": True}))
+            outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
+            continue
         if mode == "skip" and current:
             outcome[item.id] = ItemOutcome(item.id, "skipped", caption=current)
             continue
@@ -507,45 +515,38 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
     if trigger:
         caption = apply_trigger(caption, trigger)
     sha, st = _source_digest(item)
-    replaced = _digest(target)
-    if replaced == hashlib.sha256((caption + "\n").encode()).hexdigest()[:16]:
-        replaced = None  # the same text either way: a kill in between changes nothing
-    # The record goes first (write-ahead): a kill after it and before the file leaves a record whose
-    # caption is missing or is still the one it replaced (`_landed` says which), and the image is
-    # captioned again; the other order left our caption looking like the user's.
-    manifest.append(
-        Record(
-            STEP, item.id, "ok", source=source, source_sha256=sha,
-            outputs=[rel_or_abs(target, manifest.path.parent)],
-            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {}), "source_stat": st,
-                  **({"replaced_sha256": replaced} if replaced else {})},
-        )
-    )
+    body = caption + "\n"
+    rel = rel_or_abs(target, manifest.path.parent)
+    # A small "writing" record first, the full one after the file: a kill between the two leaves a
+    # record that says which caption was on its way (`caption_sha256`), so the next run can tell
+    # our caption from the user's, and no record ever says ok for a file that is not there.
+    manifest.append(Record(STEP, item.id, "writing", source=source, source_sha256=sha, outputs=[rel],
+                           data={"backend": backend_name, "config": config, "caption_sha256": _text_digest(body), "source_stat": st}))
     try:
-        atomic_write_text(target, caption + "\n")
+        atomic_write_text(target, body)
     except OSError as exc:  # one caption that cannot be written (name too long, a folder in the way) fails alone
         reason = f"{printable(target)}: cannot write the caption ({printable(exc.strerror or str(exc))}); check the name and the disk"
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=reason, data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=reason)
+    manifest.append(
+        Record(
+            STEP, item.id, "ok", source=source, source_sha256=sha, outputs=[rel],
+            data={"backend": backend_name, "config": config, **data, **({"tags": names} if tag_caption else {}), "source_stat": st},
+        )
+    )
     return ItemOutcome(item.id, "ok", caption=caption)
 
 
-def _digest(path: Path) -> str | None:
-    """Content hash of a caption file (they are small), None when there is none."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return None
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _landed(rec: Record, target: Path) -> bool:
-    """Did the caption `rec` records reach `target`? The record is written before the file, so the
-    file is ours when it exists and is not the caption it replaced (edited since: still ours,
-    kept). Only records of a replaced caption cost a read."""
-    replaced = rec.data.get("replaced_sha256")
-    if replaced is None:
-        return target.exists()
-    return _digest(target) not in (None, replaced)
+    """A "writing" record's caption is in `target`: the kill came after the file, before its record."""
+    try:
+        return hashlib.sha256(target.read_bytes()).hexdigest()[:16] == rec.data.get("caption_sha256")
+    except OSError:
+        return False
 
 
 def _prune_core(report: CaptionReport, items: list[ImageItem], output: Path | None, manifest: Manifest, fraction: float,

@@ -14,10 +14,12 @@ says `no_upscale`), unless `upscale` is set. It returns a `CropReport` and never
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -34,13 +36,14 @@ from prep.dataset import ImageItem, UnreadableCaption, discover, read_caption
 from prep.detectors import Box, create_detector
 from prep.executor import ENGINE_KEYS, EngineOptions, Progress, Result, default_workers, make_executor
 from prep.framing import FRAMINGS, PRESETS, CropPlan, bucket_spec, fit_without_upscale, parse_aspect, plan_face_crop, plan_full_crop
-from prep.fsutil import atomic_write_bytes, atomic_write_text, safe_component, sha256_file
+from prep.fsutil import atomic_write_bytes, safe_component, sha256_file, write_lines_if_changed
 from prep.images import FORMAT_EXTENSIONS, LoadedImage, encode_image, load_image, parse_color, save_image
 from prep.inputs import printable, read_input_bytes
 from prep.lock import output_lock
 from prep.manifest import Manifest, Record, stat_key
 from prep.options import ArchName
 from prep.overrides import override_plan
+from prep.results import ResultList
 
 STEP = "crop"
 REPORT_NAME = "crops.jsonl"
@@ -197,11 +200,24 @@ class CropOptions(EngineOptions):
 
 
 @dataclass
+class _Tally:
+    counts: Counter[str] = field(default_factory=Counter)
+    outputs: int = 0
+    resumed: int = 0
+    small_sources: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    off_model: list[str] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)
+    done: int = 0  # not failed, with buckets
+    small_sides: list[float] = field(default_factory=list)  # of the done small sources' first bucket
+
+
+@dataclass
 class CropReport:
     """What a run did: one result per source image plus the files it wrote."""
 
     out: Path
-    results: list[Result] = field(default_factory=list)
+    results: list[Result] | ResultList = field(default_factory=list)  # a ResultList in a run: on disk past 10k images
     report_path: Path | None = None
     contact_sheets: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -212,8 +228,37 @@ class CropReport:
     set_aside_folder: Path | None = None
     """--set-aside: where off-model crops were moved."""
 
+    _tally_at: tuple[int, _Tally] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def tally(self) -> _Tally:
+        """Every count and list the report states, from one pass over the results (at 100k
+        images each pass reads them back from disk); kept while no result is added."""
+        n = len(self.results)
+        if self._tally_at is not None and self._tally_at[0] == n:
+            return self._tally_at[1]
+        t = _Tally()
+        for r in self.results:
+            t.counts[r.status] += 1
+            t.outputs += len(r.outputs)
+            t.resumed += bool(r.data.get("resumed"))
+            flags = r.data.get("flags", [])
+            small = "small_source" in flags and bool(r.outputs)
+            if small:
+                t.small_sources.append(r.id)
+            if "no_face" in flags:
+                t.no_face.append(r.id)
+            if "off_model" in flags:
+                t.off_model.append(r.id)
+            t.set_aside.extend(r.data.get("set_aside", []))
+            if r.status != "failed" and r.data.get("buckets"):
+                t.done += 1
+                if small:
+                    t.small_sides.extend(math.sqrt(b[0] * b[1]) for b in r.data["buckets"][:1])
+        self._tally_at = (n, t)
+        return t
+
     def count(self, status: str) -> int:
-        return sum(1 for r in self.results if r.status == status)
+        return self.tally().counts[status]
 
     @property
     def n_failed(self) -> int:
@@ -222,7 +267,7 @@ class CropReport:
     @property
     def small_sources(self) -> list[str]:
         """Images written below their target bucket (no upscaling): they need bucket_no_upscale."""
-        return [r.id for r in self.results if "small_source" in r.data.get("flags", []) and r.outputs]
+        return self.tally().small_sources
 
     @property
     def no_upscale(self) -> bool:
@@ -236,43 +281,43 @@ class CropReport:
         of 64 and at least 256 (loraprep's choice: half the images then train at their full
         size or more; see docs/crop.md).
         """
-        done = [r for r in self.results if r.status != "failed" and r.data.get("buckets")]
-        small_ids = set(self.small_sources)  # once: per row it made this quadratic (40 s at 10k images)
-        small = [r for r in done if r.id in small_ids]
-        if not done or len(small) * 2 <= len(done):
+        t = self.tally()
+        if not t.done or len(t.small_sides) * 2 <= t.done:
             return None
-        sides = sorted(math.sqrt(b[0] * b[1]) for r in small for b in r.data["buckets"][:1])
+        sides = sorted(t.small_sides)
         side = int(sides[len(sides) // 2])
         suggestion = max(256, side - side % 64)
         return suggestion if suggestion < self.resolution else None
 
     @property
     def no_face(self) -> list[str]:
-        return [r.id for r in self.results if "no_face" in r.data.get("flags", [])]
+        return self.tally().no_face
 
     @property
     def off_model(self) -> list[str]:
         """Images where no face matches the references (--reference)."""
-        return [r.id for r in self.results if "off_model" in r.data.get("flags", [])]
+        return self.tally().off_model
 
     @property
     def set_aside(self) -> list[str]:
         """Crops moved out of the output into --set-aside (paths)."""
-        return [p for r in self.results for p in r.data.get("set_aside", [])]
+        return self.tally().set_aside
 
     @property
     def flagged(self) -> list[Result]:
         return [r for r in self.results if r.status == "flagged"]
 
     def summary(self) -> dict[str, int]:
-        keys = ("ok", "flagged", "skipped", "failed")
-        out = {k: self.count(k) for k in keys}
+        t = self.tally()
+        out = {k: t.counts[k] for k in ("ok", "flagged", "skipped", "failed")}
         out["total"] = len(self.results)
-        out["outputs"] = sum(len(r.outputs) for r in self.results)
-        out["resumed"] = sum(1 for r in self.results if r.data.get("resumed"))
+        out["outputs"] = t.outputs
+        out["resumed"] = t.resumed
         return out
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, stream: bool = False) -> dict[str, Any]:
+        """The report as JSON data; `stream`: its images as an iterator (for `emit_json`), read
+        back one at a time instead of listed."""
         return {
             "out": str(self.out),
             "dry_run": self.dry_run,
@@ -285,7 +330,7 @@ class CropReport:
             "small_sources": self.small_sources,
             "suggested_resolution": self.suggested_resolution,
             **({"off_model": self.off_model, "set_aside": self.set_aside} if self.off_model else {}),
-            "images": [report_line(r) for r in self.results],
+            "images": (report_line(r) for r in self.results) if stream else [report_line(r) for r in self.results],
         }
 
 
@@ -685,11 +730,6 @@ def crop_overrides_for(src: Path) -> dict[str, list[float]]:
     return {sid: ov.crop(sid) for sid in ov.crops}  # type: ignore[misc]
 
 
-def previous_all(manifest: Manifest) -> dict[str, Record]:
-    """Every image the manifest has a crop record of (latest per id)."""
-    return {rec.id: rec for rec in manifest.step_records(STEP)}
-
-
 def crop_folder(src: Path | str, out: Path | str, options: CropOptions | None = None, *, progress: Progress | None = None) -> CropReport:
     """Crop every image of `src` into `out` (see the module docstring). Raises ValueError on bad options.
 
@@ -709,7 +749,8 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
     if not options.dry_run:
         held.enter_context(output_lock(out, "prep crop"))
     report = CropReport(out=out, dry_run=options.dry_run, resolution=options.resolution,
-                        set_aside_folder=aside_folder(options, out) if options.off_model == "set-aside" else None)
+                        set_aside_folder=aside_folder(options, out) if options.off_model == "set-aside" else None,
+                        results=ResultList(dir=out))
     # named, never opened: symlink loops, FIFOs, devices, formats we cannot read
     report.results.extend(Result(s.id, "failed", str(s.path), reason=s.message) for s in items.skipped)
     names = output_stems(items)
@@ -718,12 +759,9 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
     overrides = crop_overrides_for(src)
 
     todo: list[ImageItem] = []
-    previous: dict[str, Record] = {}
     digests: dict[str, tuple[str, list[int]]] = {}
     for it in items:
         rec = manifest.get(STEP, it.id)
-        if rec is not None:
-            previous[it.id] = rec
         if rec is not None and not options.overwrite and rec.data.get("options") == key and rec.data.get("override") == overrides.get(it.id):
             try:  # an unchanged stat is an unchanged source: its recorded hash, no read
                 st = stat_key(it.path)
@@ -759,7 +797,7 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
         if not options.dry_run and options.off_model == "set-aside" and "off_model" in r.data.get("flags", []) and r.outputs:
             set_aside(r, out, aside_folder(options, out))
         if not options.dry_run:
-            old = previous.get(r.id)
+            old = manifest.get(STEP, r.id)  # read back here, not held for every image
             if old is not None and r.status != "failed":
                 _remove_stale(out, old.outputs, r.outputs)
             manifest.append(
@@ -768,22 +806,20 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
         report.results.append(r)
     report.results.sort(key=lambda r: r.id)
     if not options.dry_run:  # sources that left the input folder (rejected in the studio, deleted): their crops go too
-        present = {it.id for it in items}
-        for gone, rec in previous_all(manifest).items():
-            if gone not in present and gone not in {r.id for r in report.results}:
+        present = {it.id for it in items} | {s.id for s in items.skipped}
+        for gone in manifest.ids(STEP):
+            rec = manifest.get(STEP, gone) if gone not in present else None
+            if rec is not None:
                 _remove_stale(out, rec.outputs, [])
 
     if not options.dry_run:
         out.mkdir(parents=True, exist_ok=True)
         report.report_path = out / REPORT_NAME
-        lines = "".join(json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results)
-        if _read_text_or_none(report.report_path) != lines:  # an unchanged report keeps its file (and mtime)
-            atomic_write_text(report.report_path, lines)
+        write_lines_if_changed(report.report_path, lambda: (json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results))
         if options.contact_sheet and report.results:
-            rows = sorted(report.results, key=lambda r: (r.status == "ok", r.id))  # problems first
-            if len(rows) > SHEET_MAX_ROWS:
-                report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(rows)} images (flagged ones first); crops.jsonl lists all")
-                rows = rows[:SHEET_MAX_ROWS]
+            rows = heapq.nsmallest(SHEET_MAX_ROWS, report.results, key=lambda r: (r.status == "ok", r.id))  # problems first
+            if len(report.results) > SHEET_MAX_ROWS:
+                report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(report.results)} images (flagged ones first); crops.jsonl lists all")
             report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background), manifest=manifest, decode=options.decode)
         arch = get_arch(options.trainer).name if options.trainer else None
         spec = options.spec(no_upscale=report.no_upscale)

@@ -204,18 +204,40 @@ def test_discovery_reads_a_folders_manifest_once_not_once_per_file(tmp_path):
     assert len(_MANIFEST_OPENS) == 1, _MANIFEST_OPENS[:3]
 
 
-def test_manifest_index_keeps_one_copy_of_each_repeated_string(tmp_path):
-    """100k caption records repeat the same few thousand tags: the index shares them (it held
-    783 MiB of copies at 100k images, 214 MiB shared), and the values read back unchanged."""
+def test_manifest_index_holds_where_records_are_not_the_records(tmp_path):
+    """Issue 17: the parsed index of a 100k-image folder held 312 MiB (crop) / 783 MiB (caption).
+    The index keeps one offset per record; `get` reads the line back unchanged."""
+    import tracemalloc
+
     m = Manifest.in_folder(tmp_path)
-    tags = ["1girl", "solo", "long hair", "smile"]
-    for i in range(3):
-        m.append(Record("caption", f"img_{i}.jpg", "ok", source=f"/data/img_{i}.jpg", source_sha256=f"{i:064x}",
-                        outputs=[f"img_{i}.txt"], data={"tags": tags[i:] + tags[:i], "rating": "general", "ratings": {"general": 0.9}}))
+    tags = [f"tag number {j}" for j in range(60)]
+    for i in range(3000):
+        m.append(Record("caption", f"img_{i:05d}.jpg", "ok", source=f"/data/img_{i:05d}.jpg", source_sha256=f"{i:064x}",
+                        outputs=[f"img_{i:05d}.txt"], data={"tags": tags[i % 60:] + tags[:i % 60], "ratings": {"general": 0.9}}))
     again = Manifest.in_folder(tmp_path)  # the index a rerun reads
-    recs = [again.get("caption", f"img_{i}.jpg") for i in range(3)]
-    assert [r.data["tags"] for r in recs] == [tags, tags[1:] + tags[:1], tags[2:] + tags[:2]]
-    by_text = [{t: t for t in r.data["tags"]} for r in recs]
-    assert all(by_text[0][t] is by_text[i][t] for i in (1, 2) for t in tags)  # one object per distinct tag
-    assert recs[0].data["rating"] is recs[2].data["rating"]
-    assert [r.source_sha256 for r in recs] == [f"{i:064x}" for i in range(3)] and recs[1].outputs == ["img_1.txt"]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        assert len(again.ids("caption")) == 3000
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown < 3000 * 300, grown  # parsed records: ~6 KiB each here
+    r = again.get("caption", "img_00061.jpg")
+    assert r.data["tags"] == tags[1:] + tags[:1] and r.source_sha256 == f"{61:064x}" and r.outputs == ["img_00061.txt"]
+    assert again.get("caption", "nope.jpg") is None and again.get("crop", "img_00061.jpg") is None
+    again.append(Record("caption", "img_00061.jpg", "failed", reason="boom"))
+    assert again.get("caption", "img_00061.jpg").status == "failed" and Manifest(m.path).get("caption", "img_00061.jpg").status == "failed"
+    everything = again.latest()
+    recs = [everything[("caption", f"img_{i:05d}.jpg")] for i in (0, 60)]
+    assert all(a is b for a, b in zip(recs[0].data["tags"], recs[1].data["tags"]))  # a full read shares repeated strings
+
+
+def test_manifest_index_survives_the_file_being_rewritten(tmp_path):
+    m = Manifest.in_folder(tmp_path)
+    for i in range(5):
+        m.append(Record("crop", f"{i}.png", "ok", data={"n": i}))
+    assert m.get("crop", "0.png").data == {"n": 0}
+    lines = m.path.read_text().splitlines(keepends=True)
+    m.path.write_text("".join(reversed(lines)))  # someone rewrote it: every offset now points elsewhere
+    assert [m.get("crop", f"{i}.png").data["n"] for i in range(1, 5)] == [1, 2, 3, 4]

@@ -360,7 +360,8 @@ class GeminiBackend:
                                     classify=classify_genai, policy=run.policy, limiter=run.limiter)
         except RemoteError:
             return  # tried again next run; the file expires after 48 h anyway
-        if all([self._delete(name, run, key) for name in names]):
+        deleted = [self._delete(name, run, key) for name in names]  # each one tried, not only up to a failure
+        if all(deleted):
             run.put(key, {"display_name": display_name, "deleted": True})
 
     def _wait_active(self, file: Any, item: ImageItem, run: RemoteRun, options: CaptionOptions, data: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -109,6 +109,30 @@ class RichProgress:
             self._p = None
 
 
+def _json_pieces(data: Any) -> Iterator[str]:
+    """The JSON text of `data` in pieces. A top-level value that is an iterator (a report's
+    images, read back as they are written) becomes an array, one element per line, never a list."""
+    enc = json.JSONEncoder(indent=2, ensure_ascii=False, default=str)
+    if not (isinstance(data, dict) and any(isinstance(v, Iterator) for v in data.values())):
+        yield from enc.iterencode(data)
+        return
+    line = json.JSONEncoder(ensure_ascii=False, default=str)
+    yield "{"
+    for i, (k, v) in enumerate(data.items()):
+        yield ("," if i else "") + "\n  " + json.dumps(str(k), ensure_ascii=False) + ": "
+        if isinstance(v, Iterator):
+            yield "["
+            any_item = False
+            for item in v:
+                yield ("," if any_item else "") + "\n    "
+                yield from line.iterencode(item)
+                any_item = True
+            yield "\n  ]" if any_item else "]"
+        else:
+            yield from enc.iterencode(v)
+    yield "\n}"
+
+
 def emit_json(data: Any) -> None:
     """Machine output: one JSON document on stdout.
 
@@ -120,7 +144,7 @@ def emit_json(data: Any) -> None:
     out = sys.stdout
     chunks: list[str] = []
     size = 0
-    for chunk in json.JSONEncoder(indent=2, ensure_ascii=False, default=str).iterencode(data):
+    for chunk in _json_pieces(data):
         chunks.append(chunk)
         size += len(chunk)
         if size >= 1 << 16:

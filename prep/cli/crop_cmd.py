@@ -7,6 +7,7 @@ OUT and --json, works out the folders (the project's inside a loraprep project, 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import typer
@@ -50,7 +51,7 @@ def crop(
         console.print("[yellow]interrupted[/yellow]: finished images are kept; run the same command again to resume.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report.to_json(stream=True))
     else:
         render(report)
     code = exit_code_for(report.n_failed, len(report.results))
@@ -70,17 +71,18 @@ def render(report: CropReport) -> None:
     if report.off_model:
         where = f"; their crops were moved to {show(report.set_aside_folder)}" if report.set_aside and report.set_aside_folder else ""
         console.print(f"[yellow]off-model:[/yellow] {len(report.off_model)} images have no face matching the references{where} (crops.jsonl: flag off_model, identity scores)")
-    problems = [r for r in report.results if r.status in ("flagged", "skipped", "failed")]
-    if problems:
+    n_problems = s["flagged"] + s["skipped"] + s["failed"]
+    if n_problems:  # the first 40, read as they come (a 100k-image report is not held twice)
         t = Table(show_header=True, title_justify="left")
         t.add_column("image")
         t.add_column("status")
         t.add_column("why")
-        for r in problems[:40]:
+        problems = (r for r in report.results if r.status in ("flagged", "skipped", "failed"))
+        for r in itertools.islice(problems, 40):
             t.add_row(show(r.id), r.status, show(r.reason or ""))
         console.print(t)
-        if len(problems) > 40:
-            console.print(f"... and {len(problems) - 40} more in crops.jsonl")
+        if n_problems > 40:
+            console.print(f"... and {n_problems - 40} more in crops.jsonl")
     if report.report_path:
         console.print(f"report: {show(report.report_path)}")
     if report.bucket_record:

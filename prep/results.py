@@ -1,0 +1,126 @@
+"""A run's results that do not all have to fit in memory.
+
+A stage report keeps one result per image (crops.jsonl, the contact sheets and the summary are
+made from them). At 100k images those results held ~340 MiB of the crop driver's 630 MiB. A
+`ResultList` keeps them in memory up to `spill_at` and beyond that in an anonymous temporary
+file (pickled, gone when the list is, even after a kill), holding only where each one is:
+8 bytes per result. Reading them back is sequential `pread`s of data the page cache still has.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import weakref
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+from prep.executor import Result
+
+SPILL_AT = 10_000
+"""Results kept in memory before the rest go to disk (chosen: 10k results are ~35 MiB, and no
+test-sized or everyday run pays for a file)."""
+
+
+class ResultList(Sequence[Result]):
+    """A list of results: append, extend, sort, iterate, index. Results are not to be changed
+    after they are appended (a spilled one is a copy)."""
+
+    def __init__(self, items: Iterable[Result] = (), *, spill_at: int | None = None, dir: Path | None = None):
+        self._mem: list[Result] | None = []
+        self._spill_at = SPILL_AT if spill_at is None else spill_at
+        self._dir = dir
+        self._fd: int | None = None
+        self._places = array("Q")  # offset << 32 | length, in list order
+        self._end = 0
+        self._pending: list[bytes] = []
+        self.extend(items)
+
+    # -- writing
+    def append(self, r: Result) -> None:
+        if self._mem is not None:
+            self._mem.append(r)
+            if len(self._mem) > self._spill_at:
+                self._spill()
+            return
+        b = pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+        self._places.append(self._end << 32 | len(b))
+        self._end += len(b)
+        self._pending.append(b)
+        if len(self._pending) >= 256:
+            self._flush()
+
+    def extend(self, items: Iterable[Result]) -> None:
+        for r in items:
+            self.append(r)
+
+    def _spill(self) -> None:
+        d = self._dir if self._dir is not None and self._dir.is_dir() else None
+        fh = tempfile.TemporaryFile(dir=d)  # unlinked at once: nothing left behind, even by a kill
+        self._fd = os.dup(fh.fileno())
+        fh.close()
+        weakref.finalize(self, os.close, self._fd)
+        mem, self._mem = self._mem or [], None
+        for r in mem:
+            self.append(r)
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self._fd is None:
+            return
+        blob = b"".join(self._pending)
+        start = self._end - len(blob)
+        done = 0
+        while done < len(blob):
+            done += os.pwrite(self._fd, blob[done:], start + done)
+        self._pending.clear()
+
+    # -- reading
+    def __len__(self) -> int:
+        return len(self._mem) if self._mem is not None else len(self._places)
+
+    def _load(self, place: int) -> Result:
+        assert self._fd is not None
+        return pickle.loads(os.pread(self._fd, place & 0xFFFFFFFF, place >> 32))
+
+    def __iter__(self) -> Iterator[Result]:
+        if self._mem is not None:
+            yield from self._mem
+            return
+        self._flush()
+        for place in self._places:
+            yield self._load(place)
+
+    @overload
+    def __getitem__(self, i: int) -> Result: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Result]: ...
+    def __getitem__(self, i: int | slice) -> Result | list[Result]:
+        if self._mem is not None:
+            return self._mem[i]
+        self._flush()
+        if isinstance(i, slice):
+            return [self._load(p) for p in self._places[i]]
+        return self._load(self._places[i])
+
+    def sort(self, key: Callable[[Result], Any] | None = None, reverse: bool = False) -> None:
+        """In place, like list.sort; on disk only the places move (the keys are held, not the results)."""
+        if self._mem is not None:
+            self._mem.sort(key=key, reverse=reverse)  # type: ignore[arg-type]
+            return
+        keys = [key(r) if key else r for r in self]
+        order = sorted(range(len(keys)), key=keys.__getitem__, reverse=reverse)
+        self._places = array("Q", (self._places[i] for i in order))
+
+    @property
+    def spilled(self) -> bool:
+        return self._mem is None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ResultList, (list(self),))
+
+    def __repr__(self) -> str:
+        return f"ResultList({len(self)} results{', on disk' if self.spilled else ''})"
