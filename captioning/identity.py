@@ -122,21 +122,24 @@ def prune_identity(tags: list[str], rules: IdentityRules | None = None) -> tuple
     return kept, pruned
 
 
-def core_tags(captions: Mapping[str, Iterable[str]], fraction: float, *, protect: Iterable[str] = ()) -> dict[str, float]:
+def core_tags(captions: Mapping[str, Iterable[str]] | Iterable[Iterable[str]], fraction: float, *,
+              protect: Iterable[str] = ()) -> dict[str, float]:
     """Tags present in at least `fraction` of the captions -> their share.
 
-    Count tags (`1girl`, `solo`, `2girls` ...) and `protect` (the trigger) are never core: they
-    say how many people are in the image, not who.
+    `captions`: id -> tags, or the tag lists one at a time (never all held). Count tags (`1girl`,
+    `solo`, `2girls` ...) and `protect` (the trigger) are never core: they say how many people
+    are in the image, not who.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"--prune-core {fraction}: give a share between 0 and 1, e.g. 0.5")
-    n = len(captions)
-    if n == 0:
-        return {}
     protected = {normalize(p) for p in protect}
     counts: Counter[str] = Counter()
-    for tags in captions.values():
+    n = 0
+    for tags in captions.values() if isinstance(captions, Mapping) else captions:
         counts.update({normalize(t) for t in tags})
+        n += 1
+    if n == 0:
+        return {}
     return {
         t: c / n
         for t, c in counts.items()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ class ItemOutcome:
     status: str
     """ok | skipped (had a caption) | resumed (done by an earlier run) | failed | blocked."""
     caption: str | None = None
+    """Only while the pipeline counts it: a report names its captions' files, not their texts."""
     reason: str | None = None
 
 
@@ -298,6 +300,13 @@ def caption_folder(
     if trigger:
         report.keep_tokens = 1 + len(rules.always_first) + (1 if rules.include_rating and not rules.rating_last else 0)
 
+    trig = normalize(trigger) if trigger else None
+
+    def count(text: str | None) -> None:
+        """Tag statistics of our captions, counted as they come (the texts are not kept)."""
+        if text:
+            report.tag_frequency.update(t for t in split_caption(text) if normalize(t) != trig)
+
     outcome: dict[str, ItemOutcome] = {}
     # named, never opened (symlink loops, FIFOs and devices, formats we cannot read); not in the manifest: found again each run
     skipped = [ItemOutcome(s.id, "failed", reason=s.message) for s in getattr(found, "skipped", [])
@@ -320,7 +329,9 @@ def caption_folder(
             # (no second paid request); pass resume=False to try it again.
             if (rec.status == "blocked" or target.exists()) and _same_source(manifest, rec, item, record=not dry_run):
                 if rec.status == "ok":
-                    outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
+                    outcome[item.id] = ItemOutcome(item.id, "resumed")
+                    if not dry_run:
+                        count(_read(target))
                 else:
                     outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
@@ -330,10 +341,12 @@ def caption_folder(
             if not dry_run:
                 manifest.append(Record(STEP, item.id, "ok", rec.source, rec.source_sha256, list(rec.outputs), None,
                                        {k: v for k, v in rec.data.items() if k != "caption_sha256"} | {"recovered": True}))
-            outcome[item.id] = ItemOutcome(item.id, "resumed", caption=_read(target))
+            outcome[item.id] = ItemOutcome(item.id, "resumed")
+            if not dry_run:
+                count(_read(target))
             continue
         if mode == "skip" and current:
-            outcome[item.id] = ItemOutcome(item.id, "skipped", caption=current)
+            outcome[item.id] = ItemOutcome(item.id, "skipped")
             continue
         todo.append(item)
     report.to_caption = len(todo)
@@ -362,15 +375,17 @@ def caption_folder(
             item = by_id.get(r.id)
             if item is None:
                 continue
-            outcome[item.id] = _finish(item, _as_caption_result(r), output and out_dir, manifest, config, backend_name, mode,
-                                       trigger, rules, is_tags, prune_identity_tags, identity, report.pruned, keep_apart)
+            done = outcome[item.id] = _finish(item, _as_caption_result(r), output and out_dir, manifest, config, backend_name, mode,
+                                              trigger, rules, is_tags, prune_identity_tags, identity, report.pruned, keep_apart)
+            if done.caption is not None:
+                count(done.caption)
+                done.caption = None  # counted; the file has it (a 100k-image run held ~110 MiB of captions)
 
     report.outcomes = skipped + [outcome[i.id] for i in items]
     if prune_core and is_tags:
-        _prune_core(report, items, output and out_dir, manifest, prune_core, trigger)
-    for o in report.outcomes:
-        if o.status in ("ok", "resumed") and o.caption:
-            report.tag_frequency.update(t for t in split_caption(o.caption) if not (trigger and normalize(t) == normalize(trigger)))
+        core = _prune_core(report, items, output and out_dir, manifest, prune_core, trigger)
+        for t in [t for t in report.tag_frequency if normalize(t) in core]:
+            del report.tag_frequency[t]  # pruned from every caption of ours
     return report
 
 
@@ -550,29 +565,35 @@ def _landed(rec: Record, target: Path) -> bool:
 
 
 def _prune_core(report: CaptionReport, items: list[ImageItem], output: Path | None, manifest: Manifest, fraction: float,
-                trigger: str | None) -> None:
+                trigger: str | None) -> dict[str, float]:
     """Drop tags present in >= `fraction` of the generated captions (this run and resumed ones), rewriting the files.
 
     Shares are computed from the generated tags kept in the manifest, so a resumed run prunes
-    the same way as an uninterrupted one.
+    the same way as an uninterrupted one. Captions are read from their files, one at a time.
     """
-    ours = {o.id: o for o in report.outcomes if o.status in ("ok", "resumed") and o.caption}
-    generated: dict[str, list[str]] = {}
-    for oid, o in ours.items():
-        rec = manifest.get(STEP, oid)
-        tags = rec.data.get("tags") if rec is not None else None
-        generated[oid] = list(tags) if isinstance(tags, list) else split_caption(o.caption or "")
-    core = core_tags(generated, fraction, protect=[trigger] if trigger else [])
+    by_id = {i.id: i for i in items}
+    ours = [o.id for o in report.outcomes if o.status in ("ok", "resumed") and o.id in by_id]
+
+    def generated() -> Iterator[list[str]]:
+        for oid in ours:
+            text = _read(_target(by_id[oid], output))
+            if not text:
+                continue
+            rec = manifest.get(STEP, oid)
+            tags = rec.data.get("tags") if rec is not None else None
+            yield list(tags) if isinstance(tags, list) else split_caption(text)
+
+    core = core_tags(generated(), fraction, protect=[trigger] if trigger else [])
     report.pruned.core = core
     if not core:
-        return
-    paths = {i.id: _target(i, output) for i in items}
-    for oid, o in ours.items():
-        tags = split_caption(o.caption or "")
+        return core
+    for oid in ours:
+        path = _target(by_id[oid], output)
+        tags = split_caption(_read(path))
         kept = [t for t in tags if normalize(t) not in core]
-        if len(kept) != len(tags):
-            o.caption = SEPARATOR.join(kept)
-            atomic_write_text(paths[oid], o.caption + "\n")
+        if tags and len(kept) != len(tags):
+            atomic_write_text(path, SEPARATOR.join(kept) + "\n")
+    return core
 
 
 # -- the caption stage: options declared once, for `caption`, loraprep.toml and `loraprep run` ----

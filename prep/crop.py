@@ -14,7 +14,6 @@ says `no_upscale`), unless `upscale` is set. It returns a `CropReport` and never
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import math
 import os
@@ -804,7 +803,7 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
                 Record(step=STEP, id=r.id, status=r.status, source=printable(r.source), source_sha256=r.data.get("sha256"), outputs=r.outputs, reason=r.reason, data=r.data)  # type: ignore[arg-type]
             )
         report.results.append(r)
-    report.results.sort(key=lambda r: r.id)
+    report.results.sort_by_id()
     if not options.dry_run:  # sources that left the input folder (rejected in the studio, deleted): their crops go too
         present = {it.id for it in items} | {s.id for s in items.skipped}
         for gone in manifest.ids(STEP):
@@ -817,7 +816,7 @@ def _crop_folder(src: Path | str, out: Path | str, options: CropOptions, progres
         report.report_path = out / REPORT_NAME
         write_lines_if_changed(report.report_path, lambda: (json.dumps(report_line(r), ensure_ascii=False) + "\n" for r in report.results))
         if options.contact_sheet and report.results:
-            rows = heapq.nsmallest(SHEET_MAX_ROWS, report.results, key=lambda r: (r.status == "ok", r.id))  # problems first
+            rows = report.results.first(SHEET_MAX_ROWS, key=lambda rid, status: (status == "ok", rid))  # problems first
             if len(report.results) > SHEET_MAX_ROWS:
                 report.warnings.append(f"contact sheets show {SHEET_MAX_ROWS} of {len(report.results)} images (flagged ones first); crops.jsonl lists all")
             report.contact_sheets = write_sheets(rows, out, background=parse_color(options.background), manifest=manifest, decode=options.decode)

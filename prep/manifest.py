@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -88,6 +89,8 @@ class Manifest:
         self._lock = threading.Lock()
         self._index: dict[str, dict[str, int]] | None = None  # step -> id -> offset << 32 | length
         self._recent: OrderedDict[tuple[str, str], Record] = OrderedDict()
+        self._rfd: int | None = None
+        self._closer: weakref.finalize | None = None
 
     @classmethod
     def in_folder(cls, folder: Path | str, name: str = MANIFEST_NAME) -> Manifest:
@@ -140,14 +143,14 @@ class Manifest:
             return self._index
 
     def _read(self, packed: int) -> Record | None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            raw = os.pread(fd, packed & 0xFFFFFFFF, packed >> 32)
-        finally:
-            os.close(fd)
+        with self._lock:
+            if self._rfd is None:  # one descriptor for the manifest's life, not an open per record
+                try:
+                    self._rfd = os.open(self.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                self._closer = weakref.finalize(self, os.close, self._rfd)
+            raw = os.pread(self._rfd, packed & 0xFFFFFFFF, packed >> 32)
         try:
             return Record.from_json(json.loads(raw.decode("utf-8", errors="replace")))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
@@ -179,6 +182,9 @@ class Manifest:
             with self._lock:  # the file changed under the index (another writer): read it again once
                 self._index = None
                 self._recent.clear()
+                if self._closer is not None:
+                    self._closer()  # the file may have been replaced: open it anew
+                self._rfd = self._closer = None
         return None
 
     def _remember(self, key: tuple[str, str], rec: Record) -> None:

@@ -9,8 +9,10 @@ file (pickled, gone when the list is, even after a kill), holding only where eac
 
 from __future__ import annotations
 
+import heapq
 import os
 import pickle
+import sys
 import tempfile
 import weakref
 from array import array
@@ -35,12 +37,16 @@ class ResultList(Sequence[Result]):
         self._dir = dir
         self._fd: int | None = None
         self._places = array("Q")  # offset << 32 | length, in list order
+        self._ids: list[str] = []  # kept in memory (with the statuses): ordering and choosing read no result
+        self._statuses: list[str] = []
         self._end = 0
         self._pending: list[bytes] = []
         self.extend(items)
 
     # -- writing
     def append(self, r: Result) -> None:
+        self._ids.append(r.id)
+        self._statuses.append(sys.intern(r.status))
         if self._mem is not None:
             self._mem.append(r)
             if len(self._mem) > self._spill_at:
@@ -65,7 +71,10 @@ class ResultList(Sequence[Result]):
         weakref.finalize(self, os.close, self._fd)
         mem, self._mem = self._mem or [], None
         for r in mem:
-            self.append(r)
+            b = pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+            self._places.append(self._end << 32 | len(b))
+            self._end += len(b)
+            self._pending.append(b)
         self._flush()
 
     def _flush(self) -> None:
@@ -107,13 +116,26 @@ class ResultList(Sequence[Result]):
         return self._load(self._places[i])
 
     def sort(self, key: Callable[[Result], Any] | None = None, reverse: bool = False) -> None:
-        """In place, like list.sort; on disk only the places move (the keys are held, not the results)."""
+        """In place, like list.sort (`key` required); on disk only the places move."""
+        if key is None:
+            raise TypeError("ResultList.sort needs a key (or use sort_by_id)")
+        self._permute(sorted(range(len(self)), key=[key(r) for r in self].__getitem__, reverse=reverse))
+
+    def sort_by_id(self) -> None:
+        """Sorted by id without reading a result."""
+        self._permute(sorted(range(len(self)), key=self._ids.__getitem__))
+
+    def first(self, n: int, key: Callable[[str, str], Any]) -> list[Result]:
+        """The `n` results smallest by `key(id, status)`, in that order, reading only those."""
+        return [self[i] for i in heapq.nsmallest(n, range(len(self)), key=lambda i: key(self._ids[i], self._statuses[i]))]
+
+    def _permute(self, order: list[int]) -> None:
+        self._ids = [self._ids[i] for i in order]
+        self._statuses = [self._statuses[i] for i in order]
         if self._mem is not None:
-            self._mem.sort(key=key, reverse=reverse)  # type: ignore[arg-type]
-            return
-        keys = [key(r) if key else r for r in self]
-        order = sorted(range(len(keys)), key=keys.__getitem__, reverse=reverse)
-        self._places = array("Q", (self._places[i] for i in order))
+            self._mem = [self._mem[i] for i in order]
+        else:
+            self._places = array("Q", (self._places[i] for i in order))
 
     @property
     def spilled(self) -> bool:

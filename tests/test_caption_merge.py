@@ -58,7 +58,8 @@ def test_pipeline_append_equals_merge_caption(model, tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     solid((255, 0, 0), (64, 64)).save(d / "a.png")
-    generated = caption_folder(d, "wd14", CaptionOptions(model=str(model)), output=tmp_path / "gen").outcomes[0].caption
+    assert caption_folder(d, "wd14", CaptionOptions(model=str(model)), output=tmp_path / "gen").count("ok") == 1
+    generated = (tmp_path / "gen" / "a.txt").read_text(encoding="utf-8").strip()
     for mode in ("append", "prepend"):
         (d / "a.txt").write_text("1girl, my own tag\n", encoding="utf-8")
         caption_folder(d, "wd14", CaptionOptions(model=str(model)), mode=mode, resume=False)

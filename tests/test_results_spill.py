@@ -30,13 +30,18 @@ def test_spilled_list_reads_back_what_went_in(tmp_path):
     assert rl[0].data["size"] == (640, 480)  # exact types, not a JSON round trip
     rl.sort(key=lambda r: (r.status == "ok", -r.data["n"]))
     assert list(rl) == sorted(want, key=lambda r: (r.status == "ok", -r.data["n"]))
+    assert rl.first(4, key=lambda rid, status: (status != "flagged", rid)) == [want[0], want[3], want[6], want[9]]
+    rl.sort_by_id()
+    assert list(rl) == want
     assert list(pickle.loads(pickle.dumps(rl))) == list(rl)
     assert list(tmp_path.iterdir()) == []  # the file has no name: nothing is left behind, even by a kill
 
 
 def test_small_lists_stay_in_memory():
-    rl = ResultList([_r(i) for i in range(5)], spill_at=10)
-    assert not rl.spilled and [r.id for r in rl] == [f"img_{i:03d}.png" for i in range(5)]
+    want = [_r(i) for i in range(5)]
+    rl = ResultList(reversed(want), spill_at=10)
+    rl.sort_by_id()
+    assert not rl.spilled and list(rl) == want and rl.first(1, key=lambda rid, status: (status == "ok", rid)) == [want[0]]
 
 
 def test_spilled_results_hold_a_few_bytes_each(tmp_path):
