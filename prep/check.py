@@ -29,7 +29,7 @@ from prep.dedupe import (
     group_duplicates,
     image_hashes,
 )
-from prep.executor import EngineOptions, Result, run_step
+from prep.executor import EngineOptions, Result, make_executor
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from prep.inputs import printable
 from prep.options import ArchName
@@ -398,23 +398,24 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
     spec = opts.spec()
     items = discover(folder, recursive=opts.recursive)
     step, refs = _prepare_step(opts)
-    results = run_step(step, items, workers=opts.workers, batch_size=4, progress=progress, description="checking", options=opts)
+    results = make_executor(opts, workers=opts.workers, batch_size=4).run(step, items, progress=progress, description="checking")
     by_id = {it.id: it for it in items}
     report = CheckReport(printable(folder), opts)
     # never opened: symlink loops, dangling links, FIFOs and devices, formats we cannot read
     report.errors.extend({"file": s.id, "reason": s.reason} for s in items.skipped)
     hashed: list[HashedImage] = []
-    results.reverse()
-    while results:  # each result dropped once its facts are taken: never both for every image at once
-        r = results.pop()
+    errors: list[tuple[str, dict[str, str]]] = []
+    caption_errors: list[tuple[str, dict[str, str]]] = []
+    quality_errors: list[tuple[str, dict[str, str]]] = []
+    for r in results:  # facts taken as each result arrives: the results are never all held at once
         item = by_id[r.id]
         if r.status != "ok":
-            report.errors.append({"file": r.id, "reason": r.reason or "unreadable"})
+            errors.append((r.id, {"file": r.id, "reason": r.reason or "unreadable"}))
             continue
         d = r.data
         cap, cap_err = _caption_state(item)
         if cap_err:
-            report.caption_errors.append({"file": printable(item.caption_path.relative_to(folder).as_posix()), "reason": cap_err})
+            caption_errors.append((r.id, {"file": printable(item.caption_path.relative_to(folder).as_posix()), "reason": cap_err}))
         size = (d["size"][0], d["size"][1])
         report.images.append(
             ImageFacts(
@@ -435,8 +436,13 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
             )
         )
         if d.get("quality_error"):
-            report.quality_errors.append({"file": r.id, "reason": f"quality/face measures failed: {d['quality_error']}"})
+            quality_errors.append((r.id, {"file": r.id, "reason": f"quality/face measures failed: {d['quality_error']}"}))
         hashed.append(HashedImage(r.id, item.path, size, d["file_size"], d["hash"], d["mirror"], d["fine"], d["fine_mirror"]))
+    # in id order, as when the results were sorted first
+    report.images.sort(key=lambda f: f.id)
+    hashed.sort(key=lambda h: h.id)
+    for got, into in ((errors, report.errors), (caption_errors, report.caption_errors), (quality_errors, report.quality_errors)):
+        into.extend(e for _, e in sorted(got, key=lambda t: t[0]))
     for f in report.images:
         f.flags.update(quality_flags(f, opts))
     if step.identity:

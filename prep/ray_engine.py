@@ -121,6 +121,7 @@ class RayExecutor:
         dumps = ray.cloudpickle.dumps  # by value where plain pickle cannot (steps defined in tests, closures)
         rows = [{"item": dumps(it)} for it in items]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, (len(rows) + shard - 1) // shard))
+        del rows  # in the object store now: not a second copy in the driver for the whole run
         remote: dict[str, Any] = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
         if self.gpus:
             remote["num_gpus"] = self.gpus
