@@ -76,3 +76,11 @@ def test_crop_report_is_the_same_when_its_results_spill(tmp_path, anime_dir: Pat
     assert (tmp_path / "kept" / "crops.jsonl").read_text() == (tmp_path / "spilled" / "crops.jsonl").read_text()
     again = crop_folder(src, tmp_path / "spilled", opts)  # a rerun of finished work, spilled too
     assert again.summary()["resumed"] == 5 and again.results.spilled
+
+
+def test_emit_json_streams_an_iterator_as_an_array(capsys):
+    from prep.cli.common import emit_json
+
+    rows = [{"id": f"ü{i}.png", "faces": [[1.0, 2.0]]} for i in range(3)]
+    emit_json({"a": 1, "images": iter(rows), "none": iter(()), "tail": {"k": [1, 2]}})
+    assert json.loads(capsys.readouterr().out) == {"a": 1, "images": rows, "none": [], "tail": {"k": [1, 2]}}
