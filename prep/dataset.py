@@ -164,7 +164,7 @@ def record_report_files(folder: Path | str, names: Iterable[str], *, written_by:
     """
     folder = Path(folder)
     manifest = Manifest.in_folder(folder)
-    known = {r.id for r in manifest.step_records(REPORT_STEP) if r.status == "ok"}
+    known = {rid for rid, status in manifest.statuses(REPORT_STEP).items() if status == "ok"}
     for name in names:
         if name not in known:
             manifest.append(Record(REPORT_STEP, name, "ok", outputs=[name], data={"written_by": written_by}))
@@ -175,7 +175,7 @@ def report_files(folder: Path | str) -> set[str]:
     folder = Path(folder)
     names: set[str] = set()
     if (folder / MANIFEST_NAME).is_file():
-        names |= {r.id for r in Manifest.in_folder(folder).step_records(REPORT_STEP) if r.status == "ok"}
+        names |= {rid for rid, status in Manifest.in_folder(folder).statuses(REPORT_STEP).items() if status == "ok"}
     if (folder / _LEGACY_REPORT_MARK).is_file():
         try:
             names |= {e.name for e in os.scandir(folder) if LEGACY_REPORT_IMAGE.match(e.name)}

@@ -241,3 +241,13 @@ def test_manifest_index_survives_the_file_being_rewritten(tmp_path):
     lines = m.path.read_text().splitlines(keepends=True)
     m.path.write_text("".join(reversed(lines)))  # someone rewrote it: every offset now points elsewhere
     assert [m.get("crop", f"{i}.png").data["n"] for i in range(1, 5)] == [1, 2, 3, 4]
+
+
+def test_manifest_statuses_of_one_step(tmp_path):
+    m = Manifest.in_folder(tmp_path)
+    m.append(Record("crop.report", "contact_sheet.jpg", "failed"))
+    m.append(Record("crop", "a.png", "ok", data={"note": 'has "step": "crop.report" inside'}))
+    m.append(Record("crop.report", "contact_sheet.jpg", "ok"))
+    m.append(Record("crop.report", "contact_sheet_002.jpg", "ok"))
+    assert Manifest(m.path).statuses("crop.report") == {"contact_sheet.jpg": "ok", "contact_sheet_002.jpg": "ok"}
+    assert Manifest(m.path).statuses("crop") == {"a.png": "ok"}
