@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from prep.executor import Result
+from prep.fsutil import DiskFull, is_disk_full
 
 SPILL_AT = 10_000
 """Results kept in memory before the rest go to disk (chosen: 10k results are ~35 MiB, and no
@@ -83,8 +84,13 @@ class ResultList(Sequence[Result]):
         blob = b"".join(self._pending)
         start = self._end - len(blob)
         done = 0
-        while done < len(blob):
-            done += os.pwrite(self._fd, blob[done:], start + done)
+        try:
+            while done < len(blob):
+                done += os.pwrite(self._fd, blob[done:], start + done)
+        except OSError as exc:
+            if is_disk_full(exc):  # named like every other write: the folder, and what to do
+                raise DiskFull(self._dir or tempfile.gettempdir(), exc) from exc
+            raise
         self._pending.clear()
 
     # -- reading

@@ -173,8 +173,12 @@ def crop_args(yunet_model):
     return ["--detector", "photo", "--detector-model", str(yunet_model), "--resolution", "512", "--framing", "bust", "--workers", "2"]
 
 
-def test_crop_on_a_full_disk_then_after_space_is_freed(tmp_path, disk, anime_dir, crop_args):
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled-results"])
+def test_crop_on_a_full_disk_then_after_space_is_freed(tmp_path, disk, anime_dir, crop_args, spill, monkeypatch):
     from prep.cli import app
+
+    if spill:  # the report's results go to a file in the output folder, on the full disk too
+        monkeypatch.setattr("prep.results.SPILL_AT", 1)
 
     src = _sprites(anime_dir, tmp_path / "src")
     ref = runner.invoke(app, ["crop", str(src), "-o", str(tmp_path / "ref"), *crop_args])
@@ -286,3 +290,17 @@ def test_loraprep_run_on_a_full_disk_loses_nothing(tmp_path, disk, anime_dir, yu
     figure("originals", 12, 12, note="loraprep run sources")
     figure("fault", 1, 1, note="loraprep run on a full disk")
     figure("lost", 12, len([k for k in outputs(disk / "project" / "dataset") if k.endswith(".txt")]), note="loraprep run after a full disk")
+
+
+def test_spilled_results_on_a_full_disk_name_the_folder(disk):
+    from prep.executor import Result
+    from prep.results import ResultList
+
+    filler = fill(disk, 64 * 1024)
+    rl = ResultList(spill_at=1, dir=disk)
+    with pytest.raises(DiskFull, match="no space left on .*free some space"):
+        for i in range(40):
+            rl.append(Result(f"{i}.png", "ok", data={"blob": "x" * 50_000}))
+        list(rl)  # a read writes what is pending first
+    filler.unlink()
+    assert leftovers(disk) == []  # the spill file had no name: nothing to clean up
