@@ -222,7 +222,7 @@ def test_manifest_index_holds_where_records_are_not_the_records(tmp_path):
         grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     finally:
         tracemalloc.stop()
-    assert grown < 3000 * 300, grown  # parsed records: ~6 KiB each here
+    assert grown < 3000 * 300, grown  # 137 B measured; parsed records: 1.6 KiB shared, 5.5 KiB plain
     r = again.get("caption", "img_00061.jpg")
     assert r.data["tags"] == tags[1:] + tags[:1] and r.source_sha256 == f"{61:064x}" and r.outputs == ["img_00061.txt"]
     assert again.get("caption", "nope.jpg") is None and again.get("crop", "img_00061.jpg") is None
