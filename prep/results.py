@@ -66,7 +66,8 @@ class ResultList(Sequence[Result]):
 
     def _spill(self) -> None:
         d = self._dir if self._dir is not None and self._dir.is_dir() else None
-        fh = tempfile.TemporaryFile(dir=d)  # unlinked at once: nothing left behind, even by a kill
+        # unlinked at once: nothing left behind, even by a kill; closed once its fd is duplicated
+        fh = tempfile.TemporaryFile(dir=d)  # noqa: SIM115
         self._fd = os.dup(fh.fileno())
         fh.close()
         weakref.finalize(self, os.close, self._fd)
