@@ -156,19 +156,22 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _existing(item: ImageItem, target: Path, output: Path | None, mode: str, keep_apart: bool) -> str:
-    """The caption of the user's that the new one is merged with; raises UnreadableCaption when it is not UTF-8.
+def _existing(item: ImageItem, target: Path, output: Path | None, mode: str, keep_apart: bool) -> tuple[str, str | None]:
+    """(the caption of the user's that the new one is merged with, the text of `target` when it
+    was read for that, else None); raises UnreadableCaption when a caption is not UTF-8.
 
     keep_apart: the caption beside the image (merged later). In place: the caption file itself.
     With `-o`: the caption in the output folder, or for append/prepend the one beside the image
-    when the output has none yet.
+    when the output has none yet. The second value spares a resumed image a second read of
+    its caption (100k of them on a rerun).
     """
     if keep_apart:
-        return read_user_caption(item.caption_path) or ""
+        return read_user_caption(item.caption_path) or "", None
     current = read_user_caption(target) or ""
+    in_target = current
     if not current and output is not None and mode in ("append", "prepend"):
         current = read_user_caption(item.caption_path) or ""
-    return current
+    return current, in_target
 
 
 class _CaptionStep:
@@ -305,7 +308,8 @@ def caption_folder(
     def count(text: str | None) -> None:
         """Tag statistics of our captions, counted as they come (the texts are not kept)."""
         if text:
-            report.tag_frequency.update(t for t in split_caption(text) if normalize(t) != trig)
+            tags = split_caption(text)
+            report.tag_frequency.update(tags if trig is None else [t for t in tags if normalize(t) != trig])
 
     outcome: dict[str, ItemOutcome] = {}
     # named, never opened (symlink loops, FIFOs and devices, formats we cannot read); not in the manifest: found again each run
@@ -315,7 +319,7 @@ def caption_folder(
     for item in items:
         target = _target(item, output and out_dir)
         try:
-            current = _existing(item, target, output and out_dir, mode, keep_apart)
+            current, target_text = _existing(item, target, output and out_dir, mode, keep_apart)
         except UnreadableCaption as exc:
             # never overwritten, never merged away: the user fixes the file and runs again
             outcome[item.id] = ItemOutcome(item.id, "failed", reason=str(exc))
@@ -331,7 +335,7 @@ def caption_folder(
                 if rec.status == "ok":
                     outcome[item.id] = ItemOutcome(item.id, "resumed")
                     if not dry_run:
-                        count(_read(target))
+                        count(_read(target) if target_text is None else target_text)
                 else:
                     outcome[item.id] = ItemOutcome(item.id, "blocked", reason=rec.reason)
                 continue
@@ -343,7 +347,7 @@ def caption_folder(
                                        {k: v for k, v in rec.data.items() if k != "caption_sha256"} | {"recovered": True}))
             outcome[item.id] = ItemOutcome(item.id, "resumed")
             if not dry_run:
-                count(_read(target))
+                count(_read(target) if target_text is None else target_text)
             continue
         if mode == "skip" and current:
             outcome[item.id] = ItemOutcome(item.id, "skipped")
@@ -522,7 +526,7 @@ def _finish(item: ImageItem, res: CaptionResult, output: Path | None, manifest: 
 
     target = _target(item, output)
     try:
-        existing = "" if keep_apart else _existing(item, target, output, mode, keep_apart)
+        existing = "" if keep_apart else _existing(item, target, output, mode, keep_apart)[0]
     except UnreadableCaption as exc:  # became unreadable while we captioned: still never overwritten
         manifest.append(Record(STEP, item.id, "failed", source=source, reason=str(exc), data={"backend": backend_name}))
         return ItemOutcome(item.id, "failed", reason=str(exc))

@@ -29,7 +29,7 @@ from prep.dedupe import (
     group_duplicates,
     image_hashes,
 )
-from prep.executor import EngineOptions, Result, make_executor
+from prep.executor import EngineOptions, Result, default_workers, make_executor
 from prep.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from prep.inputs import printable
 from prep.options import ArchName
@@ -447,7 +447,7 @@ def check_folder(folder: Path | str, options: CheckOptions | None = None, *, pro
         f.flags.update(quality_flags(f, opts))
     if step.identity:
         report.identity = identity_flags(report.images, opts, step, refs)
-    report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold, verify=PixelVerifier())]
+    report.duplicate_groups = [g.to_json() for g in group_duplicates(hashed, opts.dup_threshold, verify=PixelVerifier(), workers=opts.workers or default_workers())]
     report.orphan_captions = [printable(p.relative_to(folder).as_posix()) for p in orphan_captions(folder, items, recursive=opts.recursive)]
     stems: dict[str, list[str]] = {}
     for it in items:

@@ -207,9 +207,15 @@ def _walk(root: Path, recursive: bool) -> Iterable[Path]:
             yield Path(dirpath) / name
 
 
-def _real(p: Path) -> Path:
-    """Where `p` is, without following `p` itself (a looping link must not raise)."""
-    return Path(os.path.realpath(p.parent)) / p.name
+def _real(p: Path, folders: dict[Path, Path] | None = None) -> Path:
+    """Where `p` is, without following `p` itself (a looping link must not raise). `folders`
+    caches each folder's realpath: resolving it per file was 13 % of a 100k-image rerun."""
+    if folders is None:
+        return Path(os.path.realpath(p.parent)) / p.name
+    real = folders.get(p.parent)
+    if real is None:
+        real = folders[p.parent] = Path(os.path.realpath(p.parent))
+    return real / p.name
 
 
 def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Path] = ()) -> Discovery:
@@ -225,12 +231,13 @@ def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Pat
     excluded = [Path(os.path.realpath(e)) for e in exclude]
     found = Discovery()
     reports: dict[Path, set[str]] = {}
+    folders: dict[Path, Path] = {}
     for p in _walk(root, recursive):
         supported = is_image_path(p)
         unsupported = None if supported else unsupported_reason(p)
         if not supported and unsupported is None:
             continue
-        if excluded and any(_is_within(_real(p), e) for e in excluded):
+        if excluded and any(_is_within(_real(p, folders), e) for e in excluded):
             continue
         names = reports.get(p.parent)
         if names is None:  # once per folder: it reads that folder's manifest
@@ -253,20 +260,19 @@ def orphan_captions(root: Path | str, items: list[ImageItem], *, recursive: bool
     from prep.video import VIDEO_SUFFIXES
 
     root = Path(root)
-    have = {_real(it.caption_path) for it in items}
-    have |= {_real(caption_path_for(s.path)) for s in getattr(items, "skipped", [])}
+    folders: dict[Path, Path] = {}
+    have = {_real(it.caption_path, folders) for it in items}
+    have |= {_real(caption_path_for(s.path), folders) for s in getattr(items, "skipped", [])}
     files = list(_walk(root, recursive))
-    have |= {_real(caption_path_for(p)) for p in files if p.suffix.lower() in VIDEO_SUFFIXES}  # a video's caption
+    have |= {_real(caption_path_for(p), folders) for p in files if p.suffix.lower() in VIDEO_SUFFIXES}  # a video's caption
     return [
         p
         for p in files
-        if p.suffix.lower() == CAPTION_EXTENSION and _real(p) not in have and p.name != "sample_prompts.txt"
+        if p.suffix.lower() == CAPTION_EXTENSION and _real(p, folders) not in have and p.name != "sample_prompts.txt"
     ]
 
 
 def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
+    """`path` is `folder` or under it (both absolute and resolved; compared as text, per file)."""
+    p, f = str(path), str(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,8 +46,9 @@ from PIL import Image
 from pydantic import Field
 
 from prep.dataset import ImageItem, Skipped, discover
-from prep.executor import EngineOptions, Progress, Result, run_step
+from prep.executor import EngineOptions, Progress, Result, default_workers, run_step
 from prep.fsutil import atomic_write_bytes, unique_path
+from prep.hamming import HammingIndex
 from prep.images import ImageLoadError, load_image
 from prep.options import StageOptions
 
@@ -147,13 +151,19 @@ class PixelVerifier:
         self.threshold = threshold
         self.side = side
         self._cache: dict[Path, Image.Image] = {}
+        self._lock = threading.Lock()  # `group_duplicates(workers=...)` calls it from threads
 
     def _gray(self, path: Path) -> Image.Image:
-        if path not in self._cache:
+        with self._lock:
+            hit = self._cache.get(path)
+        if hit is not None:
+            return hit
+        img = load_image(path, draft_size=(self.side, self.side)).image.convert("L")
+        with self._lock:
             if len(self._cache) > 256:
                 self._cache.clear()
-            self._cache[path] = load_image(path, draft_size=(self.side, self.side)).image.convert("L")
-        return self._cache[path]
+            self._cache[path] = img
+        return img
 
     def difference(self, a: HashedImage, b: HashedImage, mirrored: bool = False) -> float:
         ga, gb = self._gray(a.path), self._gray(b.path)
@@ -181,45 +191,154 @@ def group_duplicates(
     *,
     mirror: bool = True,
     verify: Callable[[HashedImage, HashedImage, bool], bool] | None = None,
+    workers: int = 1,
+    index: bool | None = True,
 ) -> list[DuplicateGroup]:
     """Groups of images within `threshold` bits of the group's kept image.
 
     Greedy, best `keep_rank` first (an underived name, a caption, more pixels): each image not
     yet grouped keeps the hash matches that are still free, so every member was compared with
     the kept image itself. `verify(a, b, mirrored)` may reject a hash match (e.g. `PixelVerifier()`).
+
+    Hash matches come from a `HammingIndex` (`index=None` forces the all-pairs scan; both give
+    the same groups). With `workers` > 1, `verify` runs on that many threads a little ahead of
+    the greedy walk, on the pairs it will ask about next; answers are used in the walk's order,
+    so the groups are the same as with one worker (`verify` must be thread-safe).
     """
     n = len(hashed)
     if n < 2:
         return []
     h = np.array([x.hash for x in hashed], dtype=np.uint64)
     hm = np.array([x.mirror for x in hashed], dtype=np.uint64)
+    fine, fine_m, has_fine = _fine_arrays(hashed)
+    finder = HammingIndex(np.concatenate([h, hm]) if mirror else h, threshold, widths=True if index else None)
     order = sorted(range(n), key=lambda i: keep_rank(hashed[i]))
     taken = np.zeros(n, dtype=bool)
+    walk = _Lookahead(verify, workers, taken)
     groups = []
-    for keep in order:
-        if taken[keep]:
+    for lo in range(0, n, _BLOCK):
+        keeps = np.array([k for k in order[lo:lo + _BLOCK] if not taken[k]], dtype=np.int64)
+        if not len(keeps):
             continue
-        taken[keep] = True
-        d = np.bitwise_count(h[keep] ^ h).astype(np.int16)
-        dm = np.bitwise_count(h[keep] ^ hm).astype(np.int16) if mirror else d
+        # every hash match of the block's images at once, in numpy; Python sees only the pairs
+        # that pass both hashes (a set of generated look-alikes had ~180 matches per image)
+        qi, vj = finder.pairs(h[keeps])
+        k, j = keeps[qi], vj % n
+        d = np.bitwise_count(h[k] ^ h[j]).astype(np.int16)
+        dm = np.bitwise_count(h[k] ^ hm[j]).astype(np.int16) if mirror else d
+        use = (j != k) & ~taken[j] & ((vj < n) | (d > threshold))  # matched as itself and as its mirror: once
+        qi, k, j, d, dm = qi[use], k[use], j[use], d[use], dm[use]
         best = np.minimum(d, dm)
-        cands = [int(j) for j in np.nonzero((best <= threshold) & ~taken)[0]]
-        others, dist, mirrored = [], {}, []
-        for j in sorted(cands, key=lambda j: (int(best[j]), hashed[j].id)):
-            is_mirror = bool(mirror and dm[j] < d[j] and d[j] > threshold)
-            if not _fine_match(hashed[keep], hashed[j], is_mirror):
+        is_mirror = (dm < d) & (d > threshold) if mirror else np.zeros(len(j), dtype=bool)
+        other = np.where(is_mirror[:, None], fine_m[j], fine[j])
+        near = np.bitwise_count(fine[k] ^ other).sum(axis=1) <= FINE_THRESHOLD
+        near |= ~(has_fine[0, k] & has_fine[0, j] & has_fine[1, j])  # not computed: the coarse match stands (`_fine_match`)
+        qi, j, best, is_mirror = qi[near], j[near], best[near], is_mirror[near]
+        cut = np.searchsorted(qi, np.arange(len(keeps) + 1))
+        jl, bl, ml = j.tolist(), best.tolist(), is_mirror.tolist()
+        plans: list[tuple[int, list[tuple[int, int, bool]]]] = []
+        for row, keep in enumerate(keeps.tolist()):
+            cands = [(jl[x], bl[x], ml[x]) for x in range(cut[row], cut[row + 1])]
+            cands.sort(key=lambda c: (c[1], hashed[c[0]].id))
+            plans.append((keep, cands))
+        walk.plan(hashed, plans)
+        for keep, cands in plans:
+            if taken[keep]:
                 continue
-            if verify is not None and not verify(hashed[keep], hashed[j], is_mirror):
-                continue
-            taken[j] = True
-            others.append(hashed[j].id)
-            dist[hashed[j].id] = int(best[j])
-            if is_mirror:
-                mirrored.append(hashed[j].id)
-        if others:
-            groups.append(DuplicateGroup(hashed[keep].id, sorted(others), dist, sorted(mirrored)))
+            taken[keep] = True
+            others, dist, mirrored = [], {}, []
+            for j, bj, is_mirror in cands:
+                if taken[j] or not walk.verified(keep, j, is_mirror):
+                    continue
+                taken[j] = True
+                others.append(hashed[j].id)
+                dist[hashed[j].id] = bj
+                if is_mirror:
+                    mirrored.append(hashed[j].id)
+            if others:
+                groups.append(DuplicateGroup(hashed[keep].id, sorted(others), dist, sorted(mirrored)))
+    walk.close()
     groups.sort(key=lambda g: g.keep)
     return groups
+
+
+_BLOCK = 4096
+"""Images whose hash matches are looked up at once (chosen: a few MiB of temporaries)."""
+
+
+class _Lookahead:
+    """`verify` answers for the greedy walk, computed up to `ahead` pairs before it asks, on
+    `workers` threads. The walk asks in the order of its plan; a pair is sent only while its
+    candidate is free and its kept image is free or the one being grouped, so the work wasted on
+    pairs the walk then skips (grouped meanwhile) is at most `ahead` pairs at a time."""
+
+    def __init__(self, verify: Callable[[HashedImage, HashedImage, bool], bool] | None, workers: int, taken: np.ndarray):
+        self.verify = verify
+        self.taken = taken
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") if verify is not None and workers > 1 else None
+        self.ahead = 4 * workers
+        self.pending: deque[tuple[tuple[int, int], Future[bool]]] = deque()
+        self.queue: Iterator[tuple[int, int, bool]] = iter(())
+        self.hashed: Sequence[HashedImage] = ()
+        self.current = -1
+
+    def plan(self, hashed: Sequence[HashedImage], plans: list[tuple[int, list[tuple[int, int, bool]]]]) -> None:
+        """The pairs the walk will ask about next, in its order (a new block: the rest are dropped)."""
+        for _, fut in self.pending:
+            fut.cancel()
+        self.pending.clear()
+        self.hashed = hashed
+        self.queue = ((keep, j, m) for keep, cands in plans for j, _, m in cands)
+
+    def _fill(self) -> None:
+        assert self.pool is not None
+        while len(self.pending) < self.ahead:
+            nxt = next(self.queue, None)
+            if nxt is None:
+                return
+            keep, j, m = nxt
+            if self.taken[j] or (self.taken[keep] and keep != self.current):
+                continue  # the walk will skip it
+            self.pending.append(((keep, j), self.pool.submit(self._call, keep, j, m)))
+
+    def _call(self, keep: int, j: int, m: bool) -> bool:
+        assert self.verify is not None
+        return self.verify(self.hashed[keep], self.hashed[j], m)
+
+    def verified(self, keep: int, j: int, m: bool) -> bool:
+        """The answer for (kept image, candidate), asked in plan order."""
+        if self.verify is None:
+            return True
+        if self.pool is None:
+            return self._call(keep, j, m)
+        self.current = keep
+        self._fill()
+        while self.pending and self.pending[0][0] != (keep, j):
+            self.pending.popleft()[1].cancel()  # sent ahead, then skipped by the walk
+            self._fill()
+        if not self.pending:
+            return self._call(keep, j, m)
+        answer = self.pending.popleft()[1].result()
+        self._fill()
+        return answer
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fine_arrays(hashed: Sequence[HashedImage]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 256-bit hashes as (n, 4) uint64 arrays (fine, mirrored) and where each is known
+    ((2, n) bools), for `_fine_match` on many pairs at once."""
+    n = len(hashed)
+    out = np.zeros((2, n, 4), dtype=np.uint64)
+    known = np.zeros((2, n), dtype=bool)
+    for i, x in enumerate(hashed):
+        for w, value in enumerate((x.fine, x.fine_mirror)):
+            if value is not None:
+                known[w, i] = True
+                out[w, i] = [(value >> (64 * q)) & 0xFFFFFFFFFFFFFFFF for q in range(4)]
+    return out[0], out[1], known
 
 
 def _fine_match(a: HashedImage, b: HashedImage, mirrored: bool) -> bool:
@@ -311,7 +430,7 @@ def dedupe_folder(
     exclude = [Path(move_to)] if move_to else []
     items = discover(folder, recursive=recursive, exclude=exclude)
     hashed, failed = hash_items(items, workers=workers, progress=progress, engine=engine)
-    groups = group_duplicates(hashed, threshold, mirror=mirror, verify=PixelVerifier() if verify else None)
+    groups = group_duplicates(hashed, threshold, mirror=mirror, verify=PixelVerifier() if verify else None, workers=workers or default_workers())
     report = DedupeReport(str(folder), groups, failed, threshold=threshold, images=len(items), skipped=list(getattr(items, "skipped", [])))
     if move_to is None:
         return report

@@ -3,13 +3,16 @@
 A stage report keeps one result per image (crops.jsonl, the contact sheets and the summary are
 made from them). At 100k images those results held ~340 MiB of the crop driver's 630 MiB. A
 `ResultList` keeps them in memory up to `spill_at` and beyond that in an anonymous temporary
-file (pickled, gone when the list is, even after a kill), holding only where each one is:
-8 bytes per result. Reading them back is sequential `pread`s of data the page cache still has.
+file (gone when the list is, even after a kill), holding only where each one is: 8 bytes per
+result. Reading them back is sequential `pread`s of data the page cache still has, up to 1 MiB
+at a time. A result is stored as `marshal` of its fields (plain JSON-like data: 6 us a result
+to read back against 9 for a pickled dataclass), pickled when it holds anything else.
 """
 
 from __future__ import annotations
 
 import heapq
+import marshal
 import os
 import pickle
 import sys
@@ -26,6 +29,22 @@ from prep.fsutil import DiskFull, is_disk_full
 SPILL_AT = 10_000
 """Results kept in memory before the rest go to disk (chosen: 10k results are ~35 MiB, and no
 test-sized or everyday run pays for a file)."""
+
+
+_READ_AT_MOST = 1 << 20
+
+
+def _dump(r: Result) -> bytes:
+    try:
+        return b"M" + marshal.dumps((r.id, r.status, r.source, r.outputs, r.reason, r.data))
+    except ValueError:  # something marshal does not take (a Path, a dataclass): pickled
+        return b"P" + pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _undump(b: bytes | memoryview) -> Result:
+    if b[0] == 77:  # "M"
+        return Result(*marshal.loads(b[1:]))
+    return pickle.loads(b[1:])
 
 
 class ResultList(Sequence[Result]):
@@ -53,7 +72,7 @@ class ResultList(Sequence[Result]):
             if len(self._mem) > self._spill_at:
                 self._spill()
             return
-        b = pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+        b = _dump(r)
         self._places.append(self._end << 32 | len(b))
         self._end += len(b)
         self._pending.append(b)
@@ -73,7 +92,7 @@ class ResultList(Sequence[Result]):
         weakref.finalize(self, os.close, self._fd)
         mem, self._mem = self._mem or [], None
         for r in mem:
-            b = pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+            b = _dump(r)
             self._places.append(self._end << 32 | len(b))
             self._end += len(b)
             self._pending.append(b)
@@ -100,15 +119,26 @@ class ResultList(Sequence[Result]):
 
     def _load(self, place: int) -> Result:
         assert self._fd is not None
-        return pickle.loads(os.pread(self._fd, place & 0xFFFFFFFF, place >> 32))
+        return _undump(os.pread(self._fd, place & 0xFFFFFFFF, place >> 32))
 
     def __iter__(self) -> Iterator[Result]:
         if self._mem is not None:
             yield from self._mem
             return
         self._flush()
-        for place in self._places:
-            yield self._load(place)
+        assert self._fd is not None
+        places, i, n = self._places, 0, len(self._places)
+        while i < n:  # one read for each run of results that lie next to each other on disk
+            start = places[i] >> 32
+            end, j = start + (places[i] & 0xFFFFFFFF), i + 1
+            while j < n and places[j] >> 32 == end and end - start < _READ_AT_MOST:
+                end += places[j] & 0xFFFFFFFF
+                j += 1
+            block = memoryview(os.pread(self._fd, end - start, start))
+            for k in range(i, j):
+                off = (places[k] >> 32) - start
+                yield _undump(block[off:off + (places[k] & 0xFFFFFFFF)])
+            i = j
 
     @overload
     def __getitem__(self, i: int) -> Result: ...

@@ -251,3 +251,38 @@ def test_manifest_statuses_of_one_step(tmp_path):
     m.append(Record("crop.report", "contact_sheet_002.jpg", "ok"))
     assert Manifest(m.path).statuses("crop.report") == {"contact_sheet.jpg": "ok", "contact_sheet_002.jpg": "ok"}
     assert Manifest(m.path).statuses("crop") == {"a.png": "ok"}
+
+
+def test_manifest_index_reads_each_lines_head_not_the_whole_line(tmp_path, monkeypatch):
+    """Indexing a 100k-image caption manifest parsed 170 MB of JSON that `get` parses again. Lines
+    now start with step, id and status, which is all the index reads; names that need escapes,
+    lines of the older sorted-key form and a line whose body is damaged still read right."""
+    m = Manifest.in_folder(tmp_path)
+    odd = ['q"uote.png', "back\\slash.png", "ü/ß.png", "bad\udcff.png", 'x", "id": "y.png']
+    for i, name in enumerate(odd):
+        m.append(Record("caption", name, "ok", data={"n": i, "nested": {"id": "not this", "step": "nor this"}}))
+    with open(m.path, "a", encoding="utf-8") as fh:  # a line written before the head order: keys sorted
+        fh.write(json.dumps({"id": "old.png", "n": 9, "status": "ok", "step": "caption"}, sort_keys=True) + "\n")
+    first = m.path.read_bytes().splitlines()[0]
+    assert first.startswith(b'{"step": "caption", "id": "q\\"uote.png", "status": "ok", ') and json.loads(first)["n"] == 0
+    calls = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda s, *a, **k: calls.append(s) or real_loads(s, *a, **k))
+    again = Manifest(m.path)
+    assert again.ids("caption") == [*odd, "old.png"]
+    assert again.statuses("caption") == {name: "ok" for name in [*odd, "old.png"]}
+    parsed_whole = [c for c in calls if len(c) > 40]
+    assert len(parsed_whole) == 2, parsed_whole  # the old-form line, once for ids and once for statuses
+    monkeypatch.undo()
+    assert [again.get("caption", name).data["n"] for name in [*odd, "old.png"]] == [0, 1, 2, 3, 4, 9]
+
+    m.append(Record("caption", "ü/ß.png", "failed", reason="boom"))
+    text = m.path.read_text(encoding="utf-8", errors="surrogateescape")
+    head, _, _ = text.splitlines()[-1].partition('"reason"')
+    m.path.write_text(text + head + '"reas\n', encoding="utf-8", errors="surrogateescape")  # its head is whole, its body is not
+    fresh = Manifest(m.path)
+    assert fresh.get("caption", "ü/ß.png").status == "failed"  # the damaged line is not the latest record
+    with open(m.path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": "caption", "id": "ü/ß.png", "status": "ok"})[:-1] + ', "n": }\n')
+    fresh = Manifest(m.path)
+    assert fresh.get("caption", "ü/ß.png").status == "failed" and fresh.get("caption", "q\"uote.png").data["n"] == 0

@@ -37,6 +37,16 @@ def test_spilled_list_reads_back_what_went_in(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the file has no name: nothing is left behind, even by a kill
 
 
+def test_results_marshal_cannot_hold_are_pickled_and_runs_of_them_read_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(results_mod, "_READ_AT_MOST", 300)  # several blocks, each holding a few results
+    want = [_r(i) for i in range(40)]
+    want[5] = Result("odd.png", "ok", "/src/odd.png", [], None, {"where": Path("/src/odd.png")})  # marshal refuses a Path
+    rl = ResultList(want, spill_at=3, dir=tmp_path)
+    assert rl.spilled and list(rl) == want and rl[5].data["where"] == Path("/src/odd.png")
+    rl.sort(key=lambda r: -r.data.get("n", 5))  # places no longer next to each other: one read each
+    assert list(rl) == sorted(want, key=lambda r: -r.data.get("n", 5))
+
+
 def test_small_lists_stay_in_memory():
     want = [_r(i) for i in range(5)]
     rl = ResultList(reversed(want), spill_at=10)

@@ -125,7 +125,7 @@ def _json_pieces(data: Any) -> Iterator[str]:
             any_item = False
             for item in v:
                 yield ("," if any_item else "") + "\n    "
-                yield from line.iterencode(item)
+                yield line.encode(item)  # one shot: the C encoder (iterencode is pure Python, 4 s per 100k)
                 any_item = True
             yield "\n  ]" if any_item else "]"
         else:
