@@ -254,12 +254,15 @@ def _fmt(summary: dict[str, Any], keys: tuple[str, ...]) -> str:
         v = summary.get(k)
         if v in (None, [], {}, ""):
             continue
+        total = summary.get(f"{k}_total")  # a list cut short in the summary (loraprep.stages.SUMMARY_NAMES)
         if isinstance(v, list):
-            more = f", +{len(v) - LIST_SHOWN} more" if len(v) > LIST_SHOWN else ""
-            v = f"{len(v)} ({', '.join(map(str, v[:LIST_SHOWN]))}{more})"
+            n = total or len(v)
+            more = f", +{n - LIST_SHOWN} more" if n > LIST_SHOWN else ""
+            v = f"{n} ({', '.join(map(str, v[:LIST_SHOWN]))}{more})"
         elif isinstance(v, dict):
             items = list(v.items())
-            more = f", +{len(items) - DICT_SHOWN} more" if len(items) > DICT_SHOWN else ""
+            n = total or len(items)
+            more = f", +{n - DICT_SHOWN} more" if n > DICT_SHOWN else ""
             v = ", ".join(f"{a}: {b}" for a, b in items[:DICT_SHOWN]) + more
         parts.append(f"{k.replace('_', ' ')} {v}")
     return "; ".join(parts)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import stat
+from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,18 +310,37 @@ def _import_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> st
     return None
 
 
+SUMMARY_NAMES = 100
+"""Files a stage summary names per list (chosen): the summary is kept in the project state and
+printed; the stage's own report (reports/check.json, crops.jsonl) names every file. A list cut
+short says how long it was in `<key>_total`."""
+
+
+def _capped(out: dict[str, Any], key: str, values: Any) -> None:
+    """`out[key]` = the first SUMMARY_NAMES of `values` (a list or a dict), with the full count
+    in `out[key + "_total"]` when some were left out (100k upscaled crops made a 6 MB state)."""
+    n = len(values)
+    if isinstance(values, dict):
+        out[key] = dict(islice(values.items(), SUMMARY_NAMES))
+    else:
+        out[key] = list(islice(values, SUMMARY_NAMES))
+    if n > SUMMARY_NAMES:
+        out[f"{key}_total"] = n
+
+
 def _check_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
     probs = rep.problems()
-    return {
-        "images": len(rep.images),
-        "unreadable": [e["file"] for e in probs["corrupt"]],
-        "small": [e["file"] for e in probs["small"]],
-        "exif_rotated": len(probs["exif_rotated"]),
-        "transparent": len(probs["transparent"]),
-        "buckets": rep.summary()["buckets"],
-        # quality and identity flags (prep.check.QUALITY_KINDS): blurry, monochrome, off_model, ...
-        "flagged": {kind: [e["file"] for e in probs.get(kind, [])] for kind in getattr(rep, "flag_kinds", ()) if probs.get(kind)},
-    }
+    out: dict[str, Any] = {"images": len(rep.images)}
+    _capped(out, "unreadable", [e["file"] for e in probs["corrupt"]])
+    _capped(out, "small", [e["file"] for e in probs["small"]])
+    out.update({"exif_rotated": len(probs["exif_rotated"]), "transparent": len(probs["transparent"]), "buckets": rep.summary()["buckets"]})
+    # quality and identity flags (prep.check.QUALITY_KINDS): blurry, monochrome, off_model, ...
+    flagged: dict[str, Any] = {}
+    for kind in getattr(rep, "flag_kinds", ()):
+        if probs.get(kind):
+            _capped(flagged, kind, [e["file"] for e in probs[kind]])
+    out["flagged"] = flagged
+    return out
 
 
 def _check_stop(rep: Any, js: dict[str, Any], p: Project, d: ProjectDirs) -> str | None:
@@ -332,11 +352,14 @@ def _dedupe_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
 
 
 def _crop_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
-    s = rep.summary()
+    s: dict[str, Any] = dict(rep.summary())
+    _capped(s, "no_face", rep.no_face)
+    n_flagged = s["flagged"]  # the count; the key then names them (read lazily: 100k results live on disk)
+    s["flagged"] = dict(islice(((r.id, r.reason) for r in rep.results if r.status == "flagged"), SUMMARY_NAMES))
+    if n_flagged > SUMMARY_NAMES:
+        s["flagged_total"] = n_flagged
     return {
         **s,
-        "no_face": list(rep.no_face),
-        "flagged": {r.id: r.reason for r in rep.flagged},
         "contact_sheets": [str(p) for p in rep.contact_sheets],
         "warnings": list(rep.warnings),
         "suggested_resolution": _get(js, "suggested_resolution", default=getattr(rep, "suggested_resolution", None)),

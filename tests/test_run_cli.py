@@ -91,6 +91,23 @@ def test_long_lists_say_how_many_more():
     assert "+3 more" in text
 
 
+def test_a_crop_summary_names_a_few_hundred_files_not_every_flagged_one(tmp_path):
+    """The summary lives in the project state and on the terminal: 100k upscaled crops put every
+    id and reason in it (6 MB). It names SUMMARY_NAMES and says how many there were."""
+    from prep.crop import CropReport
+    from prep.executor import Result
+    from loraprep.stages import SUMMARY_NAMES, _crop_summary
+
+    results = [Result(f"img_{i:04d}.png", "flagged", outputs=[f"img_{i:04d}.png"], reason="upscaled 2.0x",
+                      data={"flags": ["upscaled", *(["no_face"] if i % 2 else [])], "buckets": [[512, 512]]}) for i in range(3 * SUMMARY_NAMES)]
+    s = _crop_summary(CropReport(out=tmp_path, results=results, resolution=512), {})
+    assert len(s["flagged"]) == SUMMARY_NAMES and s["flagged_total"] == 3 * SUMMARY_NAMES and s["flagged"]["img_0000.png"] == "upscaled 2.0x"
+    assert len(s["no_face"]) == SUMMARY_NAMES and s["no_face_total"] == 3 * SUMMARY_NAMES // 2
+    assert f"+{3 * SUMMARY_NAMES - 6} more" in _fmt(s, ("flagged",)) and f"no face {3 * SUMMARY_NAMES // 2} (" in _fmt(s, ("no_face",))
+    small = _crop_summary(CropReport(out=tmp_path, results=results[:5], resolution=512), {})
+    assert len(small["flagged"]) == 5 and "flagged_total" not in small
+
+
 def test_stage_warnings_reach_the_terminal(capsys):
     rep = RunReport(Path("p"), stages=[StageResult("crop", "done", {"warnings": ["anime head model unavailable: fell back to the photo detector"], "suggested_resolution": 512})])
     notes = warnings_of(rep)
