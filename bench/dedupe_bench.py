@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--threshold", type=int, default=8)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-scan-verify", action="store_true", help="leave out the slowest variant (scan + verify)")
+    ap.add_argument("--only", help="run only the variants whose name contains this (e.g. 'index, no verify')")
     args = ap.parse_args()
     if args.hashes.exists():
         hashed = pickle.loads(args.hashes.read_bytes())
@@ -41,6 +42,8 @@ def main() -> int:
                 ("index, verify, 1 thread", True, True, 1), (f"index, verify, {args.workers} threads", True, True, args.workers)]
     if not args.skip_scan_verify:
         variants.insert(2, ("scan, verify, 1 thread", None, True, 1))
+    if args.only:
+        variants = [v for v in variants if args.only in v[0]]
     seen: dict[bool, list] = {}
     print(f"| {len(hashed)} images, threshold {args.threshold} | seconds | groups |\n|---|---:|---:|")
     for name, index, verify, workers in variants:
