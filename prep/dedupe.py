@@ -216,48 +216,50 @@ def group_duplicates(
     taken = np.zeros(n, dtype=bool)
     walk = _Lookahead(verify, workers, taken)
     groups = []
-    for lo in range(0, n, _BLOCK):
-        keeps = np.array([k for k in order[lo:lo + _BLOCK] if not taken[k]], dtype=np.int64)
-        if not len(keeps):
-            continue
-        # every hash match of the block's images at once, in numpy; Python sees only the pairs
-        # that pass both hashes (a set of generated look-alikes had ~180 matches per image)
-        qi, vj = finder.pairs(h[keeps])
-        k, j = keeps[qi], vj % n
-        d = np.bitwise_count(h[k] ^ h[j]).astype(np.int16)
-        dm = np.bitwise_count(h[k] ^ hm[j]).astype(np.int16) if mirror else d
-        use = (j != k) & ~taken[j] & ((vj < n) | (d > threshold))  # matched as itself and as its mirror: once
-        qi, k, j, d, dm = qi[use], k[use], j[use], d[use], dm[use]
-        best = np.minimum(d, dm)
-        is_mirror = (dm < d) & (d > threshold) if mirror else np.zeros(len(j), dtype=bool)
-        other = np.where(is_mirror[:, None], fine_m[j], fine[j])
-        near = np.bitwise_count(fine[k] ^ other).sum(axis=1) <= FINE_THRESHOLD
-        near |= ~(has_fine[0, k] & has_fine[0, j] & has_fine[1, j])  # not computed: the coarse match stands (`_fine_match`)
-        qi, j, best, is_mirror = qi[near], j[near], best[near], is_mirror[near]
-        cut = np.searchsorted(qi, np.arange(len(keeps) + 1))
-        jl, bl, ml = j.tolist(), best.tolist(), is_mirror.tolist()
-        plans: list[tuple[int, list[tuple[int, int, bool]]]] = []
-        for row, keep in enumerate(keeps.tolist()):
-            cands = [(jl[x], bl[x], ml[x]) for x in range(cut[row], cut[row + 1])]
-            cands.sort(key=lambda c: (c[1], hashed[c[0]].id))
-            plans.append((keep, cands))
-        walk.plan(hashed, plans)
-        for keep, cands in plans:
-            if taken[keep]:
+    try:
+        for lo in range(0, n, _BLOCK):
+            keeps = np.array([k for k in order[lo:lo + _BLOCK] if not taken[k]], dtype=np.int64)
+            if not len(keeps):
                 continue
-            taken[keep] = True
-            others, dist, mirrored = [], {}, []
-            for j, bj, is_mirror in cands:
-                if taken[j] or not walk.verified(keep, j, is_mirror):
+            # every hash match of the block's images at once, in numpy; Python sees only the pairs
+            # that pass both hashes (a set of generated look-alikes had ~180 matches per image)
+            qi, vj = finder.pairs(h[keeps])
+            k, j = keeps[qi], vj % n
+            d = np.bitwise_count(h[k] ^ h[j]).astype(np.int16)
+            dm = np.bitwise_count(h[k] ^ hm[j]).astype(np.int16) if mirror else d
+            use = (j != k) & ~taken[j] & ((vj < n) | (d > threshold))  # matched as itself and as its mirror: once
+            qi, k, j, d, dm = qi[use], k[use], j[use], d[use], dm[use]
+            best = np.minimum(d, dm)
+            is_mirror = (dm < d) & (d > threshold) if mirror else np.zeros(len(j), dtype=bool)
+            other = np.where(is_mirror[:, None], fine_m[j], fine[j])
+            near = np.bitwise_count(fine[k] ^ other).sum(axis=1) <= FINE_THRESHOLD
+            near |= ~(has_fine[0, k] & has_fine[0, j] & has_fine[1, j])  # not computed: the coarse match stands (`_fine_match`)
+            qi, j, best, is_mirror = qi[near], j[near], best[near], is_mirror[near]
+            cut = np.searchsorted(qi, np.arange(len(keeps) + 1))
+            jl, bl, ml = j.tolist(), best.tolist(), is_mirror.tolist()
+            plans: list[tuple[int, list[tuple[int, int, bool]]]] = []
+            for row, keep in enumerate(keeps.tolist()):
+                cands = [(jl[x], bl[x], ml[x]) for x in range(cut[row], cut[row + 1])]
+                cands.sort(key=lambda c: (c[1], hashed[c[0]].id))
+                plans.append((keep, cands))
+            walk.plan(hashed, plans)
+            for keep, cands in plans:
+                if taken[keep]:
                     continue
-                taken[j] = True
-                others.append(hashed[j].id)
-                dist[hashed[j].id] = bj
-                if is_mirror:
-                    mirrored.append(hashed[j].id)
-            if others:
-                groups.append(DuplicateGroup(hashed[keep].id, sorted(others), dist, sorted(mirrored)))
-    walk.close()
+                taken[keep] = True
+                others, dist, mirrored = [], {}, []
+                for j, bj, is_mirror in cands:
+                    if taken[j] or not walk.verified(keep, j, is_mirror):
+                        continue
+                    taken[j] = True
+                    others.append(hashed[j].id)
+                    dist[hashed[j].id] = bj
+                    if is_mirror:
+                        mirrored.append(hashed[j].id)
+                if others:
+                    groups.append(DuplicateGroup(hashed[keep].id, sorted(others), dist, sorted(mirrored)))
+    finally:
+        walk.close()  # its threads, also when a check raises
     groups.sort(key=lambda g: g.keep)
     return groups
 
