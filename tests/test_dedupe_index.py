@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import prep.hamming as hamming
+from prep import hamming
 from prep.dedupe import HashedImage, _fine_match, group_duplicates, keep_rank
 from prep.hamming import HammingIndex, plan
 
@@ -130,7 +130,7 @@ class _Verify:
 @pytest.mark.parametrize("mirror", [True, False])
 @pytest.mark.parametrize("threshold", [4, 8, 14])
 def test_grouping_is_the_same_with_the_index_without_it_and_on_threads(monkeypatch, mirror, threshold):
-    import prep.dedupe as dedupe
+    from prep import dedupe
 
     monkeypatch.setattr(dedupe, "_BLOCK", 97)  # several blocks, a group's images in different ones
     hashed = _hashed(1500, seed=threshold)
