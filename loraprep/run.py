@@ -15,7 +15,7 @@ the run at the stage that hit it, naming the path, and that stage is not recorde
 from __future__ import annotations
 
 import importlib
-import json
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +25,8 @@ from typing import Any
 from loraprep.project import Project, StageState, fingerprint
 from loraprep.stages import STAGES, StageStop, Step, steps_for
 from prep.executor import Progress
-from prep.fsutil import DiskFull, atomic_write_text
+from prep.fsutil import DiskFull
+from prep.jsonout import write_json
 from prep.lock import output_lock
 from prep.options import OptionsError
 from prep.project import ProjectDirs
@@ -126,6 +127,14 @@ def check_trainer_option(trainer: str, key: str, value: Any) -> Any:
     return value
 
 
+def _streams(rep: Any) -> bool:
+    """`rep.to_json` takes `stream` (its images as iterators, see `prep.jsonout`)."""
+    try:
+        return "stream" in inspect.signature(rep.to_json).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class Pipeline:
     """Runs the stages of one project in order, skipping the ones that are up to date."""
 
@@ -149,7 +158,7 @@ class Pipeline:
         self.report = RunReport(self.dirs.root, dry_run=dry_run)
 
     def _write_report(self, name: str, data: Any) -> None:
-        atomic_write_text(self.dirs.reports / name, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        write_json(self.dirs.reports / name, data)
 
     def _settings(self, step: Step, stage: Any) -> Any:
         if not step.enabled(self.p):
@@ -256,7 +265,9 @@ class Pipeline:
             raise StageStop(step.name, f"{exc} (edit [{step.name}] in loraprep.toml)", usage=True) from None
         except errors as exc:  # type: ignore[misc]
             raise StageStop(step.name, f"{step.name}: {exc}") from None
-        js = rep.to_json()
+        # a report that can stream its per-image parts (check, crop) is written without holding
+        # them as one document; the summaries read the report, not these parts
+        js = rep.to_json(stream=True) if step.report_file and _streams(rep) else rep.to_json()
         if step.report_file:
             self._write_report(step.report_file, js)
         reason = step.stop(rep, js, self.p, self.dirs)

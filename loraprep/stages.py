@@ -317,28 +317,33 @@ short says how long it was in `<key>_total`."""
 
 
 def _capped(out: dict[str, Any], key: str, values: Any) -> None:
-    """`out[key]` = the first SUMMARY_NAMES of `values` (a list or a dict), with the full count
-    in `out[key + "_total"]` when some were left out (100k upscaled crops made a 6 MB state)."""
-    n = len(values)
+    """`out[key]` = the first SUMMARY_NAMES of `values` (a list, a dict or an iterator, which is
+    counted to its end), with the full count in `out[key + "_total"]` when some were left out
+    (100k upscaled crops made a 6 MB state)."""
     if isinstance(values, dict):
+        n = len(values)
         out[key] = dict(islice(values.items(), SUMMARY_NAMES))
     else:
-        out[key] = list(islice(values, SUMMARY_NAMES))
+        it = iter(values)
+        out[key] = list(islice(it, SUMMARY_NAMES))
+        n = len(out[key]) + sum(1 for _ in it)
     if n > SUMMARY_NAMES:
         out[f"{key}_total"] = n
 
 
 def _check_summary(rep: Any, js: dict[str, Any]) -> dict[str, Any]:
-    probs = rep.problems()
+    probs = rep.problems(stream=True)  # per-image lists as iterators: 100k small images are 100k entries
     out: dict[str, Any] = {"images": len(rep.images)}
     _capped(out, "unreadable", [e["file"] for e in probs["corrupt"]])
-    _capped(out, "small", [e["file"] for e in probs["small"]])
-    out.update({"exif_rotated": len(probs["exif_rotated"]), "transparent": len(probs["transparent"]), "buckets": rep.summary()["buckets"]})
+    _capped(out, "small", (e["file"] for e in probs["small"]))
+    out.update({"exif_rotated": sum(1 for _ in probs["exif_rotated"]), "transparent": sum(1 for _ in probs["transparent"]), "buckets": rep.summary()["buckets"]})
     # quality and identity flags (prep.check.QUALITY_KINDS): blurry, monochrome, off_model, ...
     flagged: dict[str, Any] = {}
     for kind in getattr(rep, "flag_kinds", ()):
-        if probs.get(kind):
-            _capped(flagged, kind, [e["file"] for e in probs[kind]])
+        names: dict[str, Any] = {}
+        _capped(names, kind, (e["file"] for e in probs[kind]))
+        if names[kind]:
+            flagged.update(names)
     out["flagged"] = flagged
     return out
 

@@ -17,7 +17,7 @@ import codecs
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,73 @@ folder that also holds that run's `crops.jsonl`."""
 _LEGACY_REPORT_MARK = "crops.jsonl"
 
 
-@dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class ImageItem:
     """One image of a dataset. `id` is the path relative to the dataset root (posix form).
 
     `path` is the name as the OS gives it; `id` is `prep.inputs.printable` of the relative path,
     so a name that is not valid UTF-8 is shown and recorded with `\\xNN` escapes.
+
+    Every command holds one per file for the whole run, so it keeps strings, not `Path`s: a
+    `Path` costs ~250 bytes and a listing of 100k files held ~70 MiB of them. `path` and
+    `caption_path` are made on access; the caption path is stored only when it is not the
+    image's own `.txt`, and `flags` only when set.
     """
 
-    id: str
-    path: Path
-    caption_path: Path
-    flags: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("_caption", "_flags", "_path", "id")
+
+    def __init__(self, id: str, path: Path | str, caption_path: Path | str | None = None, flags: dict[str, Any] | None = None):
+        self.id = id
+        self._path = os.fspath(path)
+        cap = None if caption_path is None else os.fspath(caption_path)
+        self._caption = None if cap is None or cap == os.fspath(caption_path_for(Path(self._path))) else cap
+        self._flags = flags or None
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
+    @property
+    def fspath(self) -> str:
+        """The path as the string it is kept as (no `Path` made; shared by whoever keeps it)."""
+        return self._path
+
+    @path.setter
+    def path(self, value: Path | str) -> None:
+        cap = self.caption_path
+        self._path = os.fspath(value)
+        self.caption_path = cap
+
+    @property
+    def caption_path(self) -> Path:
+        return caption_path_for(Path(self._path)) if self._caption is None else Path(self._caption)
+
+    @caption_path.setter
+    def caption_path(self, value: Path | str) -> None:
+        cap = os.fspath(value)
+        self._caption = None if cap == os.fspath(caption_path_for(Path(self._path))) else cap
+
+    @property
+    def flags(self) -> dict[str, Any]:
+        if self._flags is None:
+            self._flags = {}
+        return self._flags
+
+    @flags.setter
+    def flags(self, value: dict[str, Any]) -> None:
+        self._flags = value or None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageItem):
+            return NotImplemented
+        return (self.id, self._path, self.caption_path, self._flags or {}) == (other.id, other._path, other.caption_path, other._flags or {})
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return f"ImageItem(id={self.id!r}, path={self.path!r}, caption_path={self.caption_path!r}, flags={self._flags or {}!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ImageItem, (self.id, self._path, self._caption, self._flags))
 
     @property
     def has_caption(self) -> bool:
@@ -249,7 +304,7 @@ def discover(root: Path | str, *, recursive: bool = False, exclude: Iterable[Pat
         if problem is not None:
             found.skipped.append(Skipped(rel, p, problem))
             continue
-        found.append(ImageItem(id=rel, path=p, caption_path=caption_path_for(p)))
+        found.append(ImageItem(rel, p))
     found.sort(key=lambda it: it.id)
     found.skipped.sort(key=lambda s: s.id)
     return found

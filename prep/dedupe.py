@@ -30,9 +30,11 @@ caption but a duplicate being moved has one, the caption is copied beside the ke
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,7 +104,7 @@ def is_derived_name(path: Path | str) -> bool:
 @dataclass(slots=True)  # one per image: no __dict__ each (100k-image runs)
 class HashedImage:
     id: str
-    path: Path
+    path: Path | str
     size: tuple[int, int]
     file_size: int
     hash: int
@@ -110,6 +112,69 @@ class HashedImage:
     fine: int | None = None
     fine_mirror: int | None = None
     captioned: bool = False
+
+
+class HashColumns(Sequence[HashedImage]):
+    """`HashedImage`s kept as columns, built on access: about 110 bytes an image (the id and the
+    path are the caller's own strings, shared) against ~600 for the objects, which a 100k-image
+    `prep check` held until its grouping. `group_duplicates` reads the hash columns as arrays."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._paths: list[str] = []
+        self._sizes = array("I")  # width, height
+        self._file_sizes = array("Q")
+        self._hashes = array("Q")  # hash, mirror
+        self._fine = bytearray()  # 32 bytes each, fine then mirrored, big-endian (0 when unknown)
+        self._bits = bytearray()  # 1: fine known, 2: fine_mirror known, 4: captioned
+
+    def append(self, h: HashedImage) -> None:
+        self._ids.append(h.id)
+        self._paths.append(h.path if isinstance(h.path, str) else os.fspath(h.path))
+        self._sizes.extend(h.size)
+        self._file_sizes.append(h.file_size)
+        self._hashes.extend((h.hash, h.mirror))
+        for v in (h.fine, h.fine_mirror):
+            self._fine += (v or 0).to_bytes(32, "big")
+        self._bits.append((h.fine is not None) | (h.fine_mirror is not None) << 1 | bool(h.captioned) << 2)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i: int) -> HashedImage:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        b, f = self._bits[i], self._fine
+        return HashedImage(
+            self._ids[i], Path(self._paths[i]), (self._sizes[2 * i], self._sizes[2 * i + 1]), self._file_sizes[i],
+            self._hashes[2 * i], self._hashes[2 * i + 1],
+            int.from_bytes(f[64 * i:64 * i + 32], "big") if b & 1 else None,
+            int.from_bytes(f[64 * i + 32:64 * i + 64], "big") if b & 2 else None,
+            bool(b & 4),
+        )
+
+    def __iter__(self) -> Iterator[HashedImage]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def sort_by_id(self) -> None:
+        order = sorted(range(len(self)), key=self._ids.__getitem__)
+        self._ids = [self._ids[i] for i in order]
+        self._paths = [self._paths[i] for i in order]
+        self._sizes = array("I", (v for i in order for v in self._sizes[2 * i:2 * i + 2]))
+        self._file_sizes = array("Q", (self._file_sizes[i] for i in order))
+        self._hashes = array("Q", (v for i in order for v in self._hashes[2 * i:2 * i + 2]))
+        self._fine = bytearray(b"".join(self._fine[64 * i:64 * i + 64] for i in order))
+        self._bits = bytearray(self._bits[i] for i in order)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, mirror, fine (n, 4), fine mirrored (n, 4), known (2, n)) as `_fine_arrays` gives them."""
+        n = len(self)
+        hh = np.frombuffer(self._hashes, dtype=np.uint64).reshape(n, 2) if n else np.zeros((0, 2), np.uint64)
+        words = np.frombuffer(bytes(self._fine), dtype=">u8").reshape(n, 2, 4)[:, :, ::-1].astype(np.uint64)
+        bits = np.frombuffer(bytes(self._bits), dtype=np.uint8)
+        known = np.stack([(bits & 1) != 0, (bits & 2) != 0])
+        return hh[:, 0].copy(), hh[:, 1].copy(), np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1]), known
 
 
 def keep_rank(h: HashedImage) -> tuple[Any, ...]:
@@ -208,10 +273,14 @@ def group_duplicates(
     n = len(hashed)
     if n < 2:
         return []
-    h = np.array([x.hash for x in hashed], dtype=np.uint64)
-    hm = np.array([x.mirror for x in hashed], dtype=np.uint64)
-    fine, fine_m, has_fine = _fine_arrays(hashed)
+    if isinstance(hashed, HashColumns):
+        h, hm, fine, fine_m, has_fine = hashed.arrays()
+    else:
+        h = np.array([x.hash for x in hashed], dtype=np.uint64)
+        hm = np.array([x.mirror for x in hashed], dtype=np.uint64)
+        fine, fine_m, has_fine = _fine_arrays(hashed)
     finder = HammingIndex(np.concatenate([h, hm]) if mirror else h, threshold, widths=True if index else None)
+    ids = hashed._ids if isinstance(hashed, HashColumns) else [x.id for x in hashed]
     order = sorted(range(n), key=lambda i: keep_rank(hashed[i]))
     taken = np.zeros(n, dtype=bool)
     walk = _Lookahead(verify, workers, taken)
@@ -240,7 +309,7 @@ def group_duplicates(
             plans: list[tuple[int, list[tuple[int, int, bool]]]] = []
             for row, keep in enumerate(keeps.tolist()):
                 cands = [(jl[x], bl[x], ml[x]) for x in range(cut[row], cut[row + 1])]
-                cands.sort(key=lambda c: (c[1], hashed[c[0]].id))
+                cands.sort(key=lambda c: (c[1], ids[c[0]]))
                 plans.append((keep, cands))
             walk.plan(hashed, plans)
             for keep, cands in plans:
@@ -252,12 +321,12 @@ def group_duplicates(
                     if taken[j] or not walk.verified(keep, j, is_mirror):
                         continue
                     taken[j] = True
-                    others.append(hashed[j].id)
-                    dist[hashed[j].id] = bj
+                    others.append(ids[j])
+                    dist[ids[j]] = bj
                     if is_mirror:
-                        mirrored.append(hashed[j].id)
+                        mirrored.append(ids[j])
                 if others:
-                    groups.append(DuplicateGroup(hashed[keep].id, sorted(others), dist, sorted(mirrored)))
+                    groups.append(DuplicateGroup(ids[keep], sorted(others), dist, sorted(mirrored)))
     finally:
         walk.close()  # its threads, also when a check raises
     groups.sort(key=lambda g: g.keep)

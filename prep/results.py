@@ -34,22 +34,46 @@ test-sized or everyday run pays for a file)."""
 _READ_AT_MOST = 1 << 20
 
 
-def _dump(r: Result) -> bytes:
+def encode_fields(fields: Any) -> bytes:
+    """`marshal` of `fields` (plain data), or a pickle where marshal would not give the same back.
+
+    marshal takes anything with a buffer as bytes: a numpy float or array would come back as
+    its raw bytes. So the marshalled text is read back and compared; anything else is pickled.
+    """
     try:
-        return b"M" + marshal.dumps((r.id, r.status, r.source, r.outputs, r.reason, r.data))
-    except ValueError:  # something marshal does not take (a Path, a dataclass): pickled
-        return b"P" + pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)
+        b = marshal.dumps(fields)
+        if marshal.loads(b) == fields:
+            return b"M" + b
+    except (ValueError, TypeError):  # an object marshal refuses; an array's ambiguous truth value
+        pass
+    return b"P" + pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_fields(b: bytes | memoryview) -> Any:
+    return marshal.loads(b[1:]) if b[0] == 77 else pickle.loads(b[1:])  # 77: "M"
+
+
+def _dump(r: Result) -> bytes:
+    return encode_fields([r.id, r.status, r.source, r.outputs, r.reason, r.data])
 
 
 def _undump(b: bytes | memoryview) -> Result:
-    if b[0] == 77:  # "M"
-        return Result(*marshal.loads(b[1:]))
-    return pickle.loads(b[1:])
+    return Result(*decode_fields(b))
 
 
 class ResultList(Sequence[Result]):
     """A list of results: append, extend, sort, iterate, index. Results are not to be changed
-    after they are appended (a spilled one is a copy)."""
+    after they are appended (a spilled one is a copy).
+
+    A subclass keeps other per-image records the same way by overriding `_encode`, `_decode`
+    and `_status` (check's facts: `prep.check.FactList`); each record needs an `id`."""
+
+    _encode: Callable[[Any], bytes] = staticmethod(_dump)
+    _decode: Callable[[bytes | memoryview], Any] = staticmethod(_undump)
+
+    @staticmethod
+    def _status(r: Any) -> str:
+        return r.status
 
     def __init__(self, items: Iterable[Result] = (), *, spill_at: int | None = None, dir: Path | None = None):
         self._mem: list[Result] | None = []
@@ -66,13 +90,13 @@ class ResultList(Sequence[Result]):
     # -- writing
     def append(self, r: Result) -> None:
         self._ids.append(r.id)
-        self._statuses.append(sys.intern(r.status))
+        self._statuses.append(sys.intern(self._status(r)))
         if self._mem is not None:
             self._mem.append(r)
             if len(self._mem) > self._spill_at:
                 self._spill()
             return
-        b = _dump(r)
+        b = self._encode(r)
         self._places.append(self._end << 32 | len(b))
         self._end += len(b)
         self._pending.append(b)
@@ -92,7 +116,7 @@ class ResultList(Sequence[Result]):
         weakref.finalize(self, os.close, self._fd)
         mem, self._mem = self._mem or [], None
         for r in mem:
-            b = _dump(r)
+            b = self._encode(r)
             self._places.append(self._end << 32 | len(b))
             self._end += len(b)
             self._pending.append(b)
@@ -119,7 +143,7 @@ class ResultList(Sequence[Result]):
 
     def _load(self, place: int) -> Result:
         assert self._fd is not None
-        return _undump(os.pread(self._fd, place & 0xFFFFFFFF, place >> 32))
+        return self._decode(os.pread(self._fd, place & 0xFFFFFFFF, place >> 32))
 
     def __iter__(self) -> Iterator[Result]:
         if self._mem is not None:
@@ -137,7 +161,7 @@ class ResultList(Sequence[Result]):
             block = memoryview(os.pread(self._fd, end - start, start))
             for k in range(i, j):
                 off = (places[k] >> 32) - start
-                yield _undump(block[off:off + (places[k] & 0xFFFFFFFF)])
+                yield self._decode(block[off:off + (places[k] & 0xFFFFFFFF)])
             i = j
 
     @overload
@@ -179,7 +203,7 @@ class ResultList(Sequence[Result]):
         return self._mem is None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ResultList, (list(self),))
+        return (type(self), (list(self),))
 
     def __repr__(self) -> str:
-        return f"ResultList({len(self)} results{', on disk' if self.spilled else ''})"
+        return f"{type(self).__name__}({len(self)} results{', on disk' if self.spilled else ''})"

@@ -9,6 +9,8 @@ import shutil
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
+
 import prep.results as results_mod
 from prep.crop import CropOptions, crop_folder
 from prep.executor import Result
@@ -45,6 +47,17 @@ def test_results_marshal_cannot_hold_are_pickled_and_runs_of_them_read_in_blocks
     assert rl.spilled and list(rl) == want and rl[5].data["where"] == Path("/src/odd.png")
     rl.sort(key=lambda r: -r.data.get("n", 5))  # places no longer next to each other: one read each
     assert list(rl) == sorted(want, key=lambda r: -r.data.get("n", 5))
+
+
+def test_numpy_values_come_back_as_numpy_values(tmp_path):
+    # marshal takes anything with a buffer (a numpy number or array) as its raw bytes, without an error
+    want = [_r(0), Result("np.png", "ok", "/src/np.png", [], None, {"score": np.float64(0.25), "v": np.float32(2.5), "a": np.arange(3)}),
+            Result("one.png", "ok", "/src/one.png", [], None, {"a": np.arange(1), "n": np.int64(7)}), _r(3)]
+    rl = ResultList(want, spill_at=1, dir=tmp_path)
+    got = [r.data for r in rl]
+    assert rl.spilled and got[0] == want[0].data and got[3] == want[3].data
+    assert type(got[1]["score"]) is np.float64 and got[1]["score"] == 0.25 and type(got[1]["v"]) is np.float32
+    assert got[1]["a"].tolist() == [0, 1, 2] and got[2]["a"].tolist() == [0] and type(got[2]["n"]) is np.int64
 
 
 def test_small_lists_stay_in_memory():

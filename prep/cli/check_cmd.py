@@ -53,7 +53,7 @@ def check(
     except ModelNotAvailable as exc:
         raise fail(str(exc)) from None
     if as_json:
-        emit_json(report.to_json())
+        emit_json(report.to_json(stream=True))
     else:
         render(report)
     if strict and report.has_errors:

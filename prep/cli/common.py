@@ -5,20 +5,27 @@ Human output and progress go to stderr; `--json` puts machine output alone on st
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from typer.core import TyperGroup
 
 from prep.inputs import printable
+from prep.jsonout import json_blocks
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -109,30 +116,6 @@ class RichProgress:
             self._p = None
 
 
-def _json_pieces(data: Any) -> Iterator[str]:
-    """The JSON text of `data` in pieces. A top-level value that is an iterator (a report's
-    images, read back as they are written) becomes an array, one element per line, never a list."""
-    enc = json.JSONEncoder(indent=2, ensure_ascii=False, default=str)
-    if not (isinstance(data, dict) and any(isinstance(v, Iterator) for v in data.values())):
-        yield from enc.iterencode(data)
-        return
-    line = json.JSONEncoder(ensure_ascii=False, default=str)
-    yield "{"
-    for i, (k, v) in enumerate(data.items()):
-        yield ("," if i else "") + "\n  " + json.dumps(str(k), ensure_ascii=False) + ": "
-        if isinstance(v, Iterator):
-            yield "["
-            any_item = False
-            for item in v:
-                yield ("," if any_item else "") + "\n    "
-                yield line.encode(item)  # one shot: the C encoder (iterencode is pure Python, 4 s per 100k)
-                any_item = True
-            yield "\n  ]" if any_item else "]"
-        else:
-            yield from enc.iterencode(v)
-    yield "\n}"
-
-
 def emit_json(data: Any) -> None:
     """Machine output: one JSON document on stdout.
 
@@ -142,16 +125,9 @@ def emit_json(data: Any) -> None:
     # Streamed in 64 KiB pieces: the whole text of a 100k-image report (and its re-encoded copy)
     # would cost hundreds of MiB on top of the report itself.
     out = sys.stdout
-    chunks: list[str] = []
-    size = 0
-    for chunk in _json_pieces(data):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= 1 << 16:
-            out.write("".join(chunks).encode("utf-8", "backslashreplace").decode("utf-8"))
-            chunks, size = [], 0
-    chunks.append("\n")
-    out.write("".join(chunks).encode("utf-8", "backslashreplace").decode("utf-8"))
+    for block in json_blocks(data):
+        out.write(block.decode("utf-8"))
+    out.write("\n")
     out.flush()
 
 
