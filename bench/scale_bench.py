@@ -145,9 +145,12 @@ def _tree(root: int) -> dict[int, tuple[int, str]]:
     out = {}
     for p in keep:
         try:
-            rss = int(Path(f"/proc/{p}/status").read_text().split("VmRSS:")[1].split()[0])
+            status = Path(f"/proc/{p}/status").read_text()
+            rss = int(status.split("VmRSS:")[1].split()[0])
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             out[p] = (rss, cmd)
+            if p == root:  # the driver's own memory, without the shared pages it maps (Ray's object store)
+                out[-1] = (int(status.split("RssAnon:")[1].split()[0]), "")
         except (OSError, IndexError, ValueError):
             pass
     return out
@@ -155,7 +158,7 @@ def _tree(root: int) -> dict[int, tuple[int, str]]:
 
 def measured(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
     """Run `cmd`; wall s, CPU s of the tree, peak RSS MiB of the driver, the largest worker and the tree."""
-    peaks = {"driver": 0, "worker": 0, "tree": 0}
+    peaks = {"driver": 0, "anon": 0, "worker": 0, "tree": 0}
     r0 = os.times()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -166,6 +169,7 @@ def measured(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
             tree = _tree(proc.pid)
             if tree:
                 peaks["driver"] = max(peaks["driver"], tree.get(proc.pid, (0, ""))[0])
+                peaks["anon"] = max(peaks["anon"], tree.pop(-1, (0, ""))[0])
                 workers = [r for p, (r, c) in tree.items() if p != proc.pid and c.startswith("ray::")]
                 peaks["worker"] = max([peaks["worker"], *workers])
                 peaks["tree"] = max(peaks["tree"], sum(r for r, _ in tree.values()))
@@ -182,7 +186,7 @@ def measured(cmd: list[str], env: dict[str, str]) -> dict[str, object]:
         print(err[-4000:], file=sys.stderr)
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
     return {"wall_s": round(wall, 2), "cpu_s": round((r1.children_user - r0.children_user) + (r1.children_system - r0.children_system), 1),
-            "driver_rss_mib": round(peaks["driver"] / 1024), "worker_rss_mib": round(peaks["worker"] / 1024),
+            "driver_rss_mib": round(peaks["driver"] / 1024), "driver_anon_mib": round(peaks["anon"] / 1024), "worker_rss_mib": round(peaks["worker"] / 1024),
             "tree_rss_mib": round(peaks["tree"] / 1024), "stdout": out}
 
 
@@ -260,8 +264,10 @@ def main() -> int:
             row: dict[str, object] = {}
             eng = ["--engine", engine] if engine != "local" else []
             crops, caps = work / f"crops_{n}_{engine}", work / f"caps_{n}_{engine}"
-            shutil.rmtree(crops, ignore_errors=True)
-            shutil.rmtree(caps, ignore_errors=True)
+            if "crop" in args.stages:  # only what this run writes again (a crop at 100k is 20 minutes)
+                shutil.rmtree(crops, ignore_errors=True)
+            if "caption" in args.stages:
+                shutil.rmtree(caps, ignore_errors=True)
             cmds = {
                 "check": [prep, "check", str(src), "--json", "--no-faces", *eng],
                 "crop": [prep, "crop", str(src), "-o", str(crops), "--detector", "photo", "--detector-model", str(yunet),
@@ -272,6 +278,8 @@ def main() -> int:
             for stage in args.stages:
                 r = measured(cmds[stage], env)
                 out = r.pop("stdout")
+                if stage == "check":  # kept for the engines' parity below
+                    (work / f"check_{n}_{engine}.json").write_text(out, encoding="utf-8")
                 if stage == "crop":
                     try:
                         rep = json.loads(out)
@@ -299,7 +307,11 @@ def main() -> int:
                 same[kind] = {"files": len(ha), "identical": ha == hb, "differing": sorted(k for k in ha.keys() | hb.keys() if ha.get(k) != hb.get(k))[:10],
                               "manifest_rows": len(ma), "manifests_equivalent": ma == mb}
             results[f"{n}/parity"] = same  # type: ignore[assignment]
-            print(n, "parity", same, flush=True)
+        if len(args.engines) == 2 and "check" in args.stages:
+            a, b = (json.loads((work / f"check_{n}_{e}.json").read_text(encoding="utf-8")) for e in args.engines)
+            results.setdefault(f"{n}/parity", {})["check_json_identical"] = a == b  # type: ignore[union-attr, index]
+        if f"{n}/parity" in results:
+            print(n, "parity", results[f"{n}/parity"], flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
 

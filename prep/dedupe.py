@@ -333,9 +333,10 @@ def group_duplicates(
     return groups
 
 
-_BLOCK = 1024
+_BLOCK = 256
 """Images whose hash matches are looked up at once (chosen: with ~180 matches each, as in the
-generated benchmark set, ~10 MiB of temporaries)."""
+generated benchmark set, the grouping of 100k images peaked 106 MiB over its hashes with 1,024,
+67 MiB with 256, in the same time)."""
 
 
 class _Lookahead:

@@ -62,6 +62,26 @@ def _flips(bits: int, radius: int) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+_CELLS_AT_ONCE = 1 << 18
+
+
+def _starts(sorted_keys: np.ndarray, bits: int) -> np.ndarray:
+    """Where each of the 2**bits chunk values starts in `sorted_keys` (and the end), counted a
+    slice of cells at a time: one `bincount` over all 2**22 cells was a 32 MiB int64 array on
+    top of the table (chosen: 2**18 cells, 2 MiB of counts, at a time)."""
+    n_cells = 1 << bits
+    starts = np.zeros(n_cells + 1, dtype=np.int64 if len(sorted_keys) >= 2**31 else np.int32)
+    total = 0
+    for lo in range(0, n_cells, _CELLS_AT_ONCE):
+        hi = min(n_cells, lo + _CELLS_AT_ONCE)
+        a, b = np.searchsorted(sorted_keys, [lo, hi])
+        counts = np.bincount(sorted_keys[a:b] - lo, minlength=hi - lo)
+        np.cumsum(counts, out=starts[lo + 1:hi + 1])
+        starts[lo + 1:hi + 1] += total
+        total += int(b - a)
+    return starts
+
+
 class HammingIndex:
     """The values (uint64) within `threshold` bits of each query: `pairs(queries)`."""
 
@@ -81,9 +101,7 @@ class HammingIndex:
         for bits in self.widths:
             keys = ((self.values >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
             order = np.argsort(keys, kind="stable").astype(np.int64)
-            starts = np.zeros((1 << bits) + 1, dtype=np.int64 if len(keys) >= 2**31 else np.int32)
-            np.cumsum(np.bincount(keys, minlength=1 << bits), out=starts[1:])
-            self._chunks.append((shift, bits, _flips(bits, radius), starts, order))
+            self._chunks.append((shift, bits, _flips(bits, radius), _starts(keys[order], bits), order))
             shift += bits
 
     def pairs(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

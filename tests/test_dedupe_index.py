@@ -56,6 +56,19 @@ def test_index_with_crowded_cells_and_small_pieces(monkeypatch):
     assert len(qi) == len(set(zip(qi.tolist(), vj.tolist())))
 
 
+@pytest.mark.parametrize("cells", [5, 64, 1 << 18])
+def test_table_starts_counted_a_slice_at_a_time_are_the_whole_count(monkeypatch, cells):
+    """The start table is counted `_CELLS_AT_ONCE` cells at a time (one bincount over 2**22 cells
+    was a 32 MiB array): the same table, with empty slices and values on the slices' edges."""
+    monkeypatch.setattr(hamming, "_CELLS_AT_ONCE", cells)
+    rng = np.random.default_rng(cells)
+    keys = np.sort(np.concatenate([rng.integers(0, 1 << 10, 3000), [0, 4, 5, 9, 10, 1023, 1023], np.full(50, 700)]).astype(np.int64))
+    want = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=1 << 10))])
+    got = hamming._starts(keys, 10)
+    assert got.dtype == np.int32 and got.tolist() == want.tolist()
+    assert hamming._starts(np.zeros(0, np.int64), 6).tolist() == [0] * 65
+
+
 def test_the_plan_scans_small_sets_and_indexes_large_ones():
     assert plan(100, 8) is None  # a scan of 100 values is cheaper than any lookup
     assert plan(2_000, 8) == [13, 13, 13, 13, 12]
