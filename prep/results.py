@@ -6,7 +6,8 @@ made from them). At 100k images those results held ~340 MiB of the crop driver's
 file (gone when the list is, even after a kill), holding only where each one is: 8 bytes per
 result. Reading them back is sequential `pread`s of data the page cache still has, up to 1 MiB
 at a time. A result is stored as `marshal` of its fields (plain JSON-like data: 6 us a result
-to read back against 9 for a pickled dataclass), pickled when it holds anything else.
+to read back against 9 for a pickled dataclass), pickled when marshal would not give the same
+back (`encode_fields`). Subclasses keep other per-image records the same way (check's facts).
 """
 
 from __future__ import annotations
