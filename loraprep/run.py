@@ -265,9 +265,9 @@ class Pipeline:
             raise StageStop(step.name, f"{exc} (edit [{step.name}] in loraprep.toml)", usage=True) from None
         except errors as exc:  # type: ignore[misc]
             raise StageStop(step.name, f"{step.name}: {exc}") from None
-        # a report that can stream its per-image parts (check, crop) is written without holding
-        # them as one document; the summaries read the report, not these parts
-        js = rep.to_json(stream=True) if step.report_file and _streams(rep) else rep.to_json()
+        # a report that can stream its per-image parts (check, crop) is never made one document
+        # (written in pieces when it has a report file); the summaries read the report, not them
+        js = rep.to_json(stream=True) if _streams(rep) else rep.to_json()
         if step.report_file:
             self._write_report(step.report_file, js)
         reason = step.stop(rep, js, self.p, self.dirs)

@@ -64,6 +64,9 @@ def test_whole_job_then_nothing_then_only_what_changed(setup, digest):
     assert set(_statuses(rep).values()) == {"done"}
     assert rep["next_command"] == ["train_bridge", "launch", str(project / "run")]
     assert digest(raw) == before  # originals untouched
+    check = json.loads((project / "reports" / "check.json").read_text(encoding="utf-8"))  # written in pieces (prep.jsonout)
+    assert [i["id"] for i in check["images"]] == sorted(p.name for p in raw.iterdir() if p.suffix in (".png", ".jpg"))
+    assert check["summary"]["readable"] == 5 and isinstance(check["problems"]["small"], list)
 
     # the run folder is complete and the dataset is kohya-ready
     for f in ("train.toml", "dataset.toml", "sample_prompts.txt", "run.json"):
